@@ -1,0 +1,39 @@
+"""samadapt: adapt Segment Anything (SAM) to waste segmentation.
+
+Public API::
+
+    sam = samadapt.build_sam("vit_h", "sam_vit_h_4b8939.pth")
+    model = samadapt.adapt(sam, "lora", rank=4)
+    samadapt.save_adapter(model, "taco-lora.safetensors", dataset="taco")
+    model = samadapt.load("taco-vith")
+    masks, scores = model.predict(image, boxes=boxes)
+"""
+
+__version__ = "0.1.0"
+
+from .adapted import AdaptedSam, SamOutput, adapt
+from .adapter_io import export_peft, import_peft, load_adapter, read_adapter_metadata, save_adapter
+from .errors import (
+    AdapterFileError,
+    AdapterMismatchError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ConfigError,
+    DataError,
+    SamAdaptError,
+    TrainingError,
+    UnknownNameError,
+)
+from .hub import adapter_name, download_checkpoint, list_adapters, load, publish_adapter, samadapt_home
+from .models import MODEL_TYPES, ModelCard, build_sam, get_model_card, register_model_type
+from .strategies import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
+from .transforms import SamTransform
+
+__all__ = [
+    "AdaptedSam", "AdapterFileError", "AdapterMismatchError", "CheckpointError", "CheckpointNotFoundError",
+    "ConfigError", "DataError", "MODEL_TYPES", "ModelCard", "STRATEGIES", "SamAdaptError", "SamOutput",
+    "SamTransform", "Strategy", "StrategyConfig", "TrainingError", "UnknownNameError", "adapt", "adapter_name",
+    "build_sam", "download_checkpoint", "export_peft", "get_model_card", "get_strategy", "import_peft",
+    "list_adapters", "load", "load_adapter", "publish_adapter", "read_adapter_metadata", "register_model_type",
+    "register_strategy", "samadapt_home", "save_adapter",
+]

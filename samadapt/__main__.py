@@ -1,0 +1,7 @@
+"""``python -m samadapt``: the ``samadapt`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

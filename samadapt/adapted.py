@@ -1,0 +1,306 @@
+"""``AdaptedSam``: an upstream ``Sam`` with a strategy applied, a differentiable batched forward for
+training and ``predict`` for inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from .errors import ConfigError
+from .models.decoding import decode_masks
+from .models.registry import BaseInfo, base_info, get_model_card
+from .strategies.base import StrategyConfig, get_strategy
+from .transforms import SamTransform
+
+
+@dataclass
+class SamOutput:
+    """Decoder output for N prompts over B images.
+
+    low_res_logits: (N, M, S/4, S/4) mask logits (mask = logits > 0); M = 3 with multimask, else 1.
+    iou_predictions: (N, M) the IoU head's estimate of each mask's IoU.
+    image_index: (N,) int64, the image of each prompt.
+    """
+
+    low_res_logits: torch.Tensor
+    iou_predictions: torch.Tensor
+    image_index: torch.Tensor
+
+
+def _as_list(x, n: int) -> list:
+    if x is None:
+        return [None] * n
+    if isinstance(x, torch.Tensor) and n == 1 and x.ndim in (2, 3) and not isinstance(x, list):
+        return [x]
+    return list(x)
+
+
+class AdaptedSam(nn.Module):
+    """An upstream ``Sam`` (``.sam``) with an adaptation strategy applied in place.
+
+    ``segment_anything.SamPredictor(model.sam)`` and ``SamAutomaticMaskGenerator(model.sam)`` work
+    unchanged on it. Build one with :func:`samadapt.adapt` or :func:`samadapt.load`.
+    """
+
+    def __init__(self, sam: Sam, *, strategy: str, config: StrategyConfig, base: BaseInfo) -> None:
+        super().__init__()
+        self.sam = sam
+        self.strategy = strategy
+        self.config = config
+        self.base = base
+        self.max_prompts_per_pass: int | None = 256
+        self.encoder_images_seen = 0
+
+    # ------------------------------------------------------------------ description
+    @property
+    def model_type(self) -> str:
+        return self.base.model_type
+
+    @property
+    def card(self):
+        return get_model_card(self.base.model_type)
+
+    @property
+    def transform(self) -> SamTransform:
+        return SamTransform(self.sam.image_encoder.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.pixel_mean.device
+
+    @property
+    def encoder_is_frozen(self) -> bool:
+        """True when no gradient flows into the image encoder, so its output may be cached."""
+        return not get_strategy(self.strategy).uses_image_encoder_gradients(self.config)
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) for every trainable parameter, names relative to ``.sam``."""
+        return [(n, p) for n, p in self.sam.named_parameters() if p.requires_grad]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.sam.parameters() if p.requires_grad or not trainable_only)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors an adapter file holds: every trainable parameter, detached, by name."""
+        return {n: p.detach() for n, p in self.trainable_named_parameters()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"model_type={self.model_type!r}, strategy={self.strategy!r}, "
+            f"trainable={self.num_parameters(True):,} / {self.num_parameters():,}"
+        )
+
+    # ------------------------------------------------------------------ differentiable path
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, S, S) -> image embeddings (B, C, S/16, S/16)."""
+        self.encoder_images_seen += images.shape[0]  # lets tests and logs prove the cache works
+        return self.sam.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        boxes: Sequence[torch.Tensor | None] | None = None,
+        points: Sequence[torch.Tensor | None] | None = None,
+        point_labels: Sequence[torch.Tensor | None] | None = None,
+        *,
+        multimask: bool = False,
+    ) -> SamOutput:
+        """Decode the prompts of B images in one pass (chunked by ``max_prompts_per_pass``).
+
+        Args:
+            image_embeddings: (B, C, h, w).
+            boxes: per image a (N_i, 4) XYXY tensor in the model's input frame, or None.
+            points: per image (N_i, P, 2) XY in the input frame, or None; ``point_labels`` (N_i, P)
+                with 1 = foreground, 0 = background. Every image must use the same prompt kinds
+                (and the same P), since prompts of all images are encoded together.
+        """
+        bsz = image_embeddings.shape[0]
+        boxes_l, points_l, labels_l = _as_list(boxes, bsz), _as_list(points, bsz), _as_list(point_labels, bsz)
+        if not (len(boxes_l) == len(points_l) == len(labels_l) == bsz):
+            raise ConfigError(f"got prompts for {len(boxes_l)}/{len(points_l)} images but {bsz} embeddings")
+        counts, box_parts, pt_parts, lb_parts = [], [], [], []
+        for b, p, lab in zip(boxes_l, points_l, labels_l):
+            if (p is None) != (lab is None):
+                raise ConfigError("points and point_labels must be given together")
+            n = b.shape[0] if b is not None else (p.shape[0] if p is not None else 0)
+            if b is not None and p is not None and p.shape[0] != n:
+                raise ConfigError(f"an image has {n} boxes but {p.shape[0]} point prompts; they must match")
+            counts.append(n)
+            if b is not None:
+                box_parts.append(b.reshape(-1, 4))
+            if p is not None:
+                pt_parts.append(p)
+                lb_parts.append(lab)
+        device = image_embeddings.device
+        # output_size: no device sync, and meta tensors (which hold no counts) work too
+        image_index = torch.repeat_interleave(
+            torch.arange(bsz, device=device), torch.tensor(counts, device=device), output_size=sum(counts)
+        )
+        n_total = int(image_index.numel())
+        card_low = 4 * image_embeddings.shape[-1]
+        m = 3 if multimask else 1
+        if n_total == 0:
+            z = image_embeddings.new_zeros
+            return SamOutput(z(0, m, card_low, card_low), z(0, m), image_index)
+        all_boxes = torch.cat(box_parts).to(device) if box_parts else None
+        all_points = torch.cat(pt_parts).to(device) if pt_parts else None
+        all_labels = torch.cat(lb_parts).to(device) if lb_parts else None
+        if (all_boxes is not None and all_boxes.shape[0] != n_total) or (
+            all_points is not None and all_points.shape[0] != n_total
+        ):
+            raise ConfigError("every image must use the same prompt kinds (all boxes, all points, or both)")
+
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        chunk = self.max_prompts_per_pass or n_total
+        logits, ious = [], []
+        for start in range(0, n_total, chunk):
+            sl = slice(start, start + chunk)
+            sparse, dense = self.sam.prompt_encoder(
+                points=(all_points[sl], all_labels[sl]) if all_points is not None else None,
+                boxes=all_boxes[sl] if all_boxes is not None else None,
+                masks=None,
+            )
+            lo, iou = decode_masks(
+                self.sam.mask_decoder, image_embeddings, image_pe, sparse, dense, image_index[sl], multimask=multimask
+            )
+            logits.append(lo)
+            ious.append(iou)
+        return SamOutput(torch.cat(logits), torch.cat(ious), image_index)
+
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        boxes: Sequence[torch.Tensor | None] | None = None,
+        points: Sequence[torch.Tensor | None] | None = None,
+        point_labels: Sequence[torch.Tensor | None] | None = None,
+        *,
+        image_embeddings: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> SamOutput:
+        """Differentiable forward (upstream ``Sam.forward`` runs under ``no_grad``).
+
+        images: (B, 3, S, S) preprocessed by :class:`SamTransform`; or ``image_embeddings``
+        (B, C, S/16, S/16) computed earlier (the embedding cache of a frozen encoder). Prompts as in
+        :meth:`decode`.
+        """
+        if (images is None) == (image_embeddings is None):
+            raise ConfigError("pass exactly one of images or image_embeddings")
+        if image_embeddings is None:
+            image_embeddings = self.encode(images)
+        return self.decode(image_embeddings, boxes, points, point_labels, multimask=multimask)
+
+    # ------------------------------------------------------------------ inference
+    def _prompts_for(self, image_shape, boxes, points, labels):
+        original_size = tuple(int(s) for s in image_shape[:2])
+        tf = self.transform
+        b = tf.apply_boxes(boxes, original_size) if boxes is not None else None
+        p = lab = None
+        if points is not None:
+            if labels is None:
+                raise ConfigError("points need labels (1 = foreground, 0 = background)")
+            p = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+            lab = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+            if p.ndim == 2:  # (P, 2): one prompt made of P points, as SamPredictor.predict takes them
+                p, lab = p[None], lab.reshape(1, -1)
+            if p.ndim != 3 or p.shape[-1] != 2 or lab.shape != p.shape[:2]:
+                raise ConfigError(f"points must be (N, P, 2) with labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}")
+            p = tf.apply_points(p, original_size)
+        if b is None and p is None:
+            raise ConfigError("predict needs boxes or points")
+        return original_size, b, p, lab
+
+    @staticmethod
+    def _check_image(image) -> np.ndarray:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ConfigError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
+        return image
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        multimask: bool = False,
+        return_logits: bool = False,
+    ):
+        """Masks for one RGB uint8 image (H, W, 3).
+
+        Args:
+            boxes: (N, 4) XYXY in pixels of ``image``.
+            points: (N, P, 2) XY pixels with ``labels`` (N, P); or (P, 2) with (P,) for one prompt.
+            multimask: return SAM's 3 candidate masks per prompt.
+
+        Returns:
+            masks (N, H, W) bool and scores (N,) as numpy arrays ((N, 3, H, W) and (N, 3) with
+            multimask); with ``return_logits`` also the low-resolution logits (N, M, S/4, S/4).
+        """
+        return self.predict_batch([image], [boxes], None if points is None else [points],
+                                  None if labels is None else [labels], multimask=multimask,
+                                  return_logits=return_logits)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[np.ndarray | None],
+        points: Sequence[np.ndarray | None] | None = None,
+        labels: Sequence[np.ndarray | None] | None = None,
+        *,
+        multimask: bool = False,
+        return_logits: bool = False,
+        batch_size: int = 8,
+    ) -> list[tuple]:
+        """:meth:`predict` for several images: encoder in batches of ``batch_size``, one decoder pass
+        per batch over all their prompts. Returns one ``predict`` result per image."""
+        n = len(images)
+        points = points if points is not None else [None] * n
+        labels = labels if labels is not None else [None] * n
+        if not (len(boxes) == len(points) == len(labels) == n):
+            raise ConfigError(f"got {n} images but prompts for {len(boxes)}")
+        tf, dtype = self.transform, self.sam.pixel_mean.dtype
+        results: list[tuple] = []
+        for start in range(0, n, batch_size):
+            idx = range(start, min(n, start + batch_size))
+            imgs = [self._check_image(images[i]) for i in idx]
+            prompts = [self._prompts_for(imgs[j].shape, boxes[i], points[i], labels[i]) for j, i in enumerate(idx)]
+            x = torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype)
+            out = self.decode(self.encode(x), [p[1] for p in prompts], [p[2] for p in prompts],
+                              [p[3] for p in prompts], multimask=multimask)
+            for j, (original_size, *_rest) in enumerate(prompts):
+                sel = out.image_index == j
+                low = out.low_res_logits[sel].float()
+                logits = tf.postprocess_logits(low, original_size)
+                masks = logits > self.sam.mask_threshold
+                scores = out.iou_predictions[sel].float()
+                if not multimask:
+                    masks, scores = masks[:, 0], scores[:, 0]
+                res = (masks.cpu().numpy(), scores.cpu().numpy())
+                results.append(res + (low.cpu().numpy(),) if return_logits else res)
+        return results
+
+
+def adapt(sam: Sam, strategy: str, **options) -> AdaptedSam:
+    """Apply a strategy to an upstream ``Sam`` in place and wrap it.
+
+    ``options`` are the strategy's config fields (for ``lora``: rank, alpha, dropout, targets,
+    train_decoder; for ``adapter``: bottleneck_ratio, scale, placement, prompt_generator, ...). They
+    are validated before ``sam`` is touched.
+    """
+    if getattr(sam, "samadapt_strategy", None) is not None:
+        raise ConfigError(
+            f"this Sam is already adapted with {sam.samadapt_strategy!r}; build a fresh base with build_sam"
+        )
+    strat = get_strategy(strategy)
+    config = strat.make_config(**options)
+    base = base_info(sam)
+    strat.apply(sam, config)
+    sam.samadapt_strategy = strategy
+    return AdaptedSam(sam, strategy=strategy, config=config, base=base)

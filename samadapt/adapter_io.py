@@ -1,0 +1,251 @@
+"""Adapter files: the trainable tensors of an ``AdaptedSam`` as safetensors, with metadata.
+
+Layout: one tensor per trainable parameter, keyed by its name in the adapted ``Sam`` (never by
+position); metadata (all strings) records the format, samadapt version, strategy and options, model
+type, base weights id, and the caller's ``info`` (dataset, metrics, training config) as JSON.
+Loading is strict and checks everything before it changes the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from segment_anything.modeling import Sam
+
+from .adapted import AdaptedSam, adapt
+from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
+from .models.registry import base_info, build_sam_architecture, get_model_card
+from .strategies.base import get_strategy
+
+FORMAT = "samadapt-adapter"
+FORMAT_VERSION = "1"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def adapter_metadata(model: AdaptedSam, info: dict[str, Any] | None = None) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "samadapt_version": _version(),
+        "strategy": model.strategy,
+        "strategy_config": model.config.to_json(),
+        "model_type": model.model_type,
+        "base_id": model.base.base_id,
+        "info": json.dumps(info or {}, sort_keys=True, default=str),
+    }
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_adapter(model: AdaptedSam, path: str | os.PathLike, **info: Any) -> Path:
+    """Write the trainable tensors of ``model`` to ``path`` (safetensors), atomically.
+
+    Non-finite tensors are refused (:class:`samadapt.errors.SamAdaptError`): a diverged run never
+    leaves an adapter file behind.
+    """
+    path = Path(path)
+    tensors = {n: t.detach().to("cpu").contiguous() for n, t in model.trainable_state_dict().items()}
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise SamAdaptError(f"refusing to save an adapter with non-finite values in {bad[:3]}; the run diverged")
+    meta = adapter_metadata(model, info)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an adapter file, with ``strategy_config`` and ``info`` parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"adapter file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            keys = list(f.keys())
+    except Exception as e:  # safetensors raises SafetensorError / OSError on truncated or foreign files
+        raise AdapterFileError(
+            f"{str(path)!r} is not a readable safetensors file ({type(e).__name__}: {e}); "
+            "it may be truncated: save or download it again"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise AdapterFileError(
+            f"{str(path)!r} is a safetensors file but not a samadapt adapter (metadata format="
+            f"{meta.get('format')!r}); for a peft LoRA folder use samadapt.import_peft"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{str(path)!r} has adapter format version {meta.get('format_version')!r}; this samadapt reads "
+            f"{FORMAT_VERSION!r}: upgrade samadapt"
+        )
+    try:
+        meta["strategy_config"] = json.loads(meta["strategy_config"])
+        meta["info"] = json.loads(meta.get("info", "{}"))
+        meta["model_type"], meta["base_id"], meta["strategy"]
+    except (KeyError, ValueError) as e:
+        raise AdapterFileError(f"{str(path)!r} has corrupt samadapt metadata ({e})") from None
+    meta["tensor_names"] = keys
+    return meta
+
+
+def expected_tensors(model_type: str, strategy: str, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes an adapter of this kind holds, from a meta-device model (no memory)."""
+    strat = get_strategy(strategy)
+    cfg = strat.make_config(**config)
+    with torch.device("meta"):
+        ghost = build_sam_architecture(get_model_card(model_type))
+        strat.apply(ghost, cfg)
+    return {n: tuple(p.shape) for n, p in ghost.named_parameters() if p.requires_grad}
+
+
+def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) -> AdaptedSam:
+    """Apply the adapter in ``path`` to a freshly built base ``sam`` (from ``build_sam``) and return it.
+
+    Strict: the file must be made for the same model type and (with ``check_base``) the same base
+    weights, and hold exactly the tensors the strategy creates, with the right shapes. Everything is
+    checked before ``sam`` is changed, so a failure leaves it untouched.
+    """
+    path = Path(path)
+    meta = read_adapter_metadata(path)
+    base = base_info(sam)
+    if meta["model_type"] != base.model_type:
+        raise AdapterMismatchError(
+            f"adapter {str(path)!r} was made for model type {meta['model_type']!r}, but the base is "
+            f"{base.model_type!r}: build the base with build_sam({meta['model_type']!r}, ...)"
+        )
+    if check_base and meta["base_id"] != base.base_id:
+        raise AdapterMismatchError(
+            f"adapter {str(path)!r} was trained on base weights {meta['base_id']!r}, but this base is "
+            f"{base.base_id!r}: load the checkpoint the adapter was made for (or pass check_base=False "
+            "if you know the bases are equivalent)"
+        )
+    expected = expected_tensors(meta["model_type"], meta["strategy"], meta["strategy_config"])
+    got: dict[str, tuple[int, ...]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            got[k] = tuple(f.get_slice(k).get_shape())
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or unexpected or shapes:
+        raise AdapterMismatchError(
+            f"adapter {str(path)!r} does not match strategy {meta['strategy']!r} on {meta['model_type']!r}: "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''} ({len(missing)}), unexpected "
+            f"{unexpected[:3]} ({len(unexpected)}), wrong shapes {shapes[:3]} ({len(shapes)})"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise AdapterFileError(f"{str(path)!r}: tensor data unreadable ({e}); the file is truncated") from None
+    model = adapt(sam, meta["strategy"], **meta["strategy_config"])
+    params = dict(model.sam.named_parameters())
+    with torch.no_grad():
+        for k, t in tensors.items():
+            params[k].copy_(t)
+    model.adapter_info = meta["info"]
+    return model
+
+
+# ---------------------------------------------------------------------------- peft interchange
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+DECODER_WEIGHTS = "mask_decoder.safetensors"
+
+
+def export_peft(model: AdaptedSam, directory: str | os.PathLike) -> Path:
+    """Write a ``lora`` adapter in peft's own format (``adapter_config.json`` +
+    ``adapter_model.safetensors``). peft's format has no place for the trained mask decoder, which
+    goes beside them as ``mask_decoder.safetensors``."""
+    from peft import get_peft_model_state_dict
+
+    from .strategies.lora import ADAPTER_NAME
+
+    if model.strategy != "lora":
+        raise SamAdaptError(f"only 'lora' adapters have a peft format; this one is {model.strategy!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    peft_cfg = model.config.to_peft()
+    lora_sd = get_peft_model_state_dict(model.sam, adapter_name=ADAPTER_NAME)
+    lora_sd = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in lora_sd.items()}
+    atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(lora_sd, tmp, metadata={"format": "pt"}))
+    cfg = peft_cfg.to_dict()
+    cfg["peft_type"] = "LORA"
+    cfg["base_model_name_or_path"] = f"samadapt:{model.model_type}:{model.base.base_id}"
+    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2, default=str)))
+    decoder = {n: t.cpu().contiguous() for n, t in model.trainable_state_dict().items() if n.startswith("mask_decoder.")}
+    if decoder:
+        atomic_write(directory / DECODER_WEIGHTS, lambda tmp: save_file(decoder, tmp))
+    return directory
+
+
+def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
+    """Read a peft LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``, and
+    ``mask_decoder.safetensors`` if present) onto ``sam``. Targets must be Linear layers of the
+    image encoder's blocks (``qkv``, ``proj``, ``lin1``/``lin2``)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from .strategies.lora import ADAPTER_NAME, TARGETS
+
+    directory = Path(directory)
+    try:
+        cfg = json.loads((directory / PEFT_CONFIG).read_text())
+        lora_sd = load_file(str(directory / PEFT_WEIGHTS))
+    except FileNotFoundError as e:
+        raise AdapterFileError(f"{str(directory)!r} is not a peft adapter folder: {e.filename} is missing") from None
+    except Exception as e:
+        raise AdapterFileError(f"{str(directory)!r}: unreadable peft adapter ({e})") from None
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterFileError(f"{str(directory)!r} holds a {cfg.get('peft_type')!r} adapter; only LORA is supported")
+    tm = cfg.get("target_modules")
+    tm_text = tm if isinstance(tm, str) else " ".join(tm or [])
+    targets = [t for t in ("qkv", "proj", "mlp") if t in tm_text or (t == "mlp" and "lin" in tm_text)]
+    if not targets:
+        raise AdapterMismatchError(f"peft target_modules {tm!r} name no image-encoder block layer ({sorted(TARGETS)})")
+    decoder_file = directory / DECODER_WEIGHTS
+    model = adapt(
+        sam, "lora", rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), dropout=float(cfg.get("lora_dropout", 0.0)),
+        targets=tuple(targets), train_decoder=decoder_file.is_file(),
+    )
+    stripped = {k.removeprefix("base_model.model."): v for k, v in lora_sd.items()}
+    result = set_peft_model_state_dict(model.sam, stripped, adapter_name=ADAPTER_NAME)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
+    if unexpected or missing_lora:
+        raise AdapterMismatchError(f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing_lora[:3]}")
+    if decoder_file.is_file():
+        dec = load_file(str(decoder_file))
+        params = dict(model.sam.named_parameters())
+        want = {n for n in params if n.startswith("mask_decoder.")}
+        if set(dec) != want:
+            raise AdapterMismatchError(f"{decoder_file} does not hold exactly the mask decoder's parameters")
+        with torch.no_grad():
+            for k, t in dec.items():
+                params[k].copy_(t)
+    return model

@@ -1,0 +1,237 @@
+"""Prompts derived from ground-truth masks: tight, loose and noisy boxes, and point clicks.
+
+The "Don't waste SAM" protocol prompts SAM with one box per instance, taken from the ground-truth
+mask. SAM's own training adds noise to those boxes (std 10% of the box side, at most 20 px), so the
+decoder learns to tolerate imprecise boxes; evaluation uses the exact boxes. Points follow SAM's
+interactive setting: positive clicks inside the object, negative ones just outside it.
+
+All randomness comes from an explicit ``numpy.random.Generator`` so a sample's prompts depend only
+on its seed (see :class:`~samadapt.data.sam_dataset.SamPromptDataset`).
+
+Coordinate conventions (those of ``segment_anything``): boxes are XYXY with x1, y1, x2, y2 the
+inclusive pixel indices of the mask's extreme pixels (``amg.batched_mask_to_box``); points are XY
+at pixel centres (column + 0.5, row + 0.5); ``image_hw`` is (H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["PromptConfig", "boxes_from_masks", "jitter_boxes", "loosen_boxes", "sample_points", "as_generator"]
+
+#: label of a padding point, ignored by SAM's prompt encoder
+PAD_LABEL = -1
+
+
+def as_generator(generator: np.random.Generator | int | None) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a generator or a seed."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    return np.random.default_rng(generator)
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes around masks: bool (N, H, W) -> float32 (N, 4) XYXY, inclusive pixel indices.
+
+    An empty mask gets the box [0, 0, 0, 0], as in ``segment_anything.utils.amg.batched_mask_to_box``.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    n, h, w = masks.shape
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    cols = masks.any(axis=1)  # (N, W)
+    rows = masks.any(axis=2)  # (N, H)
+    x1 = cols.argmax(axis=1)
+    x2 = w - 1 - cols[:, ::-1].argmax(axis=1)
+    y1 = rows.argmax(axis=1)
+    y2 = h - 1 - rows[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+    boxes[~cols.any(axis=1)] = 0.0
+    return boxes
+
+
+def _clip_boxes(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Clip XYXY boxes to pixel indices 0..W-1, 0..H-1 and make x1 <= x2, y1 <= y2."""
+    h, w = image_hw
+    b = boxes.copy()
+    b[:, 0::2] = np.clip(b[:, 0::2], 0, w - 1)
+    b[:, 1::2] = np.clip(b[:, 1::2], 0, h - 1)
+    x = np.sort(b[:, 0::2], axis=1)
+    y = np.sort(b[:, 1::2], axis=1)
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1).astype(np.float32)
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) side length per coordinate: width for x1, x2 and height for y1, y2."""
+    wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+    return np.abs(wh[:, [0, 1, 0, 1]])
+
+
+def jitter_boxes(boxes: np.ndarray, generator: np.random.Generator | int | None, *, std_ratio: float = 0.1,
+                 max_px: float = 20.0, image_hw: tuple[int, int]) -> np.ndarray:
+    """SAM's training noise on box prompts.
+
+    Each coordinate moves by a gaussian offset whose standard deviation is ``std_ratio`` times the box
+    side along that axis (width for x, height for y), the standard deviation being capped at
+    ``max_px`` pixels (SAM: "noise with standard deviation equal to 10% of the box sidelength, to a
+    maximum of 20 pixels"). The result is clipped to the image and kept valid (x1 <= x2, y1 <= y2).
+
+    Args:
+        boxes: (N, 4) XYXY in pixels.
+        generator: numpy Generator (or a seed).
+        std_ratio: noise std as a fraction of the side; 0 returns the boxes clipped.
+        max_px: cap on the noise std, in pixels.
+        image_hw: (H, W) of the image.
+
+    Returns:
+        float32 (N, 4).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if std_ratio < 0 or max_px < 0:
+        raise ConfigError(f"box noise must be >= 0, got std_ratio={std_ratio}, max_px={max_px}")
+    rng = as_generator(generator)
+    std = np.minimum(std_ratio * _sides(boxes), max_px)
+    noisy = boxes + rng.standard_normal(boxes.shape) * std
+    return _clip_boxes(noisy, image_hw)
+
+
+def loosen_boxes(boxes: np.ndarray, margin: float, image_hw: tuple[int, int]) -> np.ndarray:
+    """Grow each side of (N, 4) XYXY boxes by ``margin`` times the box side along its axis, clipped
+    to the image -> float32 (N, 4). ``margin=0.1`` grows a 100 px wide box to 120 px."""
+    if margin < 0:
+        raise ConfigError(f"loose margin must be >= 0, got {margin}")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    grow = margin * _sides(boxes) * np.array([-1.0, -1.0, 1.0, 1.0])
+    return _clip_boxes(boxes + grow, image_hw)
+
+
+def _pick(rng: np.random.Generator, flat_idx: np.ndarray, n: int) -> np.ndarray:
+    """``n`` entries of ``flat_idx``, without replacement when there are enough."""
+    return flat_idx[rng.choice(len(flat_idx), size=n, replace=len(flat_idx) < n)]
+
+
+def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
+                  generator: np.random.Generator | int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Click prompts for each mask: ``n_pos`` inside it, then ``n_neg`` outside it.
+
+    Positives are uniform over the mask's pixels. Negatives are uniform over the pixels outside the
+    mask but inside its box grown by 10% (the confusable surroundings); if there are none there,
+    anywhere outside the mask. Where no pixel qualifies (empty mask, mask covering the image), the
+    point is padding: label -1 at (0, 0), which SAM's prompt encoder ignores.
+
+    Args:
+        masks: bool (N, H, W).
+        n_pos, n_neg: points per mask of each kind.
+        generator: numpy Generator (or a seed).
+
+    Returns:
+        coords float32 (N, n_pos + n_neg, 2) XY at pixel centres, labels int64 (N, n_pos + n_neg)
+        with 1 = positive, 0 = negative, -1 = padding.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if n_pos < 0 or n_neg < 0:
+        raise ConfigError(f"point counts must be >= 0, got n_pos={n_pos}, n_neg={n_neg}")
+    rng = as_generator(generator)
+    n, h, w = masks.shape
+    p = n_pos + n_neg
+    coords = np.zeros((n, p, 2), dtype=np.float32)
+    labels = np.full((n, p), PAD_LABEL, dtype=np.int64)
+    if p == 0 or n == 0:
+        return coords, labels
+    boxes = loosen_boxes(boxes_from_masks(masks), 0.1, (h, w)).astype(np.int64)
+    for i in range(n):
+        m = masks[i]
+        if n_pos:
+            inside = np.flatnonzero(m)
+            if len(inside):
+                sel = _pick(rng, inside, n_pos)
+                coords[i, :n_pos, 0] = sel % w + 0.5
+                coords[i, :n_pos, 1] = sel // w + 0.5
+                labels[i, :n_pos] = 1
+        if n_neg:
+            x1, y1, x2, y2 = boxes[i]
+            crop = ~m[y1:y2 + 1, x1:x2 + 1]
+            cw = x2 - x1 + 1
+            outside = np.flatnonzero(crop)
+            if len(outside) and m.any():
+                sel = _pick(rng, outside, n_neg)
+                xs, ys = sel % cw + x1, sel // cw + y1
+            else:
+                outside = np.flatnonzero(~m)
+                if not len(outside):
+                    continue
+                sel = _pick(rng, outside, n_neg)
+                xs, ys = sel % w, sel // w
+            coords[i, n_pos:, 0] = xs + 0.5
+            coords[i, n_pos:, 1] = ys + 0.5
+            labels[i, n_pos:] = 0
+    return coords, labels
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How training prompts are made from ground-truth masks.
+
+    Args:
+        box_noise: std of the box-corner noise as a fraction of the box side (SAM: 0.1).
+        box_noise_max_px: cap on that std, in pixels of the original image (SAM: 20).
+        loose_margin: grow the box by this fraction of its side before the noise (0 = tight box).
+        num_points: positive clicks per instance.
+        num_negative_points: negative clicks per instance.
+        use_boxes: prompt with a box; at least a box or a positive point is needed.
+    """
+
+    box_noise: float = 0.1
+    box_noise_max_px: float = 20.0
+    loose_margin: float = 0.0
+    num_points: int = 0
+    num_negative_points: int = 0
+    use_boxes: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("box_noise", "box_noise_max_px", "loose_margin"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"PromptConfig.{name} must be a finite number >= 0, got {v!r}")
+        for name in ("num_points", "num_negative_points"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"PromptConfig.{name} must be an integer >= 0, got {v!r}")
+        if not isinstance(self.use_boxes, bool):
+            raise ConfigError(f"PromptConfig.use_boxes must be True or False, got {self.use_boxes!r}")
+        if not self.use_boxes and self.num_points == 0:
+            raise ConfigError("PromptConfig has no prompt: use_boxes=False and num_points=0; set use_boxes=True "
+                              "or num_points >= 1")
+
+    @property
+    def points_per_instance(self) -> int:
+        return self.num_points + self.num_negative_points
+
+    @classmethod
+    def eval(cls, **overrides) -> "PromptConfig":
+        """The evaluation prompts: exact tight boxes, no noise, no margin (points if asked for)."""
+        return cls(**{"box_noise": 0.0, "loose_margin": 0.0, **overrides})
+
+    def without_noise(self) -> "PromptConfig":
+        """This config with exact boxes (no noise, no margin), the same prompt kinds."""
+        return replace(self, box_noise=0.0, loose_margin=0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown PromptConfig keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)

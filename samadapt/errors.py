@@ -1,0 +1,46 @@
+"""The library's own exception classes.
+
+Every error samadapt raises on bad input derives from :class:`SamAdaptError`, and its message says
+what is wrong (naming the bad value) and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SamAdaptError(Exception):
+    """Base class of every samadapt error."""
+
+
+class ConfigError(SamAdaptError, ValueError):
+    """An option has a value outside its valid range or set of choices."""
+
+
+class UnknownNameError(SamAdaptError, KeyError):
+    """A registry lookup (model type, strategy, adapter name, dataset preset) failed."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(SamAdaptError):
+    """A SAM checkpoint is missing, corrupt, of another model type, or fails its sha256 check."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The base checkpoint an adapter needs is not on disk."""
+
+
+class AdapterFileError(SamAdaptError):
+    """An adapter file is truncated, not a safetensors file, or not written by samadapt."""
+
+
+class AdapterMismatchError(SamAdaptError):
+    """An adapter was made for another model type, base checkpoint, or strategy layout."""
+
+
+class DataError(SamAdaptError):
+    """A dataset file (annotations, image) is missing or invalid."""
+
+
+class TrainingError(SamAdaptError):
+    """Training cannot go on (non-finite loss, bad resume state)."""

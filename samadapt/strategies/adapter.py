@@ -1,0 +1,171 @@
+"""SAM-Adapter: bottleneck adapters in every image-encoder block, optionally with the
+high-frequency prompt generator of Chen et al. 2023 (arXiv 2304.09148).
+
+Placements (REFERENCE section 3):
+- ``"attn"``: a bottleneck with a skip connection after each block's attention (Medical SAM Adapter);
+- ``"mlp"``: a bottleneck in parallel with each block's MLP, scaled by ``scale`` (AdaptFormer /
+  Medical SAM Adapter).
+Each up-projection (and the prompt generator's shared MLP) starts at zero, so the adapted model
+starts identical to SAM. The adapters are attached with forward hooks on the upstream modules, so the
+upstream parameter names (and official checkpoints) are untouched; the new parameters are named
+``image_encoder.blocks.N.adapter_{attn,mlp}.*`` and ``image_encoder.prompt_generator.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from segment_anything.modeling import Sam
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Strategy, StrategyConfig, register_strategy
+
+PLACEMENTS = ("attn", "mlp")
+
+
+class Bottleneck(nn.Module):
+    """Linear(D -> hidden) - GELU - Linear(hidden -> D), the up-projection zero-initialised.
+
+    Input and output (..., D)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+class HighFrequencyPromptGenerator(nn.Module):
+    """p_i = shared_mlp(mlp_i(F_hfc + F_pe)) added to the tokens before block i.
+
+    F_pe = Linear(D -> D/r) of the patch tokens; F_hfc = Conv(3 -> D/r, patch x patch, stride patch)
+    of the FFT high-pass image (the central ``mask_ratio`` of the spectrum zeroed).
+    """
+
+    def __init__(self, *, dim: int, depth: int, patch_size: int, ratio: int, mask_ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = max(1, dim // ratio)
+        self.mask_ratio = mask_ratio
+        self.embedding_generator = nn.Linear(dim, hidden)
+        self.hfc_embed = nn.Conv2d(3, hidden, kernel_size=patch_size, stride=patch_size)
+        self.lightweight_mlps = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.GELU()) for _ in range(depth))
+        self.shared_mlp = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.shared_mlp.weight)
+        nn.init.zeros_(self.shared_mlp.bias)
+        self._common: torch.Tensor | None = None
+
+    def high_pass(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 3, S, S) float32, low frequencies removed (FFT runs in fp32)."""
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            x = image.float()
+            h, w = x.shape[-2:]
+            freq = torch.fft.fftshift(torch.fft.fft2(x, norm="forward"), dim=(-2, -1))
+            half = int((h * w * self.mask_ratio) ** 0.5 // 2)
+            keep = torch.ones(h, w, device=x.device)
+            keep[h // 2 - half : h // 2 + half, w // 2 - half : w // 2 + half] = 0
+            freq = freq * keep
+            return torch.fft.ifft2(torch.fft.ifftshift(freq, dim=(-2, -1)), norm="forward").real
+
+    def prepare(self, image: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Called on the patch embedding: image (B, 3, S, S), tokens (B, H, W, D)."""
+        hfc = self.hfc_embed(self.high_pass(image).to(tokens.dtype)).permute(0, 2, 3, 1)
+        self._common = hfc + self.embedding_generator(tokens)
+
+    def prompt(self, index: int) -> torch.Tensor:
+        """The prompt (B, H, W, D) for block ``index``."""
+        if self._common is None:
+            raise RuntimeError("prompt generator used before the patch embedding ran")
+        return self.shared_mlp(self.lightweight_mlps[index](self._common))
+
+
+@dataclass
+class AdapterConfig(StrategyConfig):
+    bottleneck_ratio: float = 0.0625
+    scale: float = 0.5
+    placement: tuple[str, ...] = ("attn", "mlp")
+    prompt_generator: bool = False
+    prompt_ratio: int = 32
+    train_decoder: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.bottleneck_ratio <= 1:
+            raise ConfigError(f"adapter `bottleneck_ratio` should be in (0, 1], got {self.bottleneck_ratio!r}")
+        if not self.scale > 0:
+            raise ConfigError(f"adapter `scale` should be positive, got {self.scale!r}")
+        self.placement = tuple(self.placement)
+        bad = [p for p in self.placement if p not in PLACEMENTS]
+        if bad or len(set(self.placement)) != len(self.placement):
+            raise ConfigError(f"adapter `placement` {list(self.placement)} invalid; choose a subset of {list(PLACEMENTS)}")
+        if not self.placement and not self.prompt_generator:
+            raise ConfigError("adapter strategy with no placement and no prompt generator adapts nothing")
+        if not isinstance(self.prompt_ratio, int) or self.prompt_ratio < 1:
+            raise ConfigError(f"adapter `prompt_ratio` should be a positive integer, got {self.prompt_ratio!r}")
+
+
+def _sequential_hook(adapter: Bottleneck):
+    def hook(module, inputs, output):
+        return output + adapter(output)
+
+    return hook
+
+
+def _parallel_hook(adapter: Bottleneck, scale: float):
+    def hook(module, inputs, output):
+        return output + scale * adapter(inputs[0])
+
+    return hook
+
+
+def _prompt_prepare_hook(generator: HighFrequencyPromptGenerator):
+    def hook(module, inputs, output):
+        generator.prepare(inputs[0], output)
+
+    return hook
+
+
+def _prompt_add_hook(generator: HighFrequencyPromptGenerator, index: int):
+    def hook(module, inputs):
+        return (inputs[0] + generator.prompt(index),) + tuple(inputs[1:])
+
+    return hook
+
+
+@register_strategy
+class AdapterStrategy(Strategy):
+    name = "adapter"
+    config_class = AdapterConfig
+    description = "SAM-Adapter bottlenecks in every encoder block (+ optional high-frequency prompts); decoder trainable"
+
+    def apply(self, sam: Sam, config: StrategyConfig) -> None:
+        assert isinstance(config, AdapterConfig)
+        self.freeze_all(sam)
+        enc = sam.image_encoder
+        dim = enc.patch_embed.proj.out_channels
+        hidden = max(1, round(dim * config.bottleneck_ratio))
+        device = enc.pos_embed.device if enc.pos_embed is not None else None
+        for block in enc.blocks:
+            if "attn" in config.placement:
+                block.adapter_attn = Bottleneck(dim, hidden).to(device)
+                block.attn.register_forward_hook(_sequential_hook(block.adapter_attn))
+            if "mlp" in config.placement:
+                block.adapter_mlp = Bottleneck(dim, hidden).to(device)
+                block.mlp.register_forward_hook(_parallel_hook(block.adapter_mlp, config.scale))
+        if config.prompt_generator:
+            gen = HighFrequencyPromptGenerator(
+                dim=dim, depth=len(enc.blocks), patch_size=enc.patch_embed.proj.kernel_size[0], ratio=config.prompt_ratio
+            ).to(device)
+            enc.prompt_generator = gen
+            enc.patch_embed.register_forward_hook(_prompt_prepare_hook(gen))
+            for i, block in enumerate(enc.blocks):
+                block.register_forward_pre_hook(_prompt_add_hook(gen, i))
+        for name, p in sam.named_parameters():
+            p.requires_grad_(".adapter_" in name or "prompt_generator." in name)
+        if config.train_decoder:
+            self.unfreeze(sam.mask_decoder)

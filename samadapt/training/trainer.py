@@ -1,0 +1,486 @@
+"""The fine-tuning loop: Accelerate for devices, mixed precision, gradient accumulation and several
+processes; timm for the learning-rate schedule; our loss, metrics, embedding cache and adapter files.
+
+Read top to bottom: build data and model -> zero-shot evaluation -> (fill the embedding cache) ->
+epochs of training with validation, early stopping and a resumable state -> final evaluation of the
+best epoch -> adapter, card, report, curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..adapted import AdaptedSam, adapt
+from ..adapter_io import atomic_write, save_adapter
+from ..config import TrainConfig
+from ..errors import TrainingError
+from ..hub import publish_adapter, samadapt_home
+from ..models.registry import build_sam
+from .cache import EmbeddingCache
+
+logger = logging.getLogger("samadapt.training")
+
+STATE_DIR = "checkpoints"
+BEST_ADAPTER = "best_adapter.safetensors"
+
+
+# ---------------------------------------------------------------------------- small pieces
+class EpochShuffled(Dataset):
+    """A dataset seen in a different, seeded order each epoch: the order depends only on
+    (seed, epoch), so a resumed run and every process see exactly what an uninterrupted run sees."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.order = np.arange(len(dataset))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.order[i])]
+
+
+@dataclass
+class TrainProgress:
+    """Everything about the run's position that ``--resume`` must restore besides weights,
+    optimizer, scheduler, scaler and RNG states (which Accelerate saves)."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    skipped_steps: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    zero_shot: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"json": json.dumps(self.__dict__, default=float)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        data = json.loads(state["json"])
+        data["best_metric"] = float(data["best_metric"])
+        self.__dict__.update(data)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_path: Path
+    published_name: str | None
+    zero_shot: dict[str, Any] | None
+    fine_tuned: dict[str, Any]
+    best_epoch: int
+    history: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------- data
+def build_datasets(cfg: TrainConfig):
+    """(train, val) ``CocoInstances`` for the configured dataset."""
+    from ..data import presets
+
+    if cfg.dataset == "demo":
+        from ..data import make_demo_dataset
+
+        root = Path(cfg.data_root) if cfg.data_root else samadapt_home() / "data" / "demo-waste"
+        make_demo_dataset(root, domain="waste", n_train=cfg.demo_train_images, n_val=cfg.demo_val_images, seed=0,
+                          progress=cfg.progress)
+        return presets.demo(root, cfg.train_split), presets.demo(root, cfg.val_split)
+    if cfg.dataset == "coco":
+        train = presets.coco(cfg.images_root, cfg.annotation_file, **cfg.dataset_options)
+        val = presets.coco(cfg.val_images_root or cfg.images_root, cfg.val_annotation_file or cfg.annotation_file,
+                           **cfg.dataset_options)
+        return train, val
+    preset = presets.get_dataset(cfg.dataset)
+    return (preset(cfg.data_root, split=cfg.train_split, **cfg.dataset_options),
+            preset(cfg.data_root, split=cfg.val_split, **cfg.dataset_options))
+
+
+def _prompt_dataset(cfg: TrainConfig, instances, model: AdaptedSam, *, load_image: bool):
+    from ..data.prompts import PromptConfig
+    from ..data.sam_dataset import SamPromptDataset
+
+    prompts = PromptConfig(box_noise=cfg.box_noise, box_noise_max_px=cfg.box_noise_max_px)
+    return SamPromptDataset(instances, model.transform, prompts, max_instances=cfg.prompts_per_image,
+                            seed=cfg.seed, load_image=load_image)
+
+
+def fill_embedding_cache(accelerator, model: AdaptedSam, dataset, cache: EmbeddingCache, *, batch_size: int,
+                         progress: bool) -> int:
+    """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images) missing from the cache,
+    the images split between processes. Returns how many this process encoded."""
+    from tqdm.auto import tqdm
+
+    todo = [i for i in range(len(dataset)) if dataset.image_key(i) not in cache]
+    encoded = 0
+    with accelerator.split_between_processes(todo) as mine:
+        bar = tqdm(total=len(todo), desc="encoding images for the cache", disable=not (progress and accelerator.is_local_main_process))
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start:start + batch_size]
+            keys = [dataset.image_key(i) for i in chunk]
+            x = torch.stack([dataset.transform.preprocess_image(dataset.instances.load_image(i)) for i in chunk])
+            x = x.to(accelerator.device)
+            with torch.no_grad(), accelerator.autocast():
+                emb = model.encode(x)
+            for k, e in zip(keys, emb):
+                cache.put(k, e)
+            encoded += len(chunk)
+            bar.update(len(chunk) * accelerator.num_processes)
+        bar.close()
+    accelerator.wait_for_everyone()
+    return encoded
+
+
+# ---------------------------------------------------------------------------- evaluation
+def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, *, num_examples: int = 0,
+                     desc: str = "validation") -> tuple[dict[str, Any], list]:
+    """Evaluate on ``dataset`` with the images split between processes; every sample is evaluated
+    exactly once and the per-instance values are gathered before averaging."""
+    from accelerate.utils import gather_object
+
+    from .evaluate import evaluate_records, summarize_records
+
+    n = len(dataset) if cfg.max_val_images is None else min(len(dataset), cfg.max_val_images)
+    model.eval()
+    with accelerator.split_between_processes(list(range(n))) as mine:
+        records = evaluate_records(
+            model, dataset, mine, prompt=cfg.eval_prompt, seed=cfg.seed,
+            progress=cfg.progress and accelerator.is_local_main_process, desc=desc,
+            return_examples=num_examples if accelerator.is_main_process else 0,
+        )
+    all_records = gather_object([records])
+    metrics = summarize_records(all_records, dataset.categories, prompt=cfg.eval_prompt)
+    return metrics, records.examples
+
+
+# ---------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> TrainResult:
+    import timm.scheduler
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from ..data.sam_dataset import collate_sam
+    from .losses import SamLoss
+    from .plots import plot_training_curves
+
+    run_dir = cfg.run_dir
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        # the multimask hypernetworks not selected by the loss get no gradient in a step
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    is_main = accelerator.is_main_process
+    say = accelerator.print
+    set_seed(cfg.seed)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+
+    # --- data and model
+    with accelerator.main_process_first():
+        train_instances, val_instances = build_datasets(cfg)
+    sam = build_sam(cfg.model, cfg.checkpoint)
+    model = adapt(sam, cfg.strategy, **cfg.strategy_options)
+    if cfg.gradient_checkpointing and hasattr(model, "set_fast_paths"):
+        model.set_fast_paths(activation_checkpointing=True)
+    model.to(accelerator.device)
+    use_cache = cfg.cache_embeddings and model.encoder_is_frozen
+    train_ds = _prompt_dataset(cfg, train_instances, model, load_image=not use_cache)
+    say(f"samadapt: {cfg.strategy} on {cfg.model} ({model.num_parameters(True):,} trainable of "
+        f"{model.num_parameters():,} parameters), {len(train_instances)} training / {len(val_instances)} "
+        f"validation images, {accelerator.num_processes} process(es) on {accelerator.device}, "
+        f"mixed precision {cfg.mixed_precision}")
+
+    progress = TrainProgress()
+    state_root = run_dir / STATE_DIR
+    resume_from = _latest_state(state_root) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        say(f"--resume: no saved state under {state_root}; starting from scratch")
+
+    # --- zero-shot baseline (the adapted model starts identical to the base)
+    if cfg.zero_shot and resume_from is None:
+        zs, zs_examples = evaluate_sharded(accelerator, model, val_instances, cfg, num_examples=cfg.num_examples,
+                                           desc="zero-shot evaluation")
+        progress.zero_shot = zs
+        say(f"zero-shot: mean IoU {zs['mean_iou']:.4f}  mean precision {zs['mean_precision']:.4f}  "
+            f"mean F1 {zs['mean_f1']:.4f}")
+    else:
+        zs_examples = []
+
+    # --- embedding cache
+    cache = None
+    if use_cache:
+        cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
+                               model_type=model.model_type, base_id=model.base.base_id,
+                               image_size=model.transform.image_size)
+        encoded = fill_embedding_cache(accelerator, model, _prompt_dataset(cfg, train_instances, model, load_image=True),
+                                       cache, batch_size=cfg.batch_size, progress=cfg.progress)
+        say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
+
+    # --- optimisation
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shuffled = EpochShuffled(train_ds, cfg.seed)
+    loader = DataLoader(shuffled, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_sam,
+                        num_workers=cfg.num_workers)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.lr * cfg.min_lr_ratio,
+        warmup_t=cfg.warmup_steps, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False,
+    )
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(progress)
+    _register_trainable_only_state(accelerator)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        say(f"resumed from {resume_from} (epoch {progress.epoch}, step {progress.global_step})")
+    unwrapped: AdaptedSam = accelerator.unwrap_model(model)
+    loss_fn = SamLoss(focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight, iou_weight=cfg.iou_weight)
+    if cfg.log_with:
+        accelerator.init_trackers(cfg.run_name, config=_flat(cfg.to_dict()))
+
+    # --- epochs
+    for epoch in range(progress.epoch, cfg.epochs):
+        if progress.stopped_early:
+            break
+        shuffled.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        enc_before = unwrapped.encoder_images_seen
+        losses: list[float] = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and accelerator.is_local_main_process))
+        for batch in bar:
+            with accelerator.accumulate(model):
+                emb = None
+                if cache is not None:
+                    got = [cache.get(k) for k in batch["image_key"]]
+                    if any(g is None for g in got):
+                        raise TrainingError("an image is missing from the embedding cache; delete the cache folder and rerun")
+                    emb = torch.stack(got).to(accelerator.device, torch.float32)
+                out = model(images=batch.get("images"), image_embeddings=emb, boxes=batch["boxes"],
+                            points=batch.get("points"), point_labels=batch.get("point_labels"), multimask=cfg.multimask)
+                gt = torch.cat([g.to(accelerator.device) for g in batch["gt_masks"]])
+                lo = loss_fn(out.low_res_logits, out.iou_predictions, gt)
+                finite = accelerator.gather(torch.isfinite(lo.loss.detach()).float().reshape(1)).min().item() == 1.0
+                if not finite:
+                    _non_finite(cfg, progress, epoch, state_root)
+                    optimizer.zero_grad()
+                    continue
+                accelerator.backward(lo.loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                progress.global_step += 1
+                scheduler.step_update(progress.global_step)
+            losses.append(lo.loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if cfg.log_with:
+                accelerator.log({"train/loss": lo.loss.item(), "train/focal": float(lo.focal), "train/dice": float(lo.dice),
+                                 "train/iou_mse": float(lo.iou_mse), "lr": optimizer.param_groups[0]["lr"]},
+                                step=progress.global_step)
+        epoch_seconds = time.perf_counter() - t0
+        progress.train_seconds += epoch_seconds
+        train_encoder_images = unwrapped.encoder_images_seen - enc_before  # before validation encodes its images
+
+        val, _ = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}")
+        improved = val["mean_iou"] > progress.best_metric + cfg.min_delta
+        if improved:
+            progress.best_metric, progress.best_epoch, progress.bad_epochs = val["mean_iou"], epoch + 1, 0
+            if is_main:
+                save_adapter(unwrapped, run_dir / BEST_ADAPTER, epoch=epoch + 1, metrics=val)
+        else:
+            progress.bad_epochs += 1
+        row = {"epoch": epoch + 1, "step": progress.global_step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "val_mean_iou": val["mean_iou"], "val_mean_f1": val["mean_f1"], "seconds": epoch_seconds,
+               "encoder_images": train_encoder_images}
+        progress.history.append(row)
+        say(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val mean IoU {val['mean_iou']:.4f}"
+            f"{' (best)' if improved else ''}, {epoch_seconds:.1f} s, image-encoder forwards in training {row['encoder_images']}")
+        if cfg.log_with:
+            accelerator.log({"val/mean_iou": val["mean_iou"], "val/mean_f1": val["mean_f1"],
+                             "val/mean_precision": val["mean_precision"]}, step=progress.global_step)
+        if progress.bad_epochs >= cfg.patience > 0:
+            progress.stopped_early = True
+            say(f"early stopping: no improvement of validation mean IoU for {cfg.patience} epochs")
+        progress.epoch = epoch + 1
+        _save_state(accelerator, state_root, progress.epoch)
+
+    # --- final: best epoch, evaluation, outputs
+    accelerator.wait_for_everyone()
+    if progress.best_epoch < 0:
+        raise TrainingError("no epoch finished with a finite validation score; nothing to save")
+    _load_trainable(unwrapped, run_dir / BEST_ADAPTER)
+    final, ft_examples = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, num_examples=cfg.num_examples,
+                                          desc="final evaluation")
+    adapter_path = run_dir / "adapter.safetensors"
+    published = None
+    if is_main:
+        training = {"config": cfg.to_dict(), "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+                    "stopped_early": progress.stopped_early, "train_seconds": progress.train_seconds,
+                    "skipped_steps": progress.skipped_steps}
+        save_adapter(unwrapped, adapter_path, dataset=cfg.dataset_tag, metrics=final, zero_shot=progress.zero_shot,
+                     training=training)
+        if cfg.publish:
+            publish_adapter(unwrapped, cfg.dataset_tag, name=cfg.name, card={
+                "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
+                "training": training})
+            published = cfg.run_name
+        _write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
+        say(_summary(cfg, unwrapped, progress, final, cache, adapter_path, published, run_dir))
+    if cfg.log_with:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, adapter_path, published, progress.zero_shot, final, progress.best_epoch, progress.history)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _non_finite(cfg: TrainConfig, progress: TrainProgress, epoch: int, state_root: Path) -> None:
+    progress.skipped_steps += 1
+    if cfg.mixed_precision == "fp16" and progress.skipped_steps <= 50:
+        logger.warning("non-finite loss at epoch %d step %d under fp16: step skipped (%d so far)",
+                       epoch + 1, progress.global_step, progress.skipped_steps)
+        return
+    raise TrainingError(
+        f"the loss became non-finite (NaN or inf) at epoch {epoch + 1}, step {progress.global_step} "
+        f"(lr {cfg.lr}, mixed precision {cfg.mixed_precision!r}). No adapter was written from this state. "
+        f"Lower the learning rate, keep max_grad_norm set, or use bf16/fp32; the last good state is under {state_root}."
+    )
+
+
+def _latest_state(state_root: Path) -> Path | None:
+    done = sorted(p for p in state_root.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def _save_state(accelerator, state_root: Path, epoch: int, keep: int = 2) -> None:
+    """``accelerator.save_state`` into a temp folder, then renamed: a kill mid-save leaves the
+    previous state intact."""
+    final = state_root / f"epoch_{epoch:04d}"
+    tmp = state_root / f"epoch_{epoch:04d}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(p for p in state_root.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+TRAINABLE_STATE = "trainable.safetensors"
+
+
+def _register_trainable_only_state(accelerator) -> None:
+    """Make ``save_state`` write only the trainable tensors (not the frozen 2.5 GB ViT-H)."""
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        for i, m in enumerate(models):
+            m = accelerator.unwrap_model(m)
+            tensors = {n: p.detach().cpu().contiguous() for n, p in m.sam.named_parameters() if p.requires_grad}
+            if accelerator.is_main_process:
+                save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        for i, m in enumerate(list(models)):
+            m = accelerator.unwrap_model(m)
+            state = load_file(str(Path(input_dir) / f"trainable_{i}.safetensors"))
+            params = dict(m.sam.named_parameters())
+            with torch.no_grad():
+                for k, t in state.items():
+                    params[k].copy_(t)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _load_trainable(model: AdaptedSam, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    params = dict(model.sam.named_parameters())
+    with torch.no_grad():
+        for k, t in state.items():
+            params[k].copy_(t)
+
+
+def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, final: dict, zs_examples, ft_examples,
+                   plot_training_curves) -> None:
+    from .evaluate import write_report
+
+    results = {"fine-tuned": final} if progress.zero_shot is None else {"zero-shot": progress.zero_shot, "fine-tuned": final}
+    examples = {"zero-shot": zs_examples, "fine-tuned": ft_examples} if zs_examples else {"fine-tuned": ft_examples}
+    write_report(results, run_dir, dataset_name=cfg.dataset_tag, examples=examples)
+    atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(progress.history, indent=2)))
+    if progress.history:
+        plot_training_curves(progress.history, run_dir / "curves.png")
+
+
+def _summary(cfg, model: AdaptedSam, progress: TrainProgress, final, cache, adapter_path: Path, published, run_dir) -> str:
+    n_t, n = model.num_parameters(True), model.num_parameters()
+    lines = [
+        "",
+        f"== samadapt: {cfg.run_name} ({cfg.strategy} on {cfg.model}, dataset {cfg.dataset_tag}) ==",
+        f"trainable parameters  {n_t:,} of {n:,} ({100 * n_t / n:.2f}%)",
+        f"epochs                {progress.epoch} run, best {progress.best_epoch}"
+        f"{', stopped early' if progress.stopped_early else ''}; {progress.global_step} steps, "
+        f"{progress.train_seconds:.1f} s training ({progress.train_seconds / max(1, len(progress.history)):.1f} s/epoch)",
+    ]
+    if cache is not None:
+        lines.append(f"embedding cache       {cache.summary()}")
+    lines.append(f"validation            {final['num_instances']} instances, prompts: {cfg.eval_prompt}")
+    lines.append(f"{'':22}{'mean IoU':>10}{'precision':>11}{'mean F1':>9}{'mask AP':>9}")
+    rows = ([("zero-shot", progress.zero_shot)] if progress.zero_shot else []) + [("fine-tuned", final)]
+    for label, m in rows:
+        ap = m.get("coco", {}).get("AP", float("nan"))
+        lines.append(f"  {label:20}{100 * m['mean_iou']:>10.2f}{100 * m['mean_precision']:>11.2f}{100 * m['mean_f1']:>9.2f}{100 * ap:>9.2f}")
+    if progress.zero_shot:
+        lines.append(f"  {'gain':20}{100 * (final['mean_iou'] - progress.zero_shot['mean_iou']):>+10.2f}")
+    size = adapter_path.stat().st_size / 2**20
+    lines.append(f"adapter               {adapter_path} ({size:.2f} MiB)")
+    if published:
+        lines.append(f"load it with          samadapt.load({published!r})")
+    lines.append(f"outputs               {run_dir}/ (metrics.json, metrics.md, examples.png, curves.png, logs/)")
+    return "\n".join(lines)

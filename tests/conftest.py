@@ -1,0 +1,122 @@
+"""Shared pytest fixtures. Each block below belongs to one area of the library; add yours in its
+own block and leave the others as they are."""
+
+from __future__ import annotations
+
+# ============================================================================================
+# Core fixtures: models, strategies, adapter files, hub, CLI
+# (test_models, test_parity, test_strategies, test_adapter_io, test_hub, test_sizes, test_cli)
+# ============================================================================================
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _core_session_samadapt_home(tmp_path_factory):
+    """SAMADAPT_HOME for the whole session (session- and module-scoped fixtures hash checkpoints,
+    and the sha256 cache lives there): nothing is ever written to ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SAMADAPT_HOME", str(tmp_path_factory.mktemp("samadapt_home_session")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def samadapt_home_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty SAMADAPT_HOME for every test."""
+    home = tmp_path / "samadapt_home"
+    monkeypatch.setenv("SAMADAPT_HOME", str(home))
+    return home
+
+
+def _random_checkpoint(path: Path, model_type: str, seed: int) -> Path:
+    from samadapt.models.registry import build_sam_architecture, get_model_card
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        sam = build_sam_architecture(get_model_card(model_type))
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_checkpoint(tmp_path_factory) -> Path:
+    """A ``mini`` checkpoint in SAM's format with seeded random weights (the built-in mini weights
+    are produced by a recipe and may not be installed)."""
+    return _random_checkpoint(tmp_path_factory.mktemp("mini_ckpt") / "mini_seed0.pth", "mini", 0)
+
+
+@pytest.fixture(scope="session")
+def other_mini_checkpoint(tmp_path_factory) -> Path:
+    """A second, differently initialised ``mini`` checkpoint (another base id)."""
+    return _random_checkpoint(tmp_path_factory.mktemp("mini_ckpt_other") / "mini_seed1.pth", "mini", 1)
+
+
+@pytest.fixture
+def make_mini(mini_checkpoint) -> Callable:
+    """``make_mini(checkpoint=None)``: a fresh ``mini`` base (same weights and base id every call)."""
+    import samadapt
+
+    def make(checkpoint: Path | None = None):
+        return samadapt.build_sam("mini", checkpoint or mini_checkpoint)
+
+    return make
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    """A small RGB uint8 image (90, 120, 3), not square: a bright and a dark object on textured ground."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 120, size=(90, 120, 3), dtype=np.uint8)
+    img[20:60, 15:55] = (230, 200, 40)
+    img[50:85, 70:110] = (20, 30, 160)
+    return img
+
+
+@pytest.fixture
+def mini_batch() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Two preprocessed mini-size images (2, 3, 256, 256) and their boxes (in the input frame)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 256, 256, generator=g)
+    boxes = [torch.tensor([[10.0, 20.0, 120.0, 140.0]]), torch.tensor([[30.0, 30.0, 200.0, 150.0], [0.0, 0.0, 60.0, 90.0]])]
+    return images, boxes
+
+
+@pytest.fixture(scope="session")
+def vit_b_checkpoint(tmp_path_factory) -> Path:
+    """A ``vit_b`` checkpoint in the official format: upstream ``sam_model_registry["vit_b"]()``
+    with random weights, ``torch.save`` of its state dict, under a non-official file name (an
+    official name would trigger the sha256 check). Built once per session (some seconds)."""
+    from segment_anything import sam_model_registry
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        sam = sam_model_registry["vit_b"]()
+    path = tmp_path_factory.mktemp("vit_b_ckpt") / "vit_b_random.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def vit_b_upstream(vit_b_checkpoint):
+    """Upstream's own ``Sam`` loaded from :func:`vit_b_checkpoint` (read-only: copy before changing)."""
+    from segment_anything import sam_model_registry
+
+    return sam_model_registry["vit_b"](checkpoint=str(vit_b_checkpoint)).eval()
+
+
+@pytest.fixture(scope="session")
+def vit_b_base(vit_b_checkpoint):
+    """``samadapt.build_sam("vit_b", checkpoint)`` (read-only: ``copy.deepcopy`` before adapting)."""
+    import samadapt
+
+    return samadapt.build_sam("vit_b", vit_b_checkpoint)
+
+
+# ============================================================================================
+# (other areas: add your fixtures below, in your own block)
+# ============================================================================================
