@@ -18,7 +18,7 @@ import json
 import sys
 import typing
 
-from samadapt.config import TrainConfig
+from samadapt.config import TrainConfig, read_yaml
 from samadapt.errors import SamAdaptError
 from samadapt.strategies import STRATEGIES
 
@@ -63,17 +63,15 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     for key in [k for k in ns if "__" in k]:
         strat, opt = key.split("__", 1)
         strategy_opts.setdefault(strat, {})[opt] = ns.pop(key)
-    if config_file:
-        cfg = TrainConfig.from_yaml(config_file)
-        data = cfg.to_dict()
-        data.update(ns)
-    else:
-        data = ns
+    # the YAML and the command line are merged before the one validation, so a key the file
+    # lacks (e.g. data_root) may come from the command line
+    data = read_yaml(config_file) if config_file else {}
+    data.update(ns)
     strategy = data.get("strategy", TrainConfig.strategy)
     other = sorted(set(strategy_opts) - {strategy})
     if other:
         raise SamAdaptError(f"options for strategy {other[0]!r} given, but --strategy is {strategy!r}")
-    data["strategy_options"] = {**data.get("strategy_options", {}), **strategy_opts.get(strategy, {})}
+    data["strategy_options"] = {**(data.get("strategy_options") or {}), **strategy_opts.get(strategy, {})}
     return TrainConfig.from_dict(data)
 
 

@@ -12,7 +12,15 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from .errors import ConfigError
-from .models.decoding import decode_masks
+from .models.decoding import decode_masks, set_shared_image_decoding, shared_image_decoding_enabled
+from .models.fast import (
+    activation_checkpointing_enabled,
+    disable_activation_checkpointing,
+    disable_sdpa_attention,
+    enable_activation_checkpointing,
+    enable_sdpa_attention,
+    sdpa_attention_enabled,
+)
 from .models.registry import BaseInfo, base_info, get_model_card
 from .strategies.base import StrategyConfig, get_strategy
 from .transforms import SamTransform
@@ -94,6 +102,49 @@ class AdaptedSam(nn.Module):
             f"model_type={self.model_type!r}, strategy={self.strategy!r}, "
             f"trainable={self.num_parameters(True):,} / {self.num_parameters():,}"
         )
+
+    # ------------------------------------------------------------------ fast paths
+    def set_fast_paths(
+        self,
+        *,
+        sdpa_attention: bool | None = None,
+        activation_checkpointing: bool | None = None,
+        shared_decoding: bool | None = None,
+    ) -> "AdaptedSam":
+        """Switch the fast paths (``samadapt.models.fast``, ``samadapt.models.decoding``); None
+        leaves a switch as it is. All keep upstream's numbers; they change speed and memory only.
+
+        Args:
+            sdpa_attention: encoder attention through ``scaled_dot_product_attention`` (on after
+                :func:`adapt`).
+            activation_checkpointing: recompute each encoder block in backward instead of keeping
+                its activations (off by default: it costs about one more encoder forward per step;
+                it only matters when training ``lora`` or ``adapter``).
+            shared_decoding: compute the decoder's first-block image projections once per image
+                instead of once per prompt (on by default).
+        """
+        if sdpa_attention is not None:
+            (enable_sdpa_attention if sdpa_attention else disable_sdpa_attention)(self.sam)
+        if activation_checkpointing is not None:
+            (enable_activation_checkpointing if activation_checkpointing else disable_activation_checkpointing)(self.sam)
+        if shared_decoding is not None:
+            set_shared_image_decoding(self.sam.mask_decoder, shared_decoding)
+        return self
+
+    @property
+    def sdpa_attention(self) -> bool:
+        """True when the encoder attention runs on the SDPA path."""
+        return sdpa_attention_enabled(self.sam)
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """True when encoder blocks are checkpointed."""
+        return activation_checkpointing_enabled(self.sam)
+
+    @property
+    def shared_decoding(self) -> bool:
+        """True when the decoder shares per-image work between the prompts of one image."""
+        return shared_image_decoding_enabled(self.sam.mask_decoder)
 
     # ------------------------------------------------------------------ differentiable path
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -287,12 +338,13 @@ class AdaptedSam(nn.Module):
         return results
 
 
-def adapt(sam: Sam, strategy: str, **options) -> AdaptedSam:
+def adapt(sam: Sam, strategy: str, *, sdpa_attention: bool = True, **options) -> AdaptedSam:
     """Apply a strategy to an upstream ``Sam`` in place and wrap it.
 
     ``options`` are the strategy's config fields (for ``lora``: rank, alpha, dropout, targets,
     train_decoder; for ``adapter``: bottleneck_ratio, scale, placement, prompt_generator, ...). They
-    are validated before ``sam`` is touched.
+    are validated before ``sam`` is touched. ``sdpa_attention`` chooses the encoder attention path
+    (:meth:`AdaptedSam.set_fast_paths`; SDPA gives upstream's numbers, so it is on by default).
     """
     if getattr(sam, "samadapt_strategy", None) is not None:
         raise ConfigError(
@@ -303,4 +355,5 @@ def adapt(sam: Sam, strategy: str, **options) -> AdaptedSam:
     base = base_info(sam)
     strat.apply(sam, config)
     sam.samadapt_strategy = strategy
-    return AdaptedSam(sam, strategy=strategy, config=config, base=base)
+    model = AdaptedSam(sam, strategy=strategy, config=config, base=base)
+    return model.set_fast_paths(sdpa_attention=sdpa_attention)

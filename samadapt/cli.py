@@ -1,9 +1,10 @@
 """The ``samadapt`` command: parses arguments, calls the library, prints.
 
-Subcommands are entries of :data:`SUBCOMMANDS`. Adding one is one ``run`` function (taking the
-parsed ``argparse.Namespace``, returning an exit code) plus one line::
+Subcommands are entries of :data:`SUBCOMMANDS`. Adding one is a ``run`` function (the parsed
+``argparse.Namespace`` in, an exit code out; library calls and printing only), an ``add_arguments``
+function for its options, and one line in that list::
 
-    SUBCOMMANDS.append(Subcommand("data summary", "summarise a dataset", _add_data_summary, _run_data_summary))
+    Subcommand("data summary", "summarise a dataset", _add_data_summary, _run_data_summary),
 
 A name with a space (``"data summary"``) becomes a nested command (``samadapt data summary``); the
 group (``data``) is created on first use. Library errors (:class:`samadapt.SamAdaptError`) are
@@ -164,11 +165,51 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_summary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="taco, zerowaste, trashcan, coco or demo")
+    parser.add_argument("--root", help="dataset folder (taco, zerowaste, trashcan, demo)")
+    parser.add_argument("--images-root", help="images folder (coco)")
+    parser.add_argument("--annotation-file", help="COCO instances JSON (coco)")
+    parser.add_argument("--split", nargs="+", help="splits to summarise (default: all of the preset's)")
+    parser.add_argument("--version", dest="trashcan_version", choices=["instance", "material"], help="trashcan version")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_data_summary(args: argparse.Namespace) -> int:
+    from .data.summary import format_summary, summarize_preset
+
+    kw: dict[str, Any] = {}
+    if args.dataset == "coco":
+        kw = {"images_root": args.images_root, "annotation_file": args.annotation_file}
+    else:
+        kw["root"] = args.root
+        if args.trashcan_version:
+            kw["version"] = args.trashcan_version
+    summary = summarize_preset(args.dataset, splits=tuple(args.split) if args.split else None, **kw)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def _add_eval(parser: argparse.ArgumentParser) -> None:
+    from .training.eval_run import add_eval_arguments
+
+    add_eval_arguments(parser)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .training.eval_run import run_eval
+
+    return run_eval(args)
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("info", "model types, strategies and their trainable parameter counts", _add_info, _run_info),
     Subcommand("list", "adapters installed in $SAMADAPT_HOME", _add_list, _run_list),
     Subcommand("download-checkpoint", "download an official SAM checkpoint and verify its sha256",
                _add_download, _run_download),
+    Subcommand("data summary", "images, instances per category and split, sizes, and what was skipped and why",
+               _add_data_summary, _run_data_summary),
+    Subcommand("eval", "evaluate zero-shot SAM and adapters on a dataset with the same prompts", _add_eval, _run_eval),
 ]
 
 

@@ -18,6 +18,8 @@ DATASETS = ("taco", "zerowaste", "trashcan", "coco", "demo")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam")
 EVAL_PROMPTS = ("box", "jitter", "loose", "points")
+#: experiment trackers Accelerate can log to (``log_with``); "none" turns logging off
+LOGGERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all")
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
@@ -73,7 +75,7 @@ class TrainConfig:
     iou_weight: float = 1.0
     patience: int = 3
     min_delta: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: as `accelerate launch --mixed_precision` says (else "no")
     gradient_checkpointing: bool = False
     # speed
     cache_embeddings: bool = True
@@ -99,9 +101,14 @@ class TrainConfig:
         get_model_card(self.model)
         get_strategy(self.strategy).make_config(**self.strategy_options)  # validates the options
         _choice("dataset", self.dataset, DATASETS)
-        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.mixed_precision is not None:
+            _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("eval_prompt", self.eval_prompt, EVAL_PROMPTS)
+        if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
+            self.log_with = None  # so `--log-with none` turns logging off from the command line
+        if self.log_with is not None:
+            _choice("log_with", self.log_with, LOGGERS + ("none",))
         for name in ("epochs", "lr", "batch_size", "grad_accum", "prompts_per_image", "demo_train_images", "demo_val_images"):
             _positive(name, getattr(self, name))
         for name in ("weight_decay", "warmup_steps", "box_noise", "box_noise_max_px", "focal_weight", "dice_weight",
@@ -143,17 +150,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-        data = {k.replace("-", "_"): v for k, v in data.items()}
+        data = read_yaml(path)
         data.update(overrides)
         return cls.from_dict(data)
 
@@ -161,3 +158,19 @@ class TrainConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The keys of a YAML config file (``-`` in names read as ``_``), not yet validated: callers
+    merge their overrides first, so a key the file lacks may come from the command line."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

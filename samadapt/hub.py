@@ -149,9 +149,9 @@ def find_base_checkpoint(model_type: str, base_id: str, checkpoint: str | os.Pat
     official = official_checkpoint(model_type)
     if official is not None:
         path = checkpoints_dir() / official.filename
-        if path.is_file():
-            return path
         if official.sha256 == want:
+            if path.is_file():
+                return path
             raise CheckpointNotFoundError(
                 f"the adapter needs the official {model_type} checkpoint {official.filename} (sha256 "
                 f"{official.sha256}), expected at {path}. Run `samadapt download-checkpoint {model_type}` "

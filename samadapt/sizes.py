@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapted import AdaptedSam, adapt
+from .adapter_io import adapter_metadata, save_adapter
 from .models.checkpoints import official_checkpoint
 from .models.registry import BaseInfo, build_sam, get_model_card
 
@@ -57,7 +58,9 @@ def base_parameter_count(model_type: str) -> int:
         return sum(p.numel() for p in build_sam(model_type, pretrained=False).parameters())
 
 
-def strategy_size(model_type: str, strategy: str, *, info: dict[str, Any] | None = None, **options: Any) -> StrategySize:
+def strategy_size(
+    model_type: str, strategy: str, *, info: dict[str, Any] | None = None, **options: Any
+) -> StrategySize:
     """:class:`StrategySize` of ``model_type`` adapted with ``strategy`` (options as for
     :func:`samadapt.adapt`); ``info`` as the keyword arguments of ``save_adapter``."""
     model = meta_adapted(model_type, strategy, **options)
@@ -109,8 +112,7 @@ def safetensors_size(tensors: dict[str, tuple[tuple[int, ...], torch.dtype]], me
 
 
 def _adapter_file_size(model: AdaptedSam, info: dict[str, Any] | None) -> int:
-    from .adapter_io import adapter_metadata
-
+    """For a throwaway meta model: sets its base id to a typical one."""
     model.base = _typical_base(model.model_type)
     tensors = {n: (tuple(p.shape), p.dtype) for n, p in model.trainable_named_parameters()}
     return safetensors_size(tensors, adapter_metadata(model, info))
@@ -124,8 +126,8 @@ def adapter_file_size(model_type: str, strategy: str, *, info: dict[str, Any] | 
 
 
 def materialise_trainable(model: AdaptedSam) -> None:
-    """Replace every trainable meta parameter with a float32 zero tensor on the CPU (frozen ones
-    stay on meta), so :func:`samadapt.save_adapter` can write the model: what the tests and
+    """Replace every trainable meta parameter with a zero tensor of its dtype on the CPU (frozen
+    ones stay on meta), so :func:`samadapt.save_adapter` can write the model: what the tests and
     ``benchmarks/adapter_sizes.py`` use to check :func:`adapter_file_size` against a real file."""
     for module in model.sam.modules():
         for name, p in list(module._parameters.items()):
@@ -136,8 +138,6 @@ def materialise_trainable(model: AdaptedSam) -> None:
 def written_adapter_size(model_type: str, strategy: str, *, info: dict[str, Any] | None = None, **options: Any) -> int:
     """Size of the file :func:`samadapt.save_adapter` really writes (zeros as weights) for the same
     model as :func:`adapter_file_size`; allocates and writes the trainable tensors."""
-    from .adapter_io import save_adapter
-
     model = meta_adapted(model_type, strategy, **options)
     model.base = _typical_base(model_type)
     materialise_trainable(model)

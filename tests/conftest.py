@@ -82,7 +82,10 @@ def mini_batch() -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Two preprocessed mini-size images (2, 3, 256, 256) and their boxes (in the input frame)."""
     g = torch.Generator().manual_seed(0)
     images = torch.randn(2, 3, 256, 256, generator=g)
-    boxes = [torch.tensor([[10.0, 20.0, 120.0, 140.0]]), torch.tensor([[30.0, 30.0, 200.0, 150.0], [0.0, 0.0, 60.0, 90.0]])]
+    boxes = [
+        torch.tensor([[10.0, 20.0, 120.0, 140.0]]),
+        torch.tensor([[30.0, 30.0, 200.0, 150.0], [0.0, 0.0, 60.0, 90.0]]),
+    ]
     return images, boxes
 
 
@@ -120,3 +123,40 @@ def vit_b_base(vit_b_checkpoint):
 # ============================================================================================
 # (other areas: add your fixtures below, in your own block)
 # ============================================================================================
+
+
+# ============================================================================================
+# Training fixtures: demo data, tiny runs, Accelerate state (test_training, test_recipes)
+# ============================================================================================
+#: a run that takes seconds on a 2-core CPU (the demo data is generated with the same counts once)
+TINY_DEMO = {"train": 6, "val": 3}
+
+
+@pytest.fixture(scope="session")
+def demo_data_root(tmp_path_factory) -> Path:
+    """The generated demo dataset (6 training / 3 validation images), written once per session and
+    shared by every tiny training run (pass it as ``--data-root``)."""
+    from samadapt.data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo_data") / "demo-waste"
+    make_demo_dataset(root, domain="waste", n_train=TINY_DEMO["train"], n_val=TINY_DEMO["val"], seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run_args(demo_data_root) -> list[str]:
+    """``recipes/finetune.py`` options of a tiny run: 2 epochs of 3 steps on the session demo data."""
+    return ["--data-root", str(demo_data_root), "--demo-train-images", str(TINY_DEMO["train"]),
+            "--demo-val-images", str(TINY_DEMO["val"]), "--epochs", "2", "--prompts-per-image", "4",
+            "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture
+def reset_accelerate():
+    """Forget Accelerate's process-wide state after a test that built an ``Accelerator`` in-process
+    (the next one may want other settings)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

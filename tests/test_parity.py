@@ -4,7 +4,7 @@ Right after ``adapt``, every strategy's ``predict`` gives the masks of upstream
 ``SamPredictor(sam).predict`` on the unadapted model, with logits within 1e-5; ``AdaptedSam.sam``
 stays usable by upstream's ``SamPredictor`` and ``SamAutomaticMaskGenerator``. Checked on ``mini``
 (boxes, multimask, points; every strategy) in seconds, and on a real ``vit_b`` (boxes) in a slow
-test: one ViT-B encoder pass is about 10-30 s on a 2-core CPU.
+test: one ViT-B encoder pass takes 20-40 s on a shared 2-core CPU.
 """
 
 from __future__ import annotations

@@ -59,10 +59,16 @@ def _with_grad(model) -> set[str]:
 
 
 def _loss(model, images, boxes) -> torch.Tensor:
-    """Every output takes part (single- and multi-mask heads, IoU head)."""
-    single = model(images, boxes=boxes)
-    multi = model(images, boxes=boxes, multimask=True)
-    return sum(o.low_res_logits.square().mean() + o.iou_predictions.sum() for o in (single, multi))
+    out = model(images, boxes=boxes)
+    return out.low_res_logits.square().mean() + out.iou_predictions.sum()
+
+
+def _loss_all_heads(model, images, boxes) -> torch.Tensor:
+    """Every output takes part (single- and multi-mask heads, IoU head), so that every trainable
+    weight gets a non-zero gradient; the encoder runs once (``model(...)`` is ``decode(encode(...))``)."""
+    embeddings = model.encode(images)
+    outs = (model.decode(embeddings, boxes), model.decode(embeddings, boxes, multimask=True))
+    return sum(o.low_res_logits.square().mean() + o.iou_predictions.sum() for o in outs)
 
 
 def _check_intended(model, strategy, options):
@@ -116,7 +122,8 @@ def test_where_the_inserted_modules_go(make_mini):
     names = _trainable(adapter)
     for i in range(depth):
         for place in ("attn", "mlp"):
-            assert {f"image_encoder.blocks.{i}.adapter_{place}.{l}.{w}" for l in ("down", "up") for w in ("weight", "bias")} <= names
+            prefix = f"image_encoder.blocks.{i}.adapter_{place}"
+            assert {f"{prefix}.{layer}.{w}" for layer in ("down", "up") for w in ("weight", "bias")} <= names
         assert f"image_encoder.prompt_generator.lightweight_mlps.{i}.0.weight" in names
     assert "image_encoder.prompt_generator.hfc_embed.weight" in names
 
@@ -134,7 +141,7 @@ def test_optimizer_step_changes_exactly_the_trainable_weights(strategy, options,
     model.train()
     for _ in range(2):
         opt.zero_grad()
-        _loss(model, images, boxes).backward()
+        _loss_all_heads(model, images, boxes).backward()
         opt.step()
     after = model.sam.state_dict()
     assert after.keys() == before.keys()
@@ -163,7 +170,7 @@ def test_encoder_is_frozen_only_where_no_gradient_reaches_it(make_mini):
 def _untouched_snapshot(sam):
     return (
         {k: v.clone() for k, v in sam.state_dict().items()},
-        [n for n, _ in sam.named_modules()],
+        [(n, type(m)) for n, m in sam.named_modules()],
         {n: p.requires_grad for n, p in sam.named_parameters()},
     )
 
@@ -173,7 +180,7 @@ def assert_untouched(sam, snapshot):
     sd, modules, flags = snapshot
     now = sam.state_dict()
     assert now.keys() == sd.keys() and all(torch.equal(now[k], sd[k]) for k in sd)
-    assert [n for n, _ in sam.named_modules()] == modules
+    assert [(n, type(m)) for n, m in sam.named_modules()] == modules
     assert {n: p.requires_grad for n, p in sam.named_parameters()} == flags
     for m in sam.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks

@@ -7,6 +7,7 @@ card (as upstream's ``build_sam_vit_*`` differ only in four sizes).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -256,8 +257,17 @@ def build_sam(
             )
         from safetensors.torch import load_file
 
+        digest = file_sha256(path, use_cache=False)
+        card_file = path.with_suffix(".json")
+        if card_file.is_file():
+            expected = json.loads(card_file.read_text()).get("sha256")
+            if expected and expected != digest:
+                raise CheckpointError(
+                    f"the built-in weights {str(path)!r} have sha256 {digest} but their card says {expected}: "
+                    "the installation is corrupt; reinstall samadapt"
+                )
         load_state_strict(sam, load_file(str(path)), model_type=model_type, source=str(path))
-        info = BaseInfo(model_type, f"builtin:{card.name}@{file_sha256(path, use_cache=False)}", None)
+        info = BaseInfo(model_type, f"builtin:{card.name}@{digest}", None)
     else:
         info = BaseInfo(model_type, f"random:{model_type}", None)
     sam.eval()

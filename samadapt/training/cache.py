@@ -103,15 +103,23 @@ class EmbeddingCache:
         arr = t.view(torch.uint16).numpy() if self.dtype is torch.bfloat16 else t.numpy()
         f = self._file(image_key)
         tmp = f.with_name(f"{f.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, f)
+        try:
+            np.save(tmp, arr)
+            os.replace(tmp, f)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.stats.writes += 1
 
+    def _entries(self) -> list[Path]:
+        # another process' temp files (``<key>.tmp<pid>.npy``) are not entries
+        return [f for f in self.path.glob("*.npy") if ".tmp" not in f.name]
+
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.glob("*.npy"))
+        return sum(f.stat().st_size for f in self._entries())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.path.glob("*.npy"))
+        return len(self._entries())
 
     def summary(self) -> str:
         return (

@@ -8,6 +8,7 @@ best epoch -> adapter, card, report, curves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -110,8 +111,10 @@ def build_datasets(cfg: TrainConfig):
                            **cfg.dataset_options)
         return train, val
     preset = presets.get_dataset(cfg.dataset)
+    # TACO has no official split: the preset's seeded 80/20 split calls its held-out part "test"
+    val_split = "test" if cfg.dataset == "taco" and cfg.val_split == "val" else cfg.val_split
     return (preset(cfg.data_root, split=cfg.train_split, **cfg.dataset_options),
-            preset(cfg.data_root, split=cfg.val_split, **cfg.dataset_options))
+            preset(cfg.data_root, split=val_split, **cfg.dataset_options))
 
 
 def _prompt_dataset(cfg: TrainConfig, instances, model: AdaptedSam, *, load_image: bool):
@@ -127,9 +130,14 @@ def fill_embedding_cache(accelerator, model: AdaptedSam, dataset, cache: Embeddi
                          progress: bool) -> int:
     """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images) missing from the cache,
     the images split between processes. Returns how many this process encoded."""
+    from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
 
-    todo = [i for i in range(len(dataset)) if dataset.image_key(i) not in cache]
+    # The main process' list for every process: lists made by each process could differ (another
+    # process may already have written some entries), and splitting different lists would leave
+    # images that no process encodes.
+    todo = [i for i in range(len(dataset)) if dataset.image_key(i) not in cache] if accelerator.is_main_process else None
+    todo = broadcast_object_list([todo])[0]
     encoded = 0
     with accelerator.split_between_processes(todo) as mine:
         bar = tqdm(total=len(todo), desc="encoding images for the cache", disable=not (progress and accelerator.is_local_main_process))
@@ -191,6 +199,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # the multimask hypernetworks not selected by the loss get no gradient in a step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if cfg.mixed_precision is None:  # the launcher's choice; recorded in config.yaml as resolved
+        cfg = dataclasses.replace(cfg, mixed_precision=accelerator.mixed_precision)
     is_main = accelerator.is_main_process
     say = accelerator.print
     set_seed(cfg.seed)
@@ -267,6 +277,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     for epoch in range(progress.epoch, cfg.epochs):
         if progress.stopped_early:
             break
+        # Accelerate's loader calls dataset.set_epoch(<its own count of passes>) when iterated; that
+        # count restarts at 0 in a resumed run, so set it too, or epoch 2 would replay epoch 1's order
+        loader.set_epoch(epoch)
         shuffled.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
@@ -352,14 +365,36 @@ def train(cfg: TrainConfig) -> TrainResult:
                 "training": training})
             published = cfg.run_name
         _write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
+        summary = {
+            "name": cfg.run_name, "strategy": cfg.strategy, "model": cfg.model, "dataset": cfg.dataset_tag,
+            "trainable_parameters": unwrapped.num_parameters(True), "total_parameters": unwrapped.num_parameters(),
+            "adapter_bytes": adapter_path.stat().st_size, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+            "seconds_per_epoch": progress.train_seconds / max(1, len(progress.history)),
+            "peak_memory_mb": _peak_memory_mb(accelerator.device), "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes, "zero_shot": progress.zero_shot, "fine_tuned": final,
+        }
+        atomic_write(run_dir / "run_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=_json_default)))
         say(_summary(cfg, unwrapped, progress, final, cache, adapter_path, published, run_dir))
-    if cfg.log_with:
-        accelerator.end_training()
     accelerator.wait_for_everyone()
+    # finishes the trackers and destroys the process group: nothing collective may follow it
+    accelerator.end_training()
     return TrainResult(run_dir, adapter_path, published, progress.zero_shot, final, progress.best_epoch, progress.history)
 
 
 # ---------------------------------------------------------------------------- helpers
+def _json_default(x):
+    return float(x) if isinstance(x, (np.floating, np.integer)) else str(x)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA max allocated on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

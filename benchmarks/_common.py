@@ -1,0 +1,347 @@
+"""Shared pieces of the benchmarks: machine description, timers, peak memory, model variants, JSON.
+
+Timing. Every measured call is bracketed by ``torch.cuda.synchronize()`` on CUDA. We report the
+wall-clock minimum and median over the timed repetitions (after warm-up) and, on CPU, the process
+CPU time: on a shared CPU the minimum is the least disturbed estimate and ratios are taken from it.
+
+Peak memory, CPU, two measures of the same step, in a subprocess: (1) ``tensor_peak``: the peak of
+live tensor bytes allocated during the step, from ``torch.profiler``'s memory events (what the
+step's tensors need: activations kept for backward, gradients, temporaries); (2) ``rss``: the peak
+resident set (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs`` after
+``malloc_trim``) minus the resident set before the step: what the process really touched, including
+pages glibc keeps after tensors are freed, which blurs differences of a few hundred MiB. Ratios use
+the tensor peak. CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``,
+minus ``memory_allocated()`` before the step (tensor level already); and the total peak (weights
+included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_TAG = "@@RESULT@@ "
+
+
+# ------------------------------------------------------------------------------------------ machine
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import psutil
+
+    import segment_anything
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "segment_anything": getattr(segment_anything, "__version__", "1.0"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count_logical": psutil.cpu_count(logical=True),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(device_name=p.name, device_memory_gib=round(p.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:
+        info["device_name"] = cpu_model()
+    return info
+
+
+# ------------------------------------------------------------------------------------------ timing
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
+    """(wall seconds, process CPU seconds, result) of one call."""
+    sync(device)
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - w0, time.process_time() - c0, out
+
+
+def summarise(walls: list[float], cpus: list[float] | None = None) -> dict[str, Any]:
+    d = {"wall_s_min": min(walls), "wall_s_median": statistics.median(walls), "n": len(walls),
+         "wall_s_all": [round(w, 4) for w in walls]}
+    if cpus:
+        d["cpu_s_median"] = statistics.median(cpus)
+    return d
+
+
+def repeat(fn: Callable[[], Any], device: str, *, warmup: int, reps: int) -> dict[str, Any]:
+    for _ in range(warmup):
+        time_call(fn, device)
+    walls, cpus = [], []
+    for _ in range(reps):
+        w, c, _ = time_call(fn, device)
+        walls.append(w)
+        cpus.append(c)
+    return summarise(walls, cpus)
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _status_kib(field: str) -> int:
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+class PeakMemory:
+    """Peak memory of a region, in bytes (see the module docstring for what is counted)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.method = ""
+        self.base = 0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            self.method = "torch.cuda.max_memory_allocated() - memory_allocated() before"
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "VmHWM (reset via /proc/self/clear_refs) - VmRSS before, after malloc_trim"
+        except OSError:
+            self.method = "VmHWM - VmRSS before (high-water mark could not be reset: includes earlier peaks)"
+        self.base = _status_kib("VmRSS") * 1024
+
+    def stop(self) -> dict[str, Any]:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            return {"peak_step_bytes": peak - self.base, "peak_total_bytes": peak, "memory_method": self.method}
+        peak = _status_kib("VmHWM") * 1024
+        return {"peak_step_bytes": peak - self.base, "peak_total_bytes": peak, "memory_method": self.method}
+
+
+class TensorPeak:
+    """Peak bytes of live tensors allocated inside a ``with`` block (CPU: from torch.profiler's memory
+    events, which see every tensor allocation and free, not the allocator's retained pages).
+
+    Allocations are attributed to the op that made them, at its start: an op's internal temporaries
+    freed before it returns count at their full size.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> "TensorPeak":
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.device == "cpu":
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device != "cpu":
+            return
+        self._prof.__exit__(*exc)
+        deltas = []
+        for e in self._prof.events():
+            d = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+            if d:
+                deltas.append((e.time_range.start, d))
+        deltas.sort(key=lambda x: x[0])
+        cur = 0
+        for _, d in deltas:
+            cur += d
+            self.peak = max(self.peak, cur)
+
+
+# ------------------------------------------------------------------------------------------ models
+def variant_card(model_type: str, *, image_size: int | None = None, depth: int | None = None,
+                 global_attn_indexes: tuple[int, ...] | None = None):
+    """The registered card of ``model_type`` with its input size or depth changed (for CPU runs)."""
+    from samadapt.models.registry import get_model_card
+
+    card = get_model_card(model_type)
+    changes: dict[str, Any] = {}
+    if image_size is not None:
+        changes["image_size"] = image_size
+    if depth is not None:
+        changes["encoder_depth"] = depth
+        changes["encoder_global_attn_indexes"] = tuple(global_attn_indexes if global_attn_indexes is not None
+                                                       else [i for i in card.encoder_global_attn_indexes if i < depth])
+    return dataclasses.replace(card, **changes) if changes else card
+
+
+def describe_variant(model_type: str, image_size: int | None = None, depth: int | None = None,
+                     global_attn_indexes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    card = variant_card(model_type, image_size=image_size, depth=depth, global_attn_indexes=global_attn_indexes)
+    from samadapt.models.registry import get_model_card
+
+    full = get_model_card(model_type)
+    reduced = card.image_size != full.image_size or card.encoder_depth != full.encoder_depth
+    return {
+        "model_type": model_type,
+        "image_size": card.image_size,
+        "encoder_depth": card.encoder_depth,
+        "encoder_global_attn_indexes": list(card.encoder_global_attn_indexes),
+        "official_architecture": not reduced,
+        "what": (f"{model_type} as registered" if not reduced else
+                 f"{model_type} widths/heads, {card.encoder_depth} of {full.encoder_depth} blocks "
+                 f"(global attention at {list(card.encoder_global_attn_indexes)}), {card.image_size} px input"),
+    }
+
+
+def build_variant(model_type: str, *, image_size: int | None = None, depth: int | None = None,
+                  global_attn_indexes: tuple[int, ...] | None = None, seed: int = 0, device: str = "cpu"):
+    """A randomly initialised upstream ``Sam`` of a (possibly reduced) registered architecture."""
+    from samadapt.models.registry import BaseInfo, build_sam_architecture
+
+    torch.manual_seed(seed)
+    card = variant_card(model_type, image_size=image_size, depth=depth, global_attn_indexes=global_attn_indexes)
+    sam = build_sam_architecture(card).to(device).eval()
+    sam.samadapt_base = BaseInfo(model_type, f"random:{model_type}@{card.image_size}px/{card.encoder_depth}blocks", None)
+    return sam
+
+
+def randomise_zero_inits(sam: torch.nn.Module, seed: int = 1, std: float = 0.02) -> None:
+    """Random values for parameters that start at zero (relative positions, LoRA B, adapter
+    up-projections), so equality checks compare non-trivial numbers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if any(k in name for k in ("rel_pos", "lora_B", ".up.", "shared_mlp", "pos_embed")):
+                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.device, p.dtype))
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------------ data
+def random_training_batch(batch: int, prompts: int, image_size: int, *, seed: int = 0, device: str = "cpu"):
+    """Preprocessed images (B, 3, S, S), per image (P, 4) boxes in the input frame, and (B*P, S/4, S/4)
+    ground-truth masks (the box interiors)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, image_size, image_size, generator=g)
+    boxes, masks = [], []
+    low = image_size // 4
+    for _ in range(batch):
+        xy = torch.rand(prompts, 2, generator=g) * image_size * 0.6
+        wh = torch.rand(prompts, 2, generator=g) * image_size * 0.35 + image_size * 0.05
+        b = torch.cat([xy, xy + wh], 1)
+        boxes.append(b.to(device))
+        for x0, y0, x1, y1 in (b / 4).round().long().tolist():
+            m = torch.zeros(low, low)
+            m[y0:y1, x0:x1] = 1
+            masks.append(m)
+    return images.to(device), boxes, torch.stack(masks).to(device)
+
+
+def random_images(n: int, *, seed: int = 0, sizes=((480, 640), (640, 480), (512, 512)), boxes_per_image: int = 6):
+    """RGB uint8 images of mixed shapes (smooth blobs, not noise) with XYXY boxes in their pixels."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images, boxes = [], []
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.zeros((h, w, 3), np.float32)
+        for _ in range(8):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 150)
+            img += rng.uniform(0, 255, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+        xy = rng.uniform(0, 0.6, (boxes_per_image, 2)) * [w, h]
+        wh = rng.uniform(0.1, 0.4, (boxes_per_image, 2)) * [w, h]
+        boxes.append(np.concatenate([xy, xy + wh], 1).astype(np.float32))
+    return images, boxes
+
+
+# ------------------------------------------------------------------------------------------ subprocesses
+def run_worker(spec: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
+    """Run ``run.py --worker SPEC`` in a fresh Python and return the JSON it prints last."""
+    cmd = [sys.executable, str(Path(__file__).with_name("run.py")), "--worker", json.dumps(spec)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise RuntimeError(f"worker {spec.get('kind')} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ output
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(x):
+    if isinstance(x, (torch.dtype, torch.device)):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table of ``rows`` for the terminal."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

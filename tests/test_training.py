@@ -1,0 +1,401 @@
+"""The trainer (samadapt.training.trainer) and the embedding cache (samadapt.training.cache).
+
+Tiny in-process runs (``train(cfg)``) for the embedding cache and the non-finite-loss stop; one run
+on two CPU processes under ``torchrun``. The recipe itself (accelerate launch, outputs, resume) is
+tested end to end in test_recipes.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from samadapt.config import TrainConfig
+from samadapt.errors import TrainingError
+from samadapt.training.cache import EmbeddingCache
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(demo_data_root: Path, tmp_path: Path, checkpoint: Path, **overrides) -> TrainConfig:
+    """The tiny run of ``tiny_run_args`` as a config, quiet and without the extras (zero-shot
+    evaluation, example figures, TensorBoard, publishing) unless asked for."""
+    kw = dict(strategy="decoder", model="mini", checkpoint=str(checkpoint), dataset="demo", data_root=str(demo_data_root),
+              demo_train_images=6, demo_val_images=3, epochs=2, prompts_per_image=4, batch_size=2, progress=False,
+              zero_shot=False, num_examples=0, log_with=None, publish=False, output_dir=str(tmp_path / "run"),
+              cache_dir=str(tmp_path / "cache"))
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def _train(cfg: TrainConfig):
+    """``train(cfg)`` in this process on one thread (as the subprocess runs: the CPU is shared), then
+    forget Accelerate's process-wide state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from samadapt.training.trainer import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _subprocess_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "SAMADAPT_HOME": str(home), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.update(extra)
+    return env
+
+
+# ============================================================================ EmbeddingCache
+def _cache(tmp_path: Path, **kw) -> EmbeddingCache:
+    args = dict(directory=tmp_path / "cache", model_type="mini", base_id="sha256:" + "a" * 64, image_size=256)
+    args.update(kw)
+    return EmbeddingCache(**args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cache_round_trip(tmp_path, dtype):
+    cache = _cache(tmp_path, dtype=dtype)
+    emb = torch.randn(16, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    assert "img" not in cache and cache.get("img") is None
+    cache.put("img", emb)
+    assert "img" in cache
+    got = cache.get("img")
+    assert got.dtype == dtype and got.shape == (16, 4, 4)
+    assert torch.equal(got, emb.detach().to(dtype))  # exactly the stored (rounded) values
+    # persisted: another cache object on the same folder reads the same tensor
+    again = _cache(tmp_path, dtype=dtype).get("img")
+    assert torch.equal(again, got)
+    # stored at 16 bits: 16 * 4 * 4 values * 2 bytes (+ the .npy header)
+    assert 16 * 4 * 4 * 2 <= cache.size_bytes() < 16 * 4 * 4 * 2 + 256 and len(cache) == 1
+
+
+def test_cache_rejects_other_dtypes(tmp_path):
+    with pytest.raises(ValueError, match="bfloat16 or torch.float16"):
+        _cache(tmp_path, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("change", [
+    {"base_id": "sha256:" + "b" * 64},
+    {"image_size": 1024},
+    {"model_type": "vit_b"},
+    {"dtype": torch.float16},
+], ids=["base_id", "image_size", "model_type", "dtype"])
+def test_cache_namespace_changes_with_the_base(tmp_path, change):
+    base = _cache(tmp_path)
+    base.put("img", torch.ones(2, 2, 2))
+    other = _cache(tmp_path, **change)
+    assert other.namespace != base.namespace and other.path != base.path
+    assert "img" not in other and other.get("img") is None  # never confused with the old entries
+    assert len(other) == 0
+    same = _cache(tmp_path)
+    assert same.namespace == base.namespace and "img" in same
+    assert json.loads((base.path / "namespace.json").read_text()) == base.namespace_fields
+    assert base.namespace.startswith("mini-")
+
+
+def test_cache_writes_are_atomic(tmp_path, monkeypatch):
+    import samadapt.training.cache as cache_module
+
+    cache = _cache(tmp_path)
+    cache.put("kept", torch.full((2, 2, 2), 3.0))
+    cache.put("kept", torch.full((2, 2, 2), 5.0))  # overwriting works
+    assert torch.equal(cache.get("kept"), torch.full((2, 2, 2), 5.0, dtype=torch.bfloat16))
+    assert [f.name for f in cache.path.iterdir() if ".tmp" in f.name] == []
+
+    real_save = np.save
+
+    def crash(path, arr):  # a kill in the middle of writing: half a file, then the process dies
+        real_save(path, arr)
+        with open(path, "r+b") as f:
+            f.truncate(20)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.np, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put("new", torch.ones(2, 2, 2))
+    with pytest.raises(KeyboardInterrupt):
+        cache.put("kept", torch.zeros(2, 2, 2))
+    monkeypatch.setattr(cache_module.np, "save", real_save)
+    assert "new" not in cache  # no partial entry
+    assert torch.equal(cache.get("kept"), torch.full((2, 2, 2), 5.0, dtype=torch.bfloat16))  # old entry intact
+    assert [f.name for f in cache.path.iterdir() if ".tmp" in f.name] == []
+    assert len(cache) == 1 and cache.stats.writes == 2
+
+
+def test_cache_counts_other_processes_temp_files_as_nothing(tmp_path):
+    cache = _cache(tmp_path)
+    cache.put("a", torch.ones(2, 2, 2))
+    np.save(cache.path / "b.tmp12345.npy", np.zeros((2, 2, 2), np.uint16))  # another process mid-write
+    assert len(cache) == 1 and "b" not in cache
+
+
+def test_cache_damaged_entry_is_a_miss(tmp_path):
+    cache = _cache(tmp_path)
+    cache.put("img", torch.ones(8, 8, 8))
+    path = cache.path / "img.npy"
+    path.write_bytes(path.read_bytes()[:100])  # truncated by something outside samadapt
+    assert cache.get("img") is None and cache.stats.misses == 1
+
+
+def test_cache_stats(tmp_path):
+    cache = _cache(tmp_path)
+    assert cache.stats.hit_rate == 0.0
+    cache.put("a", torch.ones(2, 2, 2))
+    cache.get("a"), cache.get("a"), cache.get("a"), cache.get("missing")
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.writes) == (3, 1, 1)
+    assert cache.stats.hit_rate == pytest.approx(0.75)
+    text = cache.summary()
+    assert "1 embeddings" in text and "3 hits / 1 misses" in text and "hit rate 75%" in text and str(cache.path) in text
+
+
+# ============================================================================ the cache in training
+def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini_checkpoint, other_mini_checkpoint,
+                                                 monkeypatch, capsys):
+    from samadapt.data import presets
+    from samadapt.data.sam_dataset import file_sha1
+
+    writes: list[str] = []
+    real_put = EmbeddingCache.put
+
+    def put(self, key, emb):
+        writes.append(key)
+        real_put(self, key, emb)
+
+    monkeypatch.setattr(EmbeddingCache, "put", put)
+    train_set = presets.demo(demo_data_root, "train")
+    image_keys = sorted(file_sha1(train_set.image_path(i)) for i in range(len(train_set)))
+    assert len(set(image_keys)) == 6
+
+    # 1. fresh cache: the fill encodes every training image exactly once, training encodes none
+    first = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a")))
+    out = capsys.readouterr().out
+    assert sorted(writes) == image_keys
+    assert "encoded 6 new image(s)" in out
+    assert [row["encoder_images"] for row in first.history] == [0, 0]
+    assert json.loads((tmp_path / "a" / "history.json").read_text())[1]["encoder_images"] == 0
+    assert "hit rate 100%" in out  # both epochs read every image from the cache
+
+    # 2. same base: all hits, nothing encoded
+    writes.clear()
+    second = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "b"), epochs=1))
+    out = capsys.readouterr().out
+    assert writes == [] and "encoded 0 new image(s)" in out
+    assert "6 hits / 0 misses (hit rate 100%)" in out
+    assert [row["encoder_images"] for row in second.history] == [0]
+
+    # 3. another base checkpoint: another namespace, every image encoded again
+    writes.clear()
+    _train(_tiny_config(demo_data_root, tmp_path, other_mini_checkpoint, output_dir=str(tmp_path / "c"), epochs=1))
+    out = capsys.readouterr().out
+    assert sorted(writes) == image_keys and "encoded 6 new image(s)" in out
+    namespaces = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert len(namespaces) == 2
+    assert {json.loads((p / "namespace.json").read_text())["base_id"] for p in namespaces} == {
+        f"sha256:{d}" for d in (_sha256(mini_checkpoint), _sha256(other_mini_checkpoint))}
+    assert all(len(list(p.glob("*.npy"))) == 6 for p in namespaces)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_no_cache_for_strategies_that_train_the_encoder(tmp_path, demo_data_root, mini_checkpoint):
+    result = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, strategy="lora", epochs=1))
+    assert [row["encoder_images"] for row in result.history] == [6]  # every training image, every epoch
+    assert not (tmp_path / "cache").exists()
+
+
+def test_mixed_precision_defaults_to_the_launchers_choice(tmp_path, demo_data_root, mini_checkpoint, monkeypatch, capsys):
+    """`accelerate launch --mixed_precision bf16 recipes/finetune.py` (no --mixed-precision) trains in
+    bf16; the resolved value is printed and saved in config.yaml."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the launcher sets
+    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, epochs=1)
+    assert cfg.mixed_precision is None
+    _train(cfg)
+    assert "mixed precision bf16" in capsys.readouterr().out
+    assert TrainConfig.from_yaml(cfg.run_dir / "config.yaml").mixed_precision == "bf16"
+
+
+# ============================================================================ non-finite loss
+def test_nan_loss_stops_without_writing_an_adapter(tmp_path, demo_data_root, mini_checkpoint, samadapt_home_dir,
+                                                   monkeypatch):
+    from samadapt.training import losses
+
+    real_forward = losses.SamLoss.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2 (3 steps per epoch), step 5
+            return dataclasses.replace(out, loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(losses.SamLoss, "forward", forward)
+    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, publish=True)
+    with pytest.raises(TrainingError) as err:
+        _train(cfg)
+    message = str(err.value)
+    assert "non-finite (NaN or inf) at epoch 2, step 4" in message  # what happened, where
+    assert "mixed precision 'no'" in message and "Lower the learning rate" in message  # what to do
+    assert str(cfg.run_dir / "checkpoints") in message  # where the last good state is
+    run_dir = cfg.run_dir
+    assert not (run_dir / "adapter.safetensors").exists()
+    assert not (samadapt_home_dir / "adapters").exists()
+    # Kept on purpose: the best adapter of epoch 1, validated before the NaN, and epoch 1's state
+    # (what --resume would continue from). Both are finite; no temp files are left.
+    best = load_file(str(run_dir / "best_adapter.safetensors"))
+    assert best and all(torch.isfinite(t).all() for t in best.values())
+    from samadapt import read_adapter_metadata
+
+    assert read_adapter_metadata(run_dir / "best_adapter.safetensors")["info"]["epoch"] == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0001"]
+    assert [p.name for p in run_dir.iterdir() if ".tmp" in p.name] == []
+
+
+def test_non_finite_loss_is_skipped_under_fp16_then_stops(tmp_path, caplog):
+    from samadapt.training.trainer import TrainProgress, _non_finite
+
+    cfg = TrainConfig(mixed_precision="fp16")  # fp16 autocast needs a GPU: only the policy is tested here
+    progress = TrainProgress(global_step=7)
+    with caplog.at_level(logging.WARNING, logger="samadapt.training"):
+        for _ in range(50):
+            _non_finite(cfg, progress, 0, tmp_path)  # the GradScaler's overflow steps: skipped
+    assert progress.skipped_steps == 50
+    assert "under fp16: step skipped (50 so far)" in caplog.records[-1].getMessage()
+    with pytest.raises(TrainingError, match="non-finite .* at epoch 1, step 7 .*mixed precision 'fp16'"):
+        _non_finite(cfg, progress, 0, tmp_path)
+
+
+def test_non_finite_loss_stops_at_once_in_fp32_and_bf16(tmp_path):
+    from samadapt.training.trainer import TrainProgress, _non_finite
+
+    for precision in ("no", "bf16"):
+        with pytest.raises(TrainingError, match=f"mixed precision '{precision}'"):
+            _non_finite(TrainConfig(mixed_precision=precision), TrainProgress(), 2, tmp_path)
+
+
+# ============================================================================ epochs and resume
+def test_loader_epoch_survives_a_fresh_loader(reset_accelerate):
+    """A resumed run builds a new (Accelerate-prepared) loader and starts at epoch k: it must see
+    exactly the order and samples an uninterrupted run sees in epoch k (Accelerate's loader calls
+    ``dataset.set_epoch(<its own pass count>)``, which restarts at 0)."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader, Dataset
+
+    from samadapt.training.trainer import EpochShuffled
+
+    class Items(Dataset):
+        epoch = 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.tensor([i, self.epoch])
+
+    accelerator = Accelerator(cpu=True)
+
+    def run(epochs):
+        shuffled = EpochShuffled(Items(), seed=0)
+        loader = accelerator.prepare(DataLoader(shuffled, batch_size=4))
+        seen = []
+        for epoch in epochs:  # what the trainer does at the start of each epoch
+            loader.set_epoch(epoch)
+            shuffled.set_epoch(epoch)
+            seen.append(torch.cat(list(loader)).tolist())
+        return seen
+
+    uninterrupted = run([0, 1, 2])
+    assert uninterrupted[0] != uninterrupted[1]
+    assert run([1, 2]) == uninterrupted[1:]
+
+
+# ============================================================================ two processes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny_run_args):
+    """``torchrun --nproc_per_node 2`` on CPU (gloo): the ranks end training with identical weights,
+    and evaluation counts every validation image and instance exactly once."""
+    from samadapt.data import presets
+    from samadapt.training.eval_run import zero_shot_model
+    from samadapt.training.evaluate import evaluate
+
+    # Each rank saves its trainable tensors as training ends (before the best epoch's adapter is
+    # loaded back from disk, which would make them equal anyway).
+    wrapper = tmp_path / "finetune_dump_ranks.py"
+    wrapper.write_text(textwrap.dedent(f"""
+        import os, runpy, sys
+        from safetensors.torch import save_file
+        import samadapt.training.trainer as trainer
+
+        real_load = trainer._load_trainable
+
+        def load_best(model, path):
+            tensors = {{n: p.detach().cpu().contiguous() for n, p in model.trainable_named_parameters()}}
+            save_file(tensors, os.path.join(os.environ["DUMP_DIR"], "rank%s.safetensors" % os.environ["RANK"]))
+            return real_load(model, path)
+
+        trainer._load_trainable = load_best
+        sys.argv = [{str(REPO / "recipes" / "finetune.py")!r}] + sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """))
+    dump = tmp_path / "ranks"
+    dump.mkdir()
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(wrapper), "--strategy", "decoder", "--checkpoint",
+           str(mini_checkpoint), *tiny_run_args, "--output-dir", str(run_dir), "--no-publish", "--log-with", "none"]
+    env = _subprocess_env(tmp_path / "home", ACCELERATE_USE_CPU="1", DUMP_DIR=str(dump))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 0, "\n".join([proc.stdout[-3000:], *errors[:20]])
+    assert "2 process(es)" in proc.stdout
+    # the cache fill split the 6 training images between the processes: each encoded 3, none twice
+    assert "encoded 3 new image(s) on this process" in proc.stdout
+    (namespace,) = (tmp_path / "home" / "cache").iterdir()
+    assert len(list(namespace.glob("*.npy"))) == 6
+
+    rank0, rank1 = (load_file(str(dump / f"rank{r}.safetensors")) for r in (0, 1))
+    assert rank0 and rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    base = torch.load(mini_checkpoint, map_location="cpu")
+    assert any(not torch.equal(rank0[k], base[k]) for k in rank0)  # and they did train
+
+    # the same images, prompts and base as one process would evaluate
+    val = presets.demo(demo_data_root, "val")
+    single = evaluate(zero_shot_model("mini", mini_checkpoint), val, progress=False).metrics
+    metrics = json.loads((run_dir / "metrics.json").read_text())["models"]
+    for label in ("zero-shot", "fine-tuned"):
+        assert metrics[label]["num_images"] == single["num_images"] == 3
+        assert metrics[label]["num_instances"] == single["num_instances"]
+    assert metrics["zero-shot"]["mean_iou"] == pytest.approx(single["mean_iou"], abs=1e-4)
