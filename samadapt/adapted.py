@@ -97,6 +97,16 @@ class AdaptedSam(nn.Module):
         """The tensors an adapter file holds: every trainable parameter, detached, by name."""
         return {n: p.detach() for n, p in self.trainable_named_parameters()}
 
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy tensors into the trainable parameters of the same names (exactly those names)."""
+        params = dict(self.trainable_named_parameters())
+        if set(state) != set(params):
+            missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise ConfigError(f"trainable state does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
     def extra_repr(self) -> str:
         return (
             f"model_type={self.model_type!r}, strategy={self.strategy!r}, "

@@ -166,10 +166,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
     except Exception as e:
         raise AdapterFileError(f"{str(path)!r}: tensor data unreadable ({e}); the file is truncated") from None
     model = adapt(sam, meta["strategy"], **meta["strategy_config"])
-    params = dict(model.sam.named_parameters())
-    with torch.no_grad():
-        for k, t in tensors.items():
-            params[k].copy_(t)
+    model.load_trainable_state(tensors)
     model.adapter_info = meta["info"]
     return model
 

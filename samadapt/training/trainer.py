@@ -460,11 +460,7 @@ def _register_trainable_only_state(accelerator) -> None:
     def load_hook(models, input_dir):
         for i, m in enumerate(list(models)):
             m = accelerator.unwrap_model(m)
-            state = load_file(str(Path(input_dir) / f"trainable_{i}.safetensors"))
-            params = dict(m.sam.named_parameters())
-            with torch.no_grad():
-                for k, t in state.items():
-                    params[k].copy_(t)
+            m.load_trainable_state(load_file(str(Path(input_dir) / f"trainable_{i}.safetensors")))
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -474,11 +470,7 @@ def _register_trainable_only_state(accelerator) -> None:
 def _load_trainable(model: AdaptedSam, path: Path) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
-    params = dict(model.sam.named_parameters())
-    with torch.no_grad():
-        for k, t in state.items():
-            params[k].copy_(t)
+    model.load_trainable_state(load_file(str(path)))
 
 
 def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, final: dict, zs_examples, ft_examples,
