@@ -41,9 +41,10 @@ class SamOutput:
 
 
 def _as_list(x, n: int) -> list:
+    """Per-image prompts as a list: None for every image, or one tensor given for a single image."""
     if x is None:
         return [None] * n
-    if isinstance(x, torch.Tensor) and n == 1 and x.ndim in (2, 3) and not isinstance(x, list):
+    if isinstance(x, torch.Tensor) and n == 1 and x.ndim in (2, 3):
         return [x]
     return list(x)
 
