@@ -108,15 +108,26 @@ def test_same_model_twice_gives_identical_metrics(box_result, model, data):
     assert _dump(again.metrics) == _dump(box_result.metrics)
 
 
-def test_metrics_match_predict(model, data, box_result):
-    # evaluate scores exactly what model.predict returns for the GT boxes
+def test_metrics_match_predict(model, data):
+    # one image per predict_batch call runs exactly what model.predict runs: identical numbers
+    one = evaluate(model, data, batch_size=1, progress=False)
     s = data[1]
     masks, scores = model.predict(s["image"], boxes=s["boxes"])
     inter = (masks & s["masks"]).sum(axis=(1, 2))
     union = (masks | s["masks"]).sum(axis=(1, 2))
     expected = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    np.testing.assert_allclose(box_result.records.iou[3:], expected, atol=1e-12)
-    np.testing.assert_allclose(box_result.records.scores[3:], scores, rtol=1e-5)
+    np.testing.assert_array_equal(one.records.iou[3:], expected)
+    np.testing.assert_array_equal(one.records.scores[3:], scores)
+
+
+def test_batched_evaluation_agrees_with_one_image_at_a_time(model, data, box_result):
+    # batching the encoder changes float rounding (~1e-8), nothing more: a mask pixel may flip only
+    # where its logit is within noise of 0, which moves an IoU by far less than 1e-2 here
+    one = evaluate(model, data, batch_size=1, progress=False, return_examples=2)
+    np.testing.assert_allclose(box_result.records.scores, one.records.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(box_result.records.iou, one.records.iou, rtol=0, atol=1e-2)
+    for a, b in zip(box_result.examples, one.examples):
+        assert (a["pred"] != b["pred"]).mean() < 1e-3
 
 
 def test_jitter_is_seeded_and_differs_from_box(model, data, box_result):
@@ -164,8 +175,10 @@ def test_sharded_records_merge_to_the_whole(model, data):
 def test_chunked_prompts_give_the_same_result(model, data, box_result):
     small = evaluate_records(model, data, [0, 1], progress=False, max_mask_pixels=48 * 64, batch_size=2,
                              return_examples=1)
-    np.testing.assert_allclose(small.iou, box_result.records.iou, atol=1e-6)
-    np.testing.assert_array_equal(small.examples[0]["pred"], box_result.examples[0]["pred"])
+    # other decoder batch sizes round differently (~1e-8): equal up to pixels whose logit is ~0
+    np.testing.assert_allclose(small.iou, box_result.records.iou, rtol=0, atol=1e-2)
+    np.testing.assert_allclose(small.scores, box_result.records.scores, rtol=0, atol=1e-5)
+    assert (small.examples[0]["pred"] != box_result.examples[0]["pred"]).mean() < 1e-3
 
 
 def test_training_mode_is_restored(model, data):

@@ -104,11 +104,14 @@ def test_batched_forward_matches_upstream_sam_forward(make_mini, mini_batch):
 def test_predict_batch_equals_predict(make_mini, rgb_image):
     model = samadapt.adapt(make_mini(), "decoder")
     other = np.ascontiguousarray(rgb_image[::-1, :100])
-    batch = model.predict_batch([rgb_image, other], [BOXES, BOXES[:1]])
-    for img, boxes, (masks, scores) in zip([rgb_image, other], [BOXES, BOXES[:1]], batch):
-        m1, s1 = model.predict(img, boxes=boxes)
-        assert (masks == m1).all()
+    batch = model.predict_batch([rgb_image, other], [BOXES, BOXES[:1]], return_logits=True)
+    for img, boxes, (masks, scores, low) in zip([rgb_image, other], [BOXES, BOXES[:1]], batch):
+        m1, s1, low1 = model.predict(img, boxes=boxes, return_logits=True)
+        # a batch of 2 images rounds differently from a batch of 1 (~1e-8): logits agree to TOL, and
+        # a mask pixel may only flip where its logit is within that noise of 0
+        np.testing.assert_allclose(low, low1, rtol=0, atol=TOL)
         np.testing.assert_allclose(scores, s1, rtol=0, atol=TOL)
+        assert (masks != m1).mean() < 1e-3
 
 
 @pytest.mark.parametrize("strategy, options", [("lora", {}), ("adapter", {"prompt_generator": True})])
