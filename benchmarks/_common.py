@@ -310,6 +310,12 @@ def emit(result: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ output
+def result_file_name(benchmark: str, device: str, mode: str) -> str:
+    """``<benchmark>-<device>.json``; a full-size run on the CPU gets ``-full`` so that it sits beside
+    the ``--quick`` results instead of replacing them (on CUDA every run is full-size)."""
+    return f"{benchmark}-{device}{'-full' if device == 'cpu' and mode == 'full' else ''}.json"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

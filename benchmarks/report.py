@@ -55,7 +55,7 @@ def render_one(d: dict[str, Any]) -> str:
     lines.append(f"*{m.get('device_name', m.get('cpu'))}; torch {m['torch']}, {m['torch_threads']} thread(s); "
                  f"{m['date']}; load average {m['loadavg_at_start'][0]:.1f} at start, "
                  f"{m.get('loadavg_at_end', [float('nan')])[0]:.1f} at end; {d.get('elapsed_s', '?')} s. "
-                 f"Source: `benchmarks/results/{d['benchmark']}-{d['device']}.json`.*")
+                 f"Source: `benchmarks/results/{d['_file']}`.*")
     lines.append("")
     setup = d.get("setup", {})
     for key in ("what", "step", "call", "ours", "upstream", "encoder_path", "cached_path", "ideal_ratio",
@@ -100,8 +100,8 @@ def load(results: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
         if isinstance(d, dict) and d.get("benchmark") in ORDER and "tables" in d:
-            docs.append(d)
-    docs.sort(key=lambda d: (ORDER.index(d["benchmark"]), d["device"]))
+            docs.append({**d, "_file": f.name})
+    docs.sort(key=lambda d: (ORDER.index(d["benchmark"]), d["device"], d["mode"] == "full"))
     return docs
 
 

@@ -98,8 +98,7 @@ def plan(mode: str, device: str, models: list[str]) -> dict[str, Any]:
                               "throughput_batch": 32},
         "batched_prediction": {"variants": full, "images": 16, "boxes": 6, "batch_size": 8, "reps": 3},
         "sdpa_attention": {"tokens": 64, "dim": 768, "heads": 12, "window": 14, "reps": 10},
-        "activation_checkpointing": {"variants": [{"model_type": "vit_b"}, {"model_type": "vit_h"}],
-                                     "strategies": ["lora", "adapter"], "batch": 1, "prompts": 8},
+        "activation_checkpointing": {"variants": full, "strategies": ["lora", "adapter"], "batch": 1, "prompts": 8},
         "decoder_step": {"decoders": ["mini", "vit_b"], "images": 4, "prompts": 8, "reps": 10, "profile": True},
     }
 
@@ -285,7 +284,7 @@ class Bench:
     def write(self) -> Path:
         self.data["machine"]["loadavg_at_end"] = list(os.getloadavg())
         self.data["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
-        path = Path(self.args.out) / f"{self.name}-{self.args.device}.json"
+        path = Path(self.args.out) / C.result_file_name(self.name, self.args.device, self.mode)
         C.write_json(path, self.data)
         print(f"-> {path} ({self.data['elapsed_s']} s)")
         return path
@@ -713,7 +712,8 @@ def bench_activation_checkpointing(args, cfg) -> Bench:
             "(largest block's activations + backward temporaries) / (all blocks'), and on CPU a global block "
             "at 1024 px is dominated by its 12 x 4096 x 4096 attention maps (SDPA's math path, see "
             "sdpa_attention), which exist in both cases; the 12-block rows at 256 px show the depth effect. "
-            "The full-size numbers come from the GPU run (benchmarks/gpu.sh).")
+            "The official ViT-B at 1024 px: `python benchmarks/run.py --only activation_checkpointing --models "
+            "vit_b` (activation_checkpointing-cpu-full.json on a CPU); ViT-H: benchmarks/gpu.sh.")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         warmups = cfg.get("warmup_per_variant", [cfg.get("warmup", 0)] * len(cfg["variants"]))

@@ -276,6 +276,15 @@ class AdaptedSam(nn.Module):
             raise ConfigError("predict needs boxes or points")
         return original_size, b, p, lab
 
+    def _check_embeddings(self, embeddings: Sequence[torch.Tensor], n: int) -> None:
+        want = (self.sam.prompt_encoder.embed_dim, *self.sam.prompt_encoder.image_embedding_size)
+        if len(embeddings) != n:
+            raise ConfigError(f"got {n} images but {len(embeddings)} image embeddings")
+        for i, e in enumerate(embeddings):
+            if tuple(e.shape) != want:
+                raise ConfigError(f"image_embeddings[{i}] has shape {tuple(e.shape)}; this {self.model_type!r} model's "
+                                  f"encoder gives {want}")
+
     @staticmethod
     def _check_image(image) -> np.ndarray:
         image = np.asarray(image)
@@ -319,28 +328,37 @@ class AdaptedSam(nn.Module):
         multimask: bool = False,
         return_logits: bool = False,
         batch_size: int = 8,
+        image_embeddings: Sequence[torch.Tensor] | None = None,
     ) -> list[tuple]:
         """:meth:`predict` for several images: encoder in batches of ``batch_size``, one decoder pass
-        per batch over all their prompts. Returns one ``predict`` result per image."""
+        per batch over all their prompts. Returns one ``predict`` result per image.
+
+        ``image_embeddings``: one (C, S/16, S/16) embedding per image that this model's encoder, as it
+        is now, computed earlier (e.g. an embedding cache of a frozen encoder); the encoder is then
+        skipped, and ``images`` only give each image's size."""
         n = len(images)
         points = points if points is not None else [None] * n
         labels = labels if labels is not None else [None] * n
         if not (len(boxes) == len(points) == len(labels) == n):
             raise ConfigError(f"got {n} images but prompts for {len(boxes)}")
+        if image_embeddings is not None:
+            self._check_embeddings(image_embeddings, n)
         tf, dtype = self.transform, self.sam.pixel_mean.dtype
         results: list[tuple] = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             imgs = [self._check_image(images[i]) for i in idx]
             prompts = [self._prompts_for(imgs[j].shape, boxes[i], points[i], labels[i]) for j, i in enumerate(idx)]
-            x = torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype)
-            out = self.decode(self.encode(x), [p[1] for p in prompts], [p[2] for p in prompts],
+            if image_embeddings is None:
+                emb = self.encode(torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype))
+            else:
+                emb = torch.stack([image_embeddings[i] for i in idx]).to(self.device, dtype)
+            out = self.decode(emb, [p[1] for p in prompts], [p[2] for p in prompts],
                               [p[3] for p in prompts], multimask=multimask)
             for j, (original_size, *_rest) in enumerate(prompts):
                 sel = out.image_index == j
                 low = out.low_res_logits[sel].float()
-                logits = tf.postprocess_logits(low, original_size)
-                masks = logits > self.sam.mask_threshold
+                masks = tf.postprocess_masks(low, original_size, self.sam.mask_threshold)
                 scores = out.iou_predictions[sel].float()
                 if not multimask:
                     masks, scores = masks[:, 0], scores[:, 0]

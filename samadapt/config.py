@@ -159,6 +159,26 @@ class TrainConfig:
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def check_resumable(self, saved: "TrainConfig", saved_path: str | Path) -> None:
+        """Raise :class:`ConfigError` when ``self`` would not continue the run that ``saved`` (its
+        ``config.yaml``) started: only the settings in :data:`RESUME_MAY_CHANGE`, which do not change
+        what is computed, may differ."""
+        import yaml
+
+        ours, theirs = (yaml.safe_load(c.to_yaml()) for c in (self, saved))  # the same normal form
+        changed = [k for k in ours if k not in RESUME_MAY_CHANGE and ours[k] != theirs.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in changed)
+            raise ConfigError(
+                f"--resume: the run in {str(self.run_dir)!r} was started with other settings ({what}); resuming "
+                f"would not continue it. Resume with its own settings (`--config {saved_path} --resume`), or "
+                f"start a new run with another --output-dir / --name")
+
+
+# settings a resumed run may change: none of them changes what is computed
+RESUME_MAY_CHANGE = frozenset({"resume", "progress", "num_workers", "log_with", "publish", "cache_dir", "name",
+                               "output_dir"})
+
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The keys of a YAML config file (``-`` in names read as ``_``), not yet validated: callers

@@ -94,3 +94,17 @@ class SamTransform:
         x = x[..., :h, :w]
         x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
         return x.reshape(*lead, *original_size)
+
+    def postprocess_masks(self, low_res_logits: torch.Tensor, original_size: tuple[int, int], threshold: float = 0.0,
+                          *, max_float_bytes: int = 1 << 28) -> torch.Tensor:
+        """Boolean masks ``postprocess_logits(...) > threshold``, upsampled a few masks at a time so
+        that the float intermediates (S x S and H x W per mask) stay under ``max_float_bytes``: a
+        12-megapixel photo with 50 prompts would otherwise hold 2.4 GB of float logits."""
+        lead = low_res_logits.shape[:-2]
+        flat = low_res_logits.reshape(-1, *low_res_logits.shape[-2:])
+        per_mask = 4 * (self.image_size ** 2 + original_size[0] * original_size[1])
+        step = max(1, max_float_bytes // per_mask)
+        out = torch.empty((flat.shape[0], *original_size), dtype=torch.bool, device=flat.device)
+        for k in range(0, flat.shape[0], step):
+            out[k:k + step] = self.postprocess_logits(flat[k:k + step], original_size) > threshold
+        return out.reshape(*lead, *original_size)

@@ -34,3 +34,22 @@ def test_benchmark_smoke_run_writes_json_with_passing_checks(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert report.returncode == 0, report.stderr
     assert "| decoder |" in report.stdout and "SamPredictor" in report.stdout
+
+
+def test_full_size_cpu_results_sit_beside_the_quick_ones(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _common
+        import report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert _common.result_file_name("train_step", "cpu", "quick") == "train_step-cpu.json"
+    assert _common.result_file_name("train_step", "cpu", "full") == "train_step-cpu-full.json"
+    assert _common.result_file_name("train_step", "cuda", "full") == "train_step-cuda.json"
+    # the report names each table's own file
+    src = json.loads((ROOT / "benchmarks" / "results" / "decoder_step-cpu.json").read_text())
+    for mode, name in (("quick", "decoder_step-cpu.json"), ("full", "decoder_step-cpu-full.json")):
+        (tmp_path / name).write_text(json.dumps({**src, "mode": mode}))
+    text = report.render(tmp_path)
+    assert "Source: `benchmarks/results/decoder_step-cpu.json`" in text
+    assert "Source: `benchmarks/results/decoder_step-cpu-full.json`" in text

@@ -120,3 +120,19 @@ def test_preprocess_equals_sam_predictor(image_size, hw):
     ours = SamTransform(image_size).preprocess_image(image)
     assert ours.dtype == torch.float32 and ours.shape == (3, image_size, image_size)
     assert torch.equal(captured[0][0], ours)
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (300, 200)])
+def test_postprocess_equals_sam_and_masks_are_chunked_exactly(hw):
+    """Logits back at the original size as upstream ``Sam.postprocess_masks``; the boolean masks,
+    upsampled a few at a time to bound memory, equal thresholding all of them at once."""
+    sam, tf = _tiny_sam(256), SamTransform(256)
+    low = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    theirs = sam.postprocess_masks(low, tf.input_size(hw), hw)
+    ours = tf.postprocess_logits(low, hw)
+    assert ours.shape == (5, 3, *hw)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)  # (N*3, 1) vs (N, 3) channels: rounding only
+    one_mask = 4 * (256 * 256 + hw[0] * hw[1])
+    for budget in (1, 2 * one_mask, 1 << 30):  # 1 mask, 2 masks, all 15 masks per upsampling
+        masks = tf.postprocess_masks(low, hw, 0.0, max_float_bytes=budget)
+        assert masks.dtype == torch.bool and torch.equal(masks, ours > 0.0)

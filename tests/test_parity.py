@@ -114,6 +114,27 @@ def test_predict_batch_equals_predict(make_mini, rgb_image):
         assert (masks != m1).mean() < 1e-3
 
 
+def test_predict_batch_on_precomputed_embeddings(make_mini, rgb_image):
+    """Embeddings from the encoder (an embedding cache) skip it and give the same predictions."""
+    model = samadapt.adapt(make_mini(), "decoder")
+    other = np.ascontiguousarray(rgb_image[::-1, :100])
+    with torch.no_grad():
+        emb = [model.encode(model.transform.preprocess_image(im)[None])[0] for im in (rgb_image, other)]
+    for img, e, boxes in zip([rgb_image, other], emb, [BOXES, BOXES[:1]]):
+        seen = model.encoder_images_seen
+        (masks, scores, low), = model.predict_batch([img], [boxes], image_embeddings=[e], return_logits=True)
+        assert model.encoder_images_seen == seen  # the encoder did not run
+        m1, s1, low1 = model.predict(img, boxes=boxes, return_logits=True)
+        np.testing.assert_array_equal(low, low1)  # the same computation otherwise: the same numbers
+        np.testing.assert_array_equal(scores, s1)
+        np.testing.assert_array_equal(masks, m1)
+    with pytest.raises(samadapt.ConfigError, match="got 2 images but 1 image embeddings"):
+        model.predict_batch([rgb_image, other], [BOXES, BOXES], image_embeddings=emb[:1])
+    with pytest.raises(samadapt.ConfigError, match=r"image_embeddings\[1\] has shape \(128, 8, 8\); this 'mini' model's "
+                                                   r"encoder gives \(128, 16, 16\)"):
+        model.predict_batch([rgb_image, other], [BOXES, BOXES], image_embeddings=[emb[0], emb[1][:, :8, :8]])
+
+
 @pytest.mark.parametrize("strategy, options", [("lora", {}), ("adapter", {"prompt_generator": True})])
 def test_adapted_sam_works_with_upstream_predictor_and_generator(strategy, options, make_mini, rgb_image):
     """peft's LoRA layers and the adapter hooks live inside the upstream Sam, so upstream's tools

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,6 +286,29 @@ def test_resume_after_kill_is_bit_identical(trained, tmp_path):
     assert [r["train_loss"] for r in ours] == [r["train_loss"] for r in theirs]
     ours, theirs = (json.loads((d / "metrics.json").read_text())["models"] for d in (run_dir, reference.run_dir))
     assert ours["zero-shot"] == theirs["zero-shot"] and ours["fine-tuned"] == theirs["fine-tuned"]
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused(trained, tmp_path, monkeypatch, capsys):
+    """--resume continues a run only with its own settings: a changed learning rate or epoch count
+    is an error naming both values, before anything in the run folder changes."""
+    reference = trained.runs["decoder"]
+    assert reference.returncode == 0, reference.log
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.run_dir / "checkpoints", run_dir / "checkpoints")
+    shutil.copy(reference.run_dir / "config.yaml", run_dir / "config.yaml")
+    before = (run_dir / "config.yaml").read_text()
+    monkeypatch.setenv("SAMADAPT_HOME", str(trained.home))
+    args = ["--strategy", "decoder", "--checkpoint", str(trained.checkpoint), *map(str, trained.args),
+            "--output-dir", str(run_dir), "--resume", "--no-publish"]
+    try:
+        assert _recipe("finetune").main(args + ["--lr", "0.5", "--epochs", "4"]) == 2
+    finally:
+        _reset_accelerate()
+    err = capsys.readouterr().err
+    assert "epochs 2 -> 4" in err and "lr 0.0003 -> 0.5" in err, err
+    assert f"--config {run_dir / 'config.yaml'} --resume" in err
+    assert (run_dir / "config.yaml").read_text() == before
 
 
 # ============================================================================ the bare default command

@@ -288,3 +288,14 @@ def test_a_new_strategy_is_one_class_and_one_registry_line(make_mini, tmp_path, 
             assert torch.equal(model(images, boxes=boxes).low_res_logits, loaded(images, boxes=boxes).low_res_logits)
     finally:
         STRATEGIES.pop("norm_test", None)
+
+
+def test_import_does_not_load_peft():
+    """peft pulls in transformers (seconds): `import samadapt` leaves it until a LoRA model is built."""
+    import subprocess
+    import sys
+
+    code = ("import sys, samadapt; assert 'peft' not in sys.modules, 'peft imported'; "
+            "samadapt.strategies.get_strategy('lora').make_config(rank=2).to_peft(); assert 'peft' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -22,8 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import samadapt
+from samadapt.adapted import AdaptedSam
 from samadapt.config import TrainConfig
-from samadapt.errors import TrainingError
+from samadapt.errors import ConfigError, TrainingError
+from samadapt.training import evaluate
 from samadapt.training.cache import EmbeddingCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +74,7 @@ def _cache(tmp_path: Path, **kw) -> EmbeddingCache:
     return EmbeddingCache(**args)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cache_round_trip(tmp_path, dtype):
     cache = _cache(tmp_path, dtype=dtype)
     emb = torch.randn(16, 4, 4, generator=torch.Generator().manual_seed(0)).requires_grad_()
@@ -84,13 +87,14 @@ def test_cache_round_trip(tmp_path, dtype):
     # persisted: another cache object on the same folder reads the same tensor
     again = _cache(tmp_path, dtype=dtype).get("img")
     assert torch.equal(again, got)
-    # stored at 16 bits: 16 * 4 * 4 values * 2 bytes (+ the .npy header)
-    assert 16 * 4 * 4 * 2 <= cache.size_bytes() < 16 * 4 * 4 * 2 + 256 and len(cache) == 1
+    # stored at the dtype's width: 16 * 4 * 4 values (+ the .npy header)
+    width = torch.finfo(dtype).bits // 8
+    assert 16 * 4 * 4 * width <= cache.size_bytes() < 16 * 4 * 4 * width + 256 and len(cache) == 1
 
 
 def test_cache_rejects_other_dtypes(tmp_path):
-    with pytest.raises(ValueError, match="bfloat16 or torch.float16"):
-        _cache(tmp_path, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"torch.bfloat16, torch.float16 or torch.float32, got torch.float64"):
+        _cache(tmp_path, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("change", [
@@ -173,45 +177,66 @@ def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini
     from samadapt.data import presets
     from samadapt.data.sam_dataset import file_sha1
 
-    writes: list[str] = []
+    writes: dict[torch.dtype, list[str]] = {torch.bfloat16: [], torch.float32: []}
     real_put = EmbeddingCache.put
 
     def put(self, key, emb):
-        writes.append(key)
+        writes[self.dtype].append(key)
         real_put(self, key, emb)
 
-    monkeypatch.setattr(EmbeddingCache, "put", put)
-    train_set = presets.demo(demo_data_root, "train")
-    image_keys = sorted(file_sha1(train_set.image_path(i)) for i in range(len(train_set)))
-    assert len(set(image_keys)) == 6
+    encoded: list[int] = []
+    real_encode = AdaptedSam.encode
 
-    # 1. fresh cache: the fill encodes every training image exactly once, training encodes none
-    first = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a")))
+    def encode(self, images):
+        encoded.append(images.shape[0])
+        return real_encode(self, images)
+
+    monkeypatch.setattr(EmbeddingCache, "put", put)
+    monkeypatch.setattr(AdaptedSam, "encode", encode)
+    train_set, val_set = presets.demo(demo_data_root, "train"), presets.demo(demo_data_root, "val")
+    image_keys = sorted(file_sha1(train_set.image_path(i)) for i in range(len(train_set)))
+    val_keys = sorted(file_sha1(val_set.image_path(i)) for i in range(len(val_set)))
+    assert len(set(image_keys)) == 6 and len(set(val_keys)) == 3
+
+    # 1. fresh cache: the fills encode every training image (bf16) and validation image (fp32)
+    # exactly once; training, the zero-shot, epoch and final evaluations encode none
+    first = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a"),
+                                zero_shot=True))
     out = capsys.readouterr().out
-    assert sorted(writes) == image_keys
-    assert "encoded 6 new image(s)" in out
+    assert sorted(writes[torch.bfloat16]) == image_keys and sorted(writes[torch.float32]) == val_keys
+    assert "encoded 6 new image(s)" in out and "encoded 3 new image(s)" in out
+    assert sum(encoded) == 6 + 3
     assert [row["encoder_images"] for row in first.history] == [0, 0]
     assert json.loads((tmp_path / "a" / "history.json").read_text())[1]["encoder_images"] == 0
     assert "hit rate 100%" in out  # both epochs read every image from the cache
 
     # 2. same base: all hits, nothing encoded
-    writes.clear()
+    for w in writes.values():
+        w.clear()
+    encoded.clear()
     second = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "b"), epochs=1))
     out = capsys.readouterr().out
-    assert writes == [] and "encoded 0 new image(s)" in out
+    assert writes == {torch.bfloat16: [], torch.float32: []} and encoded == []
+    assert "encoded 0 new image(s)" in out
     assert "6 hits / 0 misses (hit rate 100%)" in out
     assert [row["encoder_images"] for row in second.history] == [0]
+    # the cached validation scores what the model predicts from the images (up to float rounding)
+    fresh = evaluate(samadapt.load(tmp_path / "b" / "adapter.safetensors", checkpoint=mini_checkpoint), val_set,
+                     progress=False)
+    for k in ("mean_iou", "mean_precision", "mean_f1"):
+        assert second.fine_tuned[k] == pytest.approx(fresh.metrics[k], abs=1e-4), k
 
     # 3. another base checkpoint: another namespace, every image encoded again
-    writes.clear()
+    for w in writes.values():
+        w.clear()
     _train(_tiny_config(demo_data_root, tmp_path, other_mini_checkpoint, output_dir=str(tmp_path / "c"), epochs=1))
     out = capsys.readouterr().out
-    assert sorted(writes) == image_keys and "encoded 6 new image(s)" in out
+    assert sorted(writes[torch.bfloat16]) == image_keys and "encoded 6 new image(s)" in out
     namespaces = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
-    assert len(namespaces) == 2
+    assert len(namespaces) == 4  # (2 bases) x (bf16 training, fp32 validation)
     assert {json.loads((p / "namespace.json").read_text())["base_id"] for p in namespaces} == {
         f"sha256:{d}" for d in (_sha256(mini_checkpoint), _sha256(other_mini_checkpoint))}
-    assert all(len(list(p.glob("*.npy"))) == 6 for p in namespaces)
+    assert sorted(len(list(p.glob("*.npy"))) for p in namespaces) == [3, 3, 6, 6]
 
 
 def _sha256(path: Path) -> str:
@@ -235,6 +260,21 @@ def test_mixed_precision_defaults_to_the_launchers_choice(tmp_path, demo_data_ro
     _train(cfg)
     assert "mixed precision bf16" in capsys.readouterr().out
     assert TrainConfig.from_yaml(cfg.run_dir / "config.yaml").mixed_precision == "bf16"
+
+
+def test_resume_accepts_only_settings_that_change_nothing_computed(tmp_path):
+    saved = TrainConfig(strategy="lora", strategy_options={"rank": 4}, epochs=2, output_dir=str(tmp_path))
+    path = tmp_path / "config.yaml"
+    path.write_text(saved.to_yaml())
+    on_disk = TrainConfig.from_yaml(path)
+    for resumed in (dataclasses.replace(saved, resume=True, progress=False, num_workers=2, log_with=None,
+                                        publish=False, cache_dir=str(tmp_path / "elsewhere")),
+                    dataclasses.replace(on_disk, resume=True)):
+        resumed.check_resumable(on_disk, path)
+    changed = dataclasses.replace(saved, resume=True, epochs=3, strategy_options={"rank": 2})
+    with pytest.raises(ConfigError, match=r"strategy_options \{'rank': 4\} -> \{'rank': 2\}, epochs 2 -> 3") as e:
+        changed.check_resumable(on_disk, path)
+    assert f"--config {path} --resume" in str(e.value)
 
 
 # ============================================================================ non-finite loss
@@ -382,8 +422,10 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
     assert "2 process(es)" in proc.stdout
     # the cache fill split the 6 training images between the processes: each encoded 3, none twice
     assert "encoded 3 new image(s) on this process" in proc.stdout
-    (namespace,) = (tmp_path / "home" / "cache").iterdir()
-    assert len(list(namespace.glob("*.npy"))) == 6
+    # (and the 3 validation images, in fp32, 2 + 1)
+    counts = {json.loads((ns / "namespace.json").read_text())["dtype"]: len(list(ns.glob("*.npy")))
+              for ns in (tmp_path / "home" / "cache").iterdir()}
+    assert counts == {"bf16": 6, "fp32": 3}
 
     rank0, rank1 = (load_file(str(dump / f"rank{r}.safetensors")) for r in (0, 1))
     assert rank0 and rank0.keys() == rank1.keys()

@@ -8,13 +8,15 @@ identical to SAM. The mask decoder trains too unless ``train_decoder=False``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig as PeftLoraConfig
-from peft import inject_adapter_in_model
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError
 from .base import Strategy, StrategyConfig, register_strategy
+
+if TYPE_CHECKING:  # peft imports transformers (seconds): only when a LoRA model is built
+    from peft import LoraConfig as PeftLoraConfig
 
 # Which Linear layers of an upstream ViT block each target name selects.
 TARGETS = {
@@ -46,6 +48,8 @@ class LoraConfig(StrategyConfig):
             raise ConfigError(f"LoRA `targets` {list(self.targets)} invalid; choose a non-empty subset of {sorted(TARGETS)}")
 
     def to_peft(self) -> PeftLoraConfig:
+        from peft import LoraConfig as PeftLoraConfig
+
         pattern = r"image_encoder\.blocks\.\d+\.(" + "|".join(TARGETS[t] for t in self.targets) + ")"
         return PeftLoraConfig(
             r=self.rank,
@@ -63,6 +67,8 @@ class LoraStrategy(Strategy):
     description = "LoRA (peft) on image-encoder attention; mask decoder trainable"
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
+        from peft import inject_adapter_in_model
+
         assert isinstance(config, LoraConfig)
         self.freeze_all(sam)
         inject_adapter_in_model(config.to_peft(), sam, adapter_name=ADAPTER_NAME)

@@ -5,7 +5,8 @@ its embedding is reused every epoch (MedSAM v0 did this; by FLOPs decoder-only t
 embeddings needs ~70x fewer operations than re-running ViT-H each step).
 
 Embeddings are stored in bf16 (or fp16) as one ``.npy`` file each (bf16 as its raw 16 bits), read
-back memory-mapped. The cache is a folder per *namespace*: a hash of the model type, the base weights
+back memory-mapped; the trainer keeps validation images in fp32, so that validation scores exactly
+what the model predicts from the image. The cache is a folder per *namespace*: a hash of the model type, the base weights
 id (checkpoint sha256), the input size and the preprocessing version, so changing any of them reads
 from a different folder (the old entries are never confused with new ones). Entries are keyed by the
 image's content (sha1 of its file bytes), not its path.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 PREPROCESSING_VERSION = "resize-longest-side+normalize+pad-br/v1"
-_DTYPES = {torch.bfloat16: ("bf16", np.uint16), torch.float16: ("fp16", np.float16)}
+_DTYPES = {torch.bfloat16: ("bf16", np.uint16), torch.float16: ("fp16", np.float16), torch.float32: ("fp32", np.float32)}
 
 
 @dataclass
@@ -51,7 +52,7 @@ class EmbeddingCache:
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
-            raise ValueError(f"cache dtype must be torch.bfloat16 or torch.float16, got {self.dtype}")
+            raise ValueError(f"cache dtype must be torch.bfloat16, torch.float16 or torch.float32, got {self.dtype}")
         self.directory = Path(self.directory)
         self.path.mkdir(parents=True, exist_ok=True)
         info = self.path / "namespace.json"

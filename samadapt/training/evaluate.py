@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -177,6 +177,7 @@ def evaluate_records(
     return_examples: int = 0,
     coco: bool = True,
     max_mask_pixels: int = 1 << 29,
+    embeddings: Callable[[int], torch.Tensor] | None = None,
 ) -> EvalRecords:
     """Predict one mask per ground-truth instance of the images ``indices`` and score it.
 
@@ -199,6 +200,8 @@ def evaluate_records(
         coco: keep RLE records for COCO mask AP (costs one RLE encoding per mask).
         max_mask_pixels: at most this many full-resolution mask pixels (instances x H x W) per
             ``predict_batch`` call; images with more instances are predicted in chunks of prompts.
+        embeddings: dataset index -> that image's embedding from the model's (frozen) encoder, e.g.
+            read from an embedding cache; the encoder is then skipped.
 
     Returns:
         :class:`EvalRecords` of these images.
@@ -228,7 +231,8 @@ def evaluate_records(
             labels.append(None if pr["labels"] is None else pr["labels"][sl])
         use_points = any(x is not None for x in points)
         results = model.predict_batch(images, boxes, points if use_points else None, labels if use_points else None,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size,
+                                      image_embeddings=None if embeddings is None else [embeddings(p.index) for p, _ in queue])
         for (p, sl), (masks, scores) in zip(queue, results):
             _score(p, sl, masks, scores)
         queue.clear()

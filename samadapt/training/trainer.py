@@ -8,6 +8,7 @@ best epoch -> adapter, card, report, curves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -127,26 +128,29 @@ def _prompt_dataset(cfg: TrainConfig, instances, model: AdaptedSam, *, load_imag
 
 
 def fill_embedding_cache(accelerator, model: AdaptedSam, dataset, cache: EmbeddingCache, *, batch_size: int,
-                         progress: bool) -> int:
-    """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images) missing from the cache,
-    the images split between processes. Returns how many this process encoded."""
+                         progress: bool, indices: Sequence[int] | None = None, autocast: bool = True,
+                         desc: str = "encoding images for the cache") -> int:
+    """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images; only ``indices`` if
+    given) missing from the cache, the images split between processes, under the run's mixed
+    precision unless ``autocast`` is False. Returns how many this process encoded."""
     from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
 
     # The main process' list for every process: lists made by each process could differ (another
     # process may already have written some entries), and splitting different lists would leave
     # images that no process encodes.
-    todo = [i for i in range(len(dataset)) if dataset.image_key(i) not in cache] if accelerator.is_main_process else None
+    indices = range(len(dataset)) if indices is None else indices
+    todo = [i for i in indices if dataset.image_key(i) not in cache] if accelerator.is_main_process else None
     todo = broadcast_object_list([todo])[0]
     encoded = 0
     with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(total=len(todo), desc="encoding images for the cache", disable=not (progress and accelerator.is_local_main_process))
+        bar = tqdm(total=len(todo), desc=desc, disable=not (progress and accelerator.is_local_main_process))
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]
             keys = [dataset.image_key(i) for i in chunk]
             x = torch.stack([dataset.transform.preprocess_image(dataset.instances.load_image(i)) for i in chunk])
             x = x.to(accelerator.device)
-            with torch.no_grad(), accelerator.autocast():
+            with torch.no_grad(), accelerator.autocast() if autocast else contextlib.nullcontext():
                 emb = model.encode(x)
             for k, e in zip(keys, emb):
                 cache.put(k, e)
@@ -158,21 +162,35 @@ def fill_embedding_cache(accelerator, model: AdaptedSam, dataset, cache: Embeddi
 
 
 # ---------------------------------------------------------------------------- evaluation
+def cached_embedding(cache: EmbeddingCache, key: str, what: str) -> torch.Tensor:
+    """The cached embedding of an image the run encoded into ``cache`` at its start."""
+    emb = cache.get(key)
+    if emb is None:
+        raise TrainingError(f"{what} is missing from the embedding cache {cache.path} (deleted during the run?); "
+                            f"delete that folder and rerun")
+    return emb
+
+
+def num_val_images(dataset, cfg: TrainConfig) -> int:
+    return len(dataset) if cfg.max_val_images is None else min(len(dataset), cfg.max_val_images)
+
+
 def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, *, num_examples: int = 0,
-                     desc: str = "validation") -> tuple[dict[str, Any], list]:
+                     desc: str = "validation", embeddings: Callable[[int], torch.Tensor] | None = None,
+                     ) -> tuple[dict[str, Any], list]:
     """Evaluate on ``dataset`` with the images split between processes; every sample is evaluated
-    exactly once and the per-instance values are gathered before averaging."""
+    exactly once and the per-instance values are gathered before averaging. ``embeddings``: index
+    -> cached image embedding (frozen encoders), as in ``evaluate_records``."""
     from accelerate.utils import gather_object
 
     from .evaluate import evaluate_records, summarize_records
 
-    n = len(dataset) if cfg.max_val_images is None else min(len(dataset), cfg.max_val_images)
     model.eval()
-    with accelerator.split_between_processes(list(range(n))) as mine:
+    with accelerator.split_between_processes(list(range(num_val_images(dataset, cfg)))) as mine:
         records = evaluate_records(
             model, dataset, mine, prompt=cfg.eval_prompt, seed=cfg.seed,
             progress=cfg.progress and accelerator.is_local_main_process, desc=desc,
-            return_examples=num_examples if accelerator.is_main_process else 0,
+            return_examples=num_examples if accelerator.is_main_process else 0, embeddings=embeddings,
         )
     all_records = gather_object([records])
     metrics = summarize_records(all_records, dataset.categories, prompt=cfg.eval_prompt)
@@ -204,6 +222,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     is_main = accelerator.is_main_process
     say = accelerator.print
     set_seed(cfg.seed)
+    saved_config = run_dir / "config.yaml"
+    if cfg.resume and _latest_state(run_dir / STATE_DIR) is not None and saved_config.is_file():
+        cfg.check_resumable(TrainConfig.from_yaml(saved_config), saved_config)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
@@ -229,25 +250,36 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume and resume_from is None:
         say(f"--resume: no saved state under {state_root}; starting from scratch")
 
+    # --- embedding caches: training images in bf16 (what the decoder trains on), validation images
+    # in fp32, read by every validation, so that it scores exactly what the model predicts
+    cache = val_embeddings = None
+    if use_cache:
+        cache_kw = dict(directory=Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
+                        model_type=model.model_type, base_id=model.base.base_id, image_size=model.transform.image_size)
+        cache = EmbeddingCache(**cache_kw)
+        encoded = fill_embedding_cache(accelerator, model, _prompt_dataset(cfg, train_instances, model, load_image=True),
+                                       cache, batch_size=cfg.batch_size, progress=cfg.progress)
+        say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
+        val_cache = EmbeddingCache(**cache_kw, dtype=torch.float32)
+        val_keyed = _prompt_dataset(cfg, val_instances, model, load_image=True)
+        encoded = fill_embedding_cache(accelerator, model, val_keyed, val_cache, batch_size=cfg.batch_size,
+                                       progress=cfg.progress, indices=range(num_val_images(val_instances, cfg)),
+                                       autocast=False, desc="encoding validation images for the cache")
+        say(f"validation images: fp32 embedding cache {val_cache.path} ({len(val_cache)} embeddings); encoded "
+            f"{encoded} new image(s) on this process")
+
+        def val_embeddings(i: int) -> torch.Tensor:
+            return cached_embedding(val_cache, val_keyed.image_key(i), f"validation image {val_instances.image_path(i)}")
+
     # --- zero-shot baseline (the adapted model starts identical to the base)
     if cfg.zero_shot and resume_from is None:
         zs, zs_examples = evaluate_sharded(accelerator, model, val_instances, cfg, num_examples=cfg.num_examples,
-                                           desc="zero-shot evaluation")
+                                           desc="zero-shot evaluation", embeddings=val_embeddings)
         progress.zero_shot = zs
         say(f"zero-shot: mean IoU {zs['mean_iou']:.4f}  mean precision {zs['mean_precision']:.4f}  "
             f"mean F1 {zs['mean_f1']:.4f}")
     else:
         zs_examples = []
-
-    # --- embedding cache
-    cache = None
-    if use_cache:
-        cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
-                               model_type=model.model_type, base_id=model.base.base_id,
-                               image_size=model.transform.image_size)
-        encoded = fill_embedding_cache(accelerator, model, _prompt_dataset(cfg, train_instances, model, load_image=True),
-                                       cache, batch_size=cfg.batch_size, progress=cfg.progress)
-        say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
 
     # --- optimisation
     params = [p for p in model.parameters() if p.requires_grad]
@@ -290,10 +322,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             with accelerator.accumulate(model):
                 emb = None
                 if cache is not None:
-                    got = [cache.get(k) for k in batch["image_key"]]
-                    if any(g is None for g in got):
-                        raise TrainingError("an image is missing from the embedding cache; delete the cache folder and rerun")
-                    emb = torch.stack(got).to(accelerator.device, torch.float32)
+                    emb = torch.stack([cached_embedding(cache, k, f"training image {k}") for k in batch["image_key"]])
+                    emb = emb.to(accelerator.device, torch.float32)
                 out = model(images=batch.get("images"), image_embeddings=emb, boxes=batch["boxes"],
                             points=batch.get("points"), point_labels=batch.get("point_labels"), multimask=cfg.multimask)
                 gt = torch.cat([g.to(accelerator.device) for g in batch["gt_masks"]])
@@ -321,7 +351,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         progress.train_seconds += epoch_seconds
         train_encoder_images = unwrapped.encoder_images_seen - enc_before  # before validation encodes its images
 
-        val, _ = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}")
+        val, _ = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}",
+                                  embeddings=val_embeddings)
         improved = val["mean_iou"] > progress.best_metric + cfg.min_delta
         if improved:
             progress.best_metric, progress.best_epoch, progress.bad_epochs = val["mean_iou"], epoch + 1, 0
@@ -350,7 +381,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise TrainingError("no epoch finished with a finite validation score; nothing to save")
     _load_trainable(unwrapped, run_dir / BEST_ADAPTER)
     final, ft_examples = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, num_examples=cfg.num_examples,
-                                          desc="final evaluation")
+                                          desc="final evaluation", embeddings=val_embeddings)
     adapter_path = run_dir / "adapter.safetensors"
     published = None
     if is_main:
