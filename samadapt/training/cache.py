@@ -7,9 +7,9 @@ embeddings needs ~70x fewer operations than re-running ViT-H each step).
 Embeddings are stored in bf16 (or fp16) as one ``.npy`` file each (bf16 as its raw 16 bits), read
 back memory-mapped; the trainer keeps validation images in fp32, so that validation scores exactly
 what the model predicts from the image. The cache is a folder per *namespace*: a hash of the model
-type, the base weights id (checkpoint sha256), the input size and the preprocessing version, so changing any of them reads
-from a different folder (the old entries are never confused with new ones). Entries are keyed by the
-image's content (sha1 of its file bytes), not its path.
+type, the base weights id (checkpoint sha256), the input size, the preprocessing version and the
+dtype, so changing any of them reads from a different folder (the old entries are never confused
+with new ones). Entries are keyed by the image's content (sha1 of its file bytes), not its path.
 """
 
 from __future__ import annotations
