@@ -270,6 +270,15 @@ class Bench:
             "setup": {}, "tables": [], "summary": {}, "checks": [], "targets": [], "notes": [], "not_run": {},
         }
 
+    def describe_setup(self, cfg: dict[str, Any], **explained: str) -> list[dict[str, Any]]:
+        """``setup``: the plan's sizes with each of its ``variants`` described, then ``explained``; the
+        plan's ``not_run`` goes to ``not_run``. Returns the variant descriptions."""
+        descs = [C.describe_variant(**v) for v in cfg["variants"]]
+        self.data["setup"] = {**{k: v for k, v in cfg.items() if k not in ("variants", "not_run")}, "variants": descs,
+                              **explained}
+        self.data["not_run"].update(cfg.get("not_run", {}))
+        return descs
+
     def table(self, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
         self.data["tables"].append({"title": title, "columns": columns, "rows": rows})
         print(f"\n## {self.name}: {title}\n" + C.table(rows, columns))
@@ -332,12 +341,11 @@ def bench_train_step(args, cfg) -> Bench:
     from samadapt.sizes import strategy_size
 
     b = Bench("train_step", args, args.mode)
-    b.data["setup"] = {**{k: v for k, v in cfg.items() if k != "variants"},
-                       "variants": [C.describe_variant(**v) for v in cfg["variants"]],
-                       "step": "model(images, boxes, multimask=True) -> SamLoss (focal 20 + dice 1 + IoU MSE) -> "
-                               "backward -> Adam step; random weights and inputs; SDPA on (library default)",
-                       "adapter_bytes": "size of the file save_adapter writes for the registered (full-size) model "
-                                        "type (samadapt.sizes); trainable parameters do not depend on input size"}
+    b.describe_setup(cfg,
+                     step="model(images, boxes, multimask=True) -> SamLoss (focal 20 + dice 1 + IoU MSE) -> "
+                          "backward -> Adam step; random weights and inputs; SDPA on (library default)",
+                     adapter_bytes="size of the file save_adapter writes for the registered (full-size) model "
+                                   "type (samadapt.sizes); trainable parameters do not depend on input size")
     configs = []
     for v in cfg["variants"]:
         large = v["model_type"] != "mini"
@@ -394,11 +402,10 @@ def bench_inference(args, cfg) -> Bench:
     import samadapt
 
     b = Bench("inference", args, args.mode)
-    b.data["setup"] = {**{k: v for k, v in cfg.items() if k != "variants"},
-                       "variants": [C.describe_variant(**v) for v in cfg["variants"]],
-                       "call": "AdaptedSam.predict_batch(images, boxes, batch_size=...) on RGB uint8 images of "
-                               "480x640, 640x480 and 512x512 (masks at the original size, scores); "
-                               "decoder strategy, all fast paths on (library defaults)"}
+    b.describe_setup(cfg,
+                     call="AdaptedSam.predict_batch(images, boxes, batch_size=...) on RGB uint8 images of "
+                          "480x640, 640x480 and 512x512 (masks at the original size, scores); "
+                          "decoder strategy, all fast paths on (library defaults)")
     rows = []
     for v in cfg["variants"]:
         sam = C.build_variant(v["model_type"], device=args.device, **_variant_kwargs(v))
@@ -437,16 +444,14 @@ def bench_cached_embeddings(args, cfg) -> Bench:
 
     dev = args.device
     b = Bench("cached_embeddings", args, args.mode)
-    b.data["setup"] = {**{k: v for k, v in cfg.items() if k not in ("variants", "not_run")},
-                       "variants": [C.describe_variant(**v) for v in cfg["variants"]],
-                       "encoder_path": "every step: encode(images) with the frozen encoder (no graph), decode, "
-                                       "SamLoss, backward, Adam (what public fine-tuning code does)",
-                       "cached_path": "every step: EmbeddingCache.get (memory-mapped .npy, bf16) -> stack -> "
-                                      "float32 on the device, decode, SamLoss, backward, Adam",
-                       "ideal_ratio": "(encoder forward + decoder step) / decoder step, both measured in this run "
-                                      "(decoder step = the cached path's step without loading)",
-                       "efficiency": "achieved ratio / ideal ratio (target >= 0.9)"}
-    b.data["not_run"].update(cfg.get("not_run", {}))
+    b.describe_setup(cfg,
+                     encoder_path="every step: encode(images) with the frozen encoder (no graph), decode, "
+                                  "SamLoss, backward, Adam (what public fine-tuning code does)",
+                     cached_path="every step: EmbeddingCache.get (memory-mapped .npy, bf16) -> stack -> "
+                                 "float32 on the device, decode, SamLoss, backward, Adam",
+                     ideal_ratio="(encoder forward + decoder step) / decoder step, both measured in this run "
+                                 "(decoder step = the cached path's step without loading)",
+                     efficiency="achieved ratio / ideal ratio (target >= 0.9)")
     rows = []
     for v in cfg["variants"]:
         mt = v["model_type"]
@@ -560,13 +565,11 @@ def bench_batched_prediction(args, cfg) -> Bench:
 
     dev = args.device
     b = Bench("batched_prediction", args, args.mode)
-    b.data["setup"] = {**{k: v for k, v in cfg.items() if k not in ("variants", "not_run")},
-                       "variants": [C.describe_variant(**v) for v in cfg["variants"]],
-                       "ours": "AdaptedSam.predict_batch(images, boxes, batch_size=...) with the fast paths on",
-                       "upstream": "for each image: SamPredictor.set_image(image); predict_torch(boxes=transformed "
-                                   "boxes, multimask_output=False) with the upstream attention; masks to numpy",
-                       "repetitions": "the two paths alternate; minimum of each"}
-    b.data["not_run"].update(cfg.get("not_run", {}))
+    b.describe_setup(cfg,
+                     ours="AdaptedSam.predict_batch(images, boxes, batch_size=...) with the fast paths on",
+                     upstream="for each image: SamPredictor.set_image(image); predict_torch(boxes=transformed "
+                              "boxes, multimask_output=False) with the upstream attention; masks to numpy",
+                     repetitions="the two paths alternate; minimum of each")
     rows = []
     for v in cfg["variants"]:
         sam = C.build_variant(v["model_type"], device=dev, **_variant_kwargs(v))
@@ -693,17 +696,16 @@ def bench_sdpa_attention(args, cfg) -> Bench:
 def bench_activation_checkpointing(args, cfg) -> Bench:
     """(d) Peak memory and time of lora/adapter training steps with and without checkpointing."""
     b = Bench("activation_checkpointing", args, args.mode)
-    descs = [C.describe_variant(**v) for v in cfg["variants"]]
-    b.data["setup"] = {**{k: val for k, val in cfg.items() if k != "variants"}, "variants": descs,
-                       "step": "one training step (model forward, SamLoss, backward, Adam step) per configuration, "
-                               "after warmup_per_variant warm-up steps (without one, the measured step also "
-                               "allocates Adam's state); the configurations run one after the other in one "
-                               "subprocess, each with a fresh model and the memory high-water mark reset before "
-                               "its measured step",
-                       "memory_ratio": "tensor peak of the step with checkpointing / without (target <= 0.5); "
-                                       "rss_ratio: the same with the resident-set peaks",
-                       "timing": "steps measured once (no repetition) are timed under the profiler's memory "
-                                 "tracking (timed_with_memory_profiler), equally for both settings"}
+    descs = b.describe_setup(cfg,
+                             step="one training step (model forward, SamLoss, backward, Adam step) per configuration, "
+                                  "after warmup_per_variant warm-up steps (without one, the measured step also "
+                                  "allocates Adam's state); the configurations run one after the other in one "
+                                  "subprocess, each with a fresh model and the memory high-water mark reset before "
+                                  "its measured step",
+                             memory_ratio="tensor peak of the step with checkpointing / without (target <= 0.5); "
+                                          "rss_ratio: the same with the resident-set peaks",
+                             timing="steps measured once (no repetition) are timed under the profiler's memory "
+                                    "tracking (timed_with_memory_profiler), equally for both settings")
     if not all(d["official_architecture"] for d in descs):
         b.data["notes"].append(
             "Reduced sizes to fit the CPU time budget. Without checkpointing every block keeps its activations "
