@@ -238,10 +238,14 @@ def test_supervisely_bitmap_decodes():
 
 @pytest.mark.parametrize("version", ["instance", "material"])
 def test_trashcan_raw_frames_to_coco(tmp_path, version):
-    coco = supervisely_to_coco(TRASHCAN / "original_data" / "annotations",
-                               category_of=lambda o: trashcan_category(o, version))
-    assert [i["file_name"] for i in coco["images"]] == [
-        "vid_000035_frame0000087.jpg", "vid_000089_frame0000010.jpg", "vid_000108_frame0000022.jpg"]
+    # three known frames of the 3,247 in the shared folder
+    frames = ["vid_000035_frame0000087.jpg", "vid_000089_frame0000010.jpg", "vid_000108_frame0000022.jpg"]
+    ann_dir = tmp_path / "ann"
+    ann_dir.mkdir()
+    for f in frames:
+        (ann_dir / f"{f}.json").write_bytes((TRASHCAN / "original_data" / "annotations" / f"{f}.json").read_bytes())
+    coco = supervisely_to_coco(ann_dir, category_of=lambda o: trashcan_category(o, version))
+    assert [i["file_name"] for i in coco["images"]] == frames
     assert {c["name"] for c in coco["categories"]} <= _readme_classes(f"{version}_version_README.txt")
     per_image = [sum(a["image_id"] == i for a in coco["annotations"]) for i in range(3)]
     assert per_image == [19, 2, 3]  # the four parts of the ROV in vid_000089 are one instance

@@ -111,7 +111,7 @@ def build_datasets(cfg: TrainConfig):
         val = presets.coco(cfg.val_images_root or cfg.images_root, cfg.val_annotation_file or cfg.annotation_file,
                            **cfg.dataset_options)
         return train, val
-    preset = presets.get_dataset(cfg.dataset)
+    preset = presets.DATASETS[cfg.dataset]
     # TACO has no official split: the preset's seeded 80/20 split calls its held-out part "test"
     val_split = "test" if cfg.dataset == "taco" and cfg.val_split == "val" else cfg.val_split
     return (preset(cfg.data_root, split=cfg.train_split, **cfg.dataset_options),
