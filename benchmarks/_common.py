@@ -112,6 +112,17 @@ def repeat(fn: Callable[[], Any], device: str, *, warmup: int, reps: int) -> dic
     return summarise(walls, cpus)
 
 
+
+def profile_table(title: str, fn: Callable[[], Any], device: str, rows: int = 15) -> dict[str, Any]:
+    """torch.profiler's top ops of one call of ``fn`` (already warmed up by the caller)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    return {"title": title, "table": prof.key_averages().table(sort_by=key, row_limit=rows)}
+
 # ------------------------------------------------------------------------------------------ memory
 def _status_kib(field: str) -> int:
     m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
@@ -224,6 +235,13 @@ def describe_variant(model_type: str, image_size: int | None = None, depth: int 
     }
 
 
+
+def variant_kwargs(v: dict[str, Any]) -> dict[str, Any]:
+    """The size changes of a plan's variant ``{"model_type": ..., "image_size": ..., ...}`` as keyword
+    arguments of :func:`build_variant` / :func:`variant_card`."""
+    return {"image_size": v.get("image_size"), "depth": v.get("depth"),
+            "global_attn_indexes": tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None}
+
 def build_variant(model_type: str, *, image_size: int | None = None, depth: int | None = None,
                   global_attn_indexes: tuple[int, ...] | None = None, seed: int = 0, device: str = "cpu"):
     """A randomly initialised upstream ``Sam`` of a (possibly reduced) registered architecture."""
@@ -292,6 +310,11 @@ def random_images(n: int, *, seed: int = 0, sizes=((480, 640), (640, 480), (512,
     return images, boxes
 
 
+
+def predict_inputs(cfg: dict[str, Any], seed: int = 0):
+    """``cfg["images"]`` images with ``cfg["boxes"]`` boxes each (:func:`random_images`)."""
+    return random_images(cfg["images"], seed=seed, boxes_per_image=cfg["boxes"])
+
 # ------------------------------------------------------------------------------------------ subprocesses
 def run_worker(spec: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
     """Run ``run.py --worker SPEC`` in a fresh Python and return the JSON it prints last."""
@@ -304,6 +327,18 @@ def run_worker(spec: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
             return json.loads(line[len(RESULT_TAG):])
     raise RuntimeError(f"worker {spec.get('kind')} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
+
+
+def worker_spec(args, **kw) -> dict[str, Any]:
+    """A worker's spec: the run's device, dtype and threads, then ``kw`` (``kind`` picks the worker)."""
+    return {"device": args.device, "dtype": args.dtype, "threads": args.threads, **kw}
+
+
+def setup_worker(spec: dict[str, Any]) -> None:
+    """First thing a worker does: the parent's thread count and the spec's seed."""
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(spec.get("seed", 0))
 
 def emit(result: dict[str, Any]) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -351,3 +386,75 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def mib(x) -> float | None:
+    """Bytes to MiB, one decimal (``None`` stays ``None``)."""
+    return None if x is None else round(x / 2**20, 1)
+
+
+def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max(1, max |b|): absolute for values of order 1, relative for large ones."""
+    return float((a.float() - b.float()).abs().max()) / max(1.0, float(b.float().abs().max())) if a.numel() else 0.0
+
+
+# ------------------------------------------------------------------------------------------ results
+class Bench:
+    """Collects one benchmark's JSON; :meth:`write` puts it at ``<out>/<name>-<device>.json``."""
+
+    def __init__(self, name: str, args, mode: str) -> None:
+        self.name, self.args, self.mode = name, args, mode
+        self.t0 = time.perf_counter()
+        self.data: dict[str, Any] = {
+            "benchmark": name, "mode": mode, "device": args.device, "dtype": args.dtype,
+            "machine": machine_info(args.device),
+            "measurement": {"timing": _TIMING, "memory": _MEMORY[args.device], "threads_note": args.threads_note},
+            "setup": {}, "tables": [], "summary": {}, "checks": [], "targets": [], "notes": [], "not_run": {},
+        }
+
+    def describe_setup(self, cfg: dict[str, Any], **explained: str) -> list[dict[str, Any]]:
+        """``setup``: the plan's sizes with each of its ``variants`` described, then ``explained``; the
+        plan's ``not_run`` goes to ``not_run``. Returns the variant descriptions."""
+        descs = [describe_variant(**v) for v in cfg["variants"]]
+        self.data["setup"] = {**{k: v for k, v in cfg.items() if k not in ("variants", "not_run")}, "variants": descs,
+                              **explained}
+        self.data["not_run"].update(cfg.get("not_run", {}))
+        return descs
+
+    def table(self, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        self.data["tables"].append({"title": title, "columns": columns, "rows": rows})
+        print(f"\n## {self.name}: {title}\n" + table(rows, columns))
+
+    def check(self, name: str, passed: bool, **info) -> None:
+        self.data["checks"].append({"name": name, "passed": bool(passed), **info})
+        print(f"check {name}: {'passed' if passed else 'FAILED'} {info}")
+
+    def target(self, name: str, target: str, value, met: bool | None, note: str = "") -> None:
+        self.data["targets"].append({"name": name, "target": target, "value": value, "met": met, "note": note})
+
+    def write(self) -> Path:
+        self.data["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        self.data["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        path = Path(self.args.out) / result_file_name(self.name, self.args.device, self.mode)
+        write_json(path, self.data)
+        print(f"-> {path} ({self.data['elapsed_s']} s)")
+        return path
+
+    @property
+    def passed(self) -> bool:
+        return all(c["passed"] for c in self.data["checks"])
+
+
+_TIMING = ("wall-clock per call with torch.cuda.synchronize() around it on CUDA; min and median over the "
+           "timed repetitions (after warm-up where stated); ratios use the minimum (least disturbed on a "
+           "shared machine); cpu_s is process CPU time")
+_MEMORY = {
+    "cpu": ("tensor_peak: peak of live tensor bytes allocated during the measured step, from torch.profiler "
+            "memory events (activations kept for backward, gradients, temporaries; ratios use it). rss_peak: "
+            "peak resident set during the step (VmHWM of /proc/self/status, reset through /proc/self/clear_refs "
+            "after malloc_trim) minus the resident set just before it; it also counts pages glibc keeps after "
+            "tensors are freed. peak_total: the resident-set peak itself (weights, libraries, everything). "
+            "Configurations run in a subprocess, one after the other, each with a fresh model"),
+    "cuda": ("torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus memory_allocated() "
+             "before the step (peak_step); peak_total is max_memory_allocated() itself (weights included)"),
+}

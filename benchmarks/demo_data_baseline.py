@@ -30,7 +30,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samadapt.data.demo import DEMO_VERSION, make_demo_dataset  # noqa: E402
+from samadapt.data.synthetic import DEMO_VERSION, make_demo_dataset  # noqa: E402
 
 THRESHOLDS = (20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0)
 

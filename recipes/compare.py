@@ -1,27 +1,37 @@
-"""Compare zero-shot SAM and every adaptation strategy on the same data, seed and budget.
+"""Compare zero-shot SAM and every adaptation strategy on the same data, seeds, budget and prompts.
 
-    python recipes/compare.py --dataset demo                 # regenerates docs/strategies.md + figures
+    python recipes/compare.py --dataset demo                 # the demo section of docs/strategies.md
+    python recipes/compare.py --dataset trashcan --data-root OUT   # the real-data section (OUT from
+                                                             # `samadapt data import-trashcan`)
     python recipes/compare.py --dataset demo --epochs 1 --demo-train-images 8 --out /tmp/cmp   # a smoke run
 
 Each strategy is trained by ``recipes/finetune.py`` in its own process (so its peak memory is its
-own), with identical data, seed, epochs and evaluation prompts; all are evaluated on the same
-validation images with the same prompts. The page names the command, machine and date, and every
-number in it comes from this run.
+own), with identical data, epochs and evaluation prompts. ``--dataset trashcan`` trains every
+registered strategy for each of ``--seeds`` on a seeded subset of the official training frames
+(the best epoch chosen on held-out training frames), evaluates zero-shot and every run on a seeded
+subset of the official val frames under four prompt kinds, retrains the decoder and the best
+encoder strategy on 10% and 25% of the training frames, and reports means with 95% bootstrap
+intervals (samadapt.training.uncertainty). Finished runs with the same options are reused. Each
+section of the page names its command, machine and date; every number in it comes from that run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STRATEGIES = ("decoder", "lora", "adapter")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare_page  # noqa: E402  (recipes/compare_page.py: the page's sections)
 
 
 def _machine() -> str:
@@ -33,169 +43,345 @@ def _machine() -> str:
     return f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({threads} torch thread(s)), {gpu}, torch {torch.__version__}"
 
 
-def run_strategy(strategy: str, args, run_dir: Path, data_root: Path) -> dict:
-    cmd = [sys.executable, str(REPO / "recipes" / "finetune.py"), "--strategy", strategy, "--dataset", args.dataset,
-           "--model", args.model, "--epochs", str(args.epochs), "--seed", str(args.seed), "--output-dir", str(run_dir),
-           "--data-root", str(data_root), "--patience", str(args.epochs), "--no-progress",
-           "--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)]
+# ---------------------------------------------------------------------------- training runs
+@dataclasses.dataclass
+class Run:
+    """One finetune.py process: its folder and command-line options."""
+
+    key: str
+    run_dir: Path
+    argv: list[str]
+
+    @property
+    def done(self) -> bool:
+        """Finished earlier with the same options (its summary and our record of the options exist)."""
+        record = self.run_dir / "compare_args.json"
+        return ((self.run_dir / "run_summary.json").is_file() and record.is_file()
+                and json.loads(record.read_text()) == self.argv)
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "run_summary.json").read_text())
+
+
+def _overwrite_flag() -> list[str]:
+    from samadapt.config import TrainConfig
+
+    return ["--overwrite"] if "overwrite" in {f.name for f in dataclasses.fields(TrainConfig)} else []
+
+
+def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
+    """Run the runs not done yet, ``jobs`` at a time, each on cpu_count // jobs torch threads."""
+    todo = [r for r in runs if not r.done]
+    for r in runs:
+        if r not in todo:
+            print(f"reusing {r.run_dir} (finished with the same options)", flush=True)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running: list[tuple[Run, subprocess.Popen, object]] = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            r = todo.pop(0)
+            cmd = [sys.executable, str(REPO / "recipes" / "finetune.py"), *r.argv, *_overwrite_flag()]
+            print("$ " + " ".join(cmd), flush=True)
+            log = open(log_dir / f"{r.key}.log", "w")
+            running.append((r, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(0.5)
+        for item in list(running):
+            r, proc, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, p, lg in running:
+                    p.kill()
+                    lg.close()
+                tail = (log_dir / f"{r.key}.log").read_text()[-3000:]
+                raise SystemExit(f"compare: run {r.key} failed (exit {proc.returncode}); its log ends:\n{tail}")
+            (r.run_dir / "compare_args.json").write_text(json.dumps(r.argv))
+            print(f"finished {r.key}", flush=True)
+
+
+def _train_argv(args, strategy: str, seed: int, run_dir: Path, data_root: Path) -> list[str]:
+    argv = ["--strategy", strategy, "--dataset", args.dataset, "--model", args.model, "--epochs", str(args.epochs),
+            "--seed", str(seed), "--output-dir", str(run_dir), "--data-root", str(data_root),
+            "--patience", str(args.epochs), "--no-progress", "--no-publish"]
+    if args.dataset == "demo":
+        argv += ["--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)]
+    else:
+        argv += ["--dataset-options", json.dumps({"version": args.version}), "--no-zero-shot", "--num-examples", "0"]
     if args.checkpoint:
-        cmd += ["--checkpoint", args.checkpoint]
-    cmd += args.extra
-    print("$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return json.loads((run_dir / "run_summary.json").read_text())
+        argv += ["--checkpoint", args.checkpoint]
+    return argv + args.extra
 
 
-def example_predictions(summaries: dict[str, dict], run_dirs: dict[str, Path], val, args, n: int) -> dict:
-    import samadapt
-    from samadapt.training.evaluate import evaluate
-
-    examples = {}
-    zero = samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder")
-    examples["zero-shot"] = evaluate(zero, val, max_images=n, return_examples=n, progress=False, seed=args.seed).examples
-    for s in summaries:
-        model = samadapt.load(run_dirs[s] / "adapter.safetensors", checkpoint=args.checkpoint)
-        examples[s] = evaluate(model, val, max_images=n, return_examples=n, progress=False, seed=args.seed).examples
-    return examples
-
-
-def pct(x) -> str:
-    return "n/a" if x is None or x != x else f"{100 * x:.2f}"
-
-
-def write_page(path: Path, summaries: dict[str, dict], args, command: str, figures: dict[str, str], started: str) -> None:
-    zs = next(iter(summaries.values()))["zero_shot"]
-    lines = [
-        "# Strategy comparison",
-        "",
-        f"Generated by `{command}` on {started} (UTC), machine: {_machine()}.",
-        "Every number on this page comes from that run: regenerate it with the same command.",
-        "",
-        f"## Measured: demo waste data, `{args.model}` model",
-        "",
-        f"Data: the generated waste-domain demo set (`samadapt.data.make_demo_dataset`, seed 0, "
-        f"{args.demo_train_images} training / {args.demo_val_images} validation images). Base model: "
-        f"{'the built-in pretrained `mini` (pretrained by `recipes/pretrain_mini.py` on generated generic scenes)' if not args.checkpoint else args.checkpoint}. "
-        f"Every strategy: {args.epochs} epochs, seed {args.seed}, the recipe's default optimiser settings, "
-        "evaluation with exact ground-truth boxes on the same validation images. These are **not** SAM results: "
-        "`mini` is a small SAM-architecture model; see the table below for the real datasets.",
-        "",
-        "| model | mean IoU | mean precision | mean F1 | mask AP | trainable params | adapter file | s / epoch | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| zero-shot | {pct(zs['mean_iou'])} | {pct(zs['mean_precision'])} | {pct(zs['mean_f1'])} | "
-        f"{pct(zs.get('coco', {}).get('AP'))} | 0 | none | - | - |",
-    ]
-    for s, r in summaries.items():
-        ft = r["fine_tuned"]
-        lines.append(
-            f"| {s} | {pct(ft['mean_iou'])} | {pct(ft['mean_precision'])} | {pct(ft['mean_f1'])} | "
-            f"{pct(ft.get('coco', {}).get('AP'))} | {r['trainable_parameters']:,} | {r['adapter_bytes'] / 2**20:.2f} MiB | "
-            f"{r['seconds_per_epoch']:.1f} | {r['peak_memory_mb']:.0f} MiB |"
-        )
-    lines += [
-        "",
-        "Mean IoU / precision / F1 in %, per instance then averaged (docs/metrics.md); mask AP from pycocotools' "
-        "COCOeval with SAM's predicted IoU as the score. Time per epoch counts training only (validation excluded); on `mini` the encoder is cheap next to a decoder run for 16 prompts per image, so `lora` and `adapter`, which run the encoder forward and backward every step, cost about what `decoder` costs here, unlike on ViT-H (docs/performance.md); "
-        "peak memory is the training process's peak resident set size (CPU) or CUDA max allocated (GPU), "
-        "including data loading and evaluation. The decoder strategy trains on cached image embeddings.",
-        "",
-        f"![mean IoU, precision, F1 per strategy]({figures['bars']})",
-        "",
-        f"Example predictions (validation images; exact ground-truth boxes as prompts):",
-        "",
-        f"![examples per strategy]({figures['examples']})",
-        "",
-        "## The real datasets (to be measured on a GPU with the official checkpoints)",
-        "",
-        "Paper: \"Don't waste SAM\" (decoder-only fine-tuning, box prompts from the ground truth). Their numbers "
-        "(mean IoU / mean precision / mean F1, %) are quoted from the paper for comparison; **samadapt cells are not "
-        "measured yet**: no SAM weights or waste images could be obtained where this page was generated.",
-        "",
-        "| dataset | backbone | paper zero-shot | paper fine-tuned (decoder) | samadapt zero-shot | samadapt decoder | samadapt lora | samadapt adapter |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    paper = {
-        ("ZeroWaste-f", "vit_b"): ("55.39 / 79.63 / 64.65", "79.22 / 87.88 / 86.11"),
-        ("ZeroWaste-f", "vit_l"): ("57.22 / 80.13 / 65.46", "80.64 / 89.93 / 88.82"),
-        ("ZeroWaste-f", "vit_h"): ("61.12 / 83.39 / 69.10", "82.79 / 85.14 / 90.53"),
-        ("TrashCan 1.0", "vit_b"): ("62.87 / 71.2 / 74.3", "76.91 / 80.81 / 85.04"),
-        ("TrashCan 1.0", "vit_l"): ("63.38 / 71.7 / 75.98", "77.26 / 81.21 / 86.56"),
-        ("TrashCan 1.0", "vit_h"): ("66.43 / 73.30 / 78.08", "78.88 / 82.76 / 87.38"),
-        ("TACO", "vit_b"): ("40.25 / 51.90 / 53.21", "50.40 / 60.41 / 63.20"),
-        ("TACO", "vit_l"): ("41.33 / 53.06 / 55.25", "52.67 / 61.85 / 64.76"),
-        ("TACO", "vit_h"): ("46.29 / 65.85 / 59.40", "61.06 / 71.59 / 73.54"),
-    }
-    for (ds, bb), (pz, pf) in paper.items():
-        lines.append(f"| {ds} | {bb} | {pz} | {pf} | not measured | not measured | not measured | not measured |")
-    lines += [
-        "",
-        "Commands that fill a row (one GPU, bf16; official checkpoint under `$SAMADAPT_HOME/checkpoints` via "
-        "`samadapt download-checkpoint vit_h`; epochs as in the paper: 5 for ZeroWaste-f and TrashCan, 10 for TACO):",
-        "",
-        "```bash",
-        "CKPT=$SAMADAPT_HOME/checkpoints/sam_vit_h_4b8939.pth",
-        "for S in decoder lora adapter; do",
-        "  accelerate launch --mixed_precision bf16 recipes/finetune.py --strategy $S --model vit_h --checkpoint $CKPT \\",
-        "    --dataset zerowaste --data-root /data/zerowaste-f/splits_final_deblurred --val-split test --epochs 5 --mixed-precision bf16",
-        "  accelerate launch --mixed_precision bf16 recipes/finetune.py --strategy $S --model vit_h --checkpoint $CKPT \\",
-        "    --dataset trashcan --data-root /data/TrashCan --val-split val --epochs 5 --mixed-precision bf16",
-        "  accelerate launch --mixed_precision bf16 recipes/finetune.py --strategy $S --model vit_h --checkpoint $CKPT \\",
-        "    --dataset taco --data-root /data/TACO/data --train-split train --val-split test --epochs 10 --mixed-precision bf16",
-        "done",
-        "# zero-shot column: python recipes/evaluate.py --dataset taco --data-root /data/TACO/data --model vit_h --checkpoint $CKPT",
-        "```",
-        "",
-        "Each run writes `outputs/<name>/run_summary.json` and `metrics.md` with these columns.",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="demo", choices=["demo"], help="only the demo data can be measured here")
-    ap.add_argument("--model", default="mini")
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--demo-train-images", type=int, default=160)
-    ap.add_argument("--demo-val-images", type=int, default=40)
-    ap.add_argument("--examples", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=REPO / "docs", help="folder for strategies.md and its figures")
-    ap.add_argument("--runs", type=Path, default=None, help="where the runs go (default: <out>/../outputs/compare)")
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more finetune.py options for every strategy")
-    args = ap.parse_args(argv)
-    args.extra = [a for a in args.extra if a != "--"]
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    command = "python recipes/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
-
+# ---------------------------------------------------------------------------- demo
+def run_demo(args, command: str, started: str) -> int:
     import samadapt
     from samadapt.data import presets
+    from samadapt.training.evaluate import evaluate
     from samadapt.training.plots import plot_bars, plot_examples
 
-    runs = args.runs or (REPO / "outputs" / "compare")
+    runs_dir = args.runs or (REPO / "outputs" / "compare")
     data_root = samadapt.samadapt_home() / "data" / "demo-waste"
-    run_dirs = {s: runs / s for s in args.strategies}
-    summaries = {s: run_strategy(s, args, run_dirs[s], data_root) for s in args.strategies}
+    strategies = args.strategies or ["decoder", "lora", "adapter"]
+    runs = [Run(s, runs_dir / s, _train_argv(args, s, args.seed, runs_dir / s, data_root)) for s in strategies]
+    run_all(runs, args.jobs, runs_dir / "logs")
+    summaries = {r.key: r.summary() for r in runs}
 
     fig_dir = args.out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     zs = next(iter(summaries.values()))["zero_shot"]
-    table = {"zero-shot": {k: zs[k] for k in ("mean_iou", "mean_precision", "mean_f1")}}
-    table.update({s: {k: r["fine_tuned"][k] for k in ("mean_iou", "mean_precision", "mean_f1")} for s, r in summaries.items()})
-    bars = plot_bars(table, ["mean_iou", "mean_precision", "mean_f1"], fig_dir / "strategies_bars.png", scale=100,
-                     ylabel="%", title=f"{args.dataset} / {args.model}: zero-shot vs strategies")
+    keys = ("mean_iou", "mean_precision", "mean_f1")
+    table = {"zero-shot": {k: zs[k] for k in keys}}
+    table.update({s: {k: r["fine_tuned"][k] for k in keys} for s, r in summaries.items()})
+    bars = plot_bars(table, list(keys), fig_dir / "strategies_bars.png", scale=100, ylabel="%",
+                     title=f"{args.dataset} / {args.model}: zero-shot vs strategies")
     val = presets.demo(data_root, "val")
-    examples = example_predictions(summaries, run_dirs, val, args, args.examples)
-    ex = plot_examples(examples, fig_dir / "strategies_examples.png", max_rows=args.examples)
+    n = args.examples
+    examples = {"zero-shot": evaluate(samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder"), val,
+                                      max_images=n, return_examples=n, progress=False, seed=args.seed).examples}
+    for r in runs:
+        model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
+        examples[r.key] = evaluate(model, val, max_images=n, return_examples=n, progress=False, seed=args.seed).examples
+    ex = plot_examples(examples, fig_dir / "strategies_examples.png", max_rows=n)
     figures = {"bars": os.path.relpath(bars, args.out), "examples": os.path.relpath(ex, args.out)}
+    clicks = demo_clicks(runs, val, args, fig_dir) if args.max_clicks else {}
     (args.out / "strategies.json").write_text(json.dumps({"command": command, "date": started, "machine": _machine(),
-                                                          "runs": summaries}, indent=2, default=str))
-    write_page(args.out / "strategies.md", summaries, args, command, figures, started)
+                                                          "runs": summaries, "clicks": clicks}, indent=2, default=str))
+    page = compare_page.demo_section(summaries, args, command, figures, started, _machine())
+    if clicks:  # the click protocol (--max-clicks): its table and figure close the section
+        from samadapt.training.clicks import click_markdown
+
+        page = page.rstrip("\n") + "\n" + "\n".join(click_markdown(clicks)) + \
+            f"\n\n![mean IoU after each click]({os.path.relpath(fig_dir / 'strategies_clicks.png', args.out)})\n"
+    compare_page.update_page(args.out / "strategies.md", "demo", page)
     print(f"wrote {args.out / 'strategies.md'}")
     for s, r in summaries.items():
         print(f"{s:10} mean IoU {100 * r['fine_tuned']['mean_iou']:.2f} (zero-shot {100 * r['zero_shot']['mean_iou']:.2f})")
     return 0
+
+
+def demo_clicks(runs: list[Run], val, args, fig_dir: Path) -> dict:
+    """``--max-clicks K``: the click-by-click protocol (samadapt.training.clicks) for zero-shot and
+    every run; label -> ``metrics.json``-style metrics, and ``strategies_clicks.png``."""
+    import samadapt
+    from samadapt.training.clicks import evaluate_clicks, plot_click_curves
+
+    models = {"zero-shot": samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder")}
+    models.update({r.key: samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint) for r in runs})
+    out = {k: evaluate_clicks(m, val, max_clicks=args.max_clicks, progress=False).metrics() for k, m in models.items()}
+    plot_click_curves({k: m["clicks"] for k, m in out.items()}, fig_dir / "strategies_clicks.png",
+                      title=f"demo / {args.model}: mean IoU after each click")
+    return out
+
+
+# ---------------------------------------------------------------------------- TrashCan
+def _frames_with_instances(ds) -> list[int]:
+    return [i for k, i in enumerate(ds.image_ids) if ds.instance_annotations(k)]
+
+
+def trashcan_strategies(chosen: list[str] | None) -> list[str]:
+    """The strategies of a real-data comparison: every registered one unless chosen."""
+    from samadapt.strategies import STRATEGIES
+
+    unknown = [s for s in chosen or [] if s not in STRATEGIES]
+    if unknown:
+        raise SystemExit(f"compare: unknown strategies {unknown}; registered: {sorted(STRATEGIES)}")
+    return list(chosen) if chosen else list(STRATEGIES)
+
+
+def run_trashcan(args, command: str, started: str) -> int:
+    import torch
+
+    import samadapt
+    from samadapt.data import presets
+    from samadapt.training import comparison as C
+    from samadapt.training.plots import plot_bars, plot_curves, plot_examples
+    from samadapt.training.uncertainty import bootstrap_interval
+
+    t_start = time.perf_counter()
+    if not args.data_root:
+        raise SystemExit("compare: --dataset trashcan needs --data-root (the folder `samadapt data import-trashcan` "
+                         "wrote)")
+    strategies = trashcan_strategies(args.strategies)
+    train_all = presets.trashcan(args.data_root, "train", version=args.version)
+    test_all = presets.trashcan(args.data_root, "val", version=args.version)
+    frames = C.choose_frames(_frames_with_instances(train_all), _frames_with_instances(test_all),
+                             n_select=args.select_frames, n_train=args.train_frames, n_test=args.test_frames, seed=0)
+    runs_dir = args.runs or (REPO / "outputs" / "compare-trashcan")
+    fractions = sorted(set(args.fractions) | {1.0})
+    roots = {}
+    for f in fractions:
+        n = max(1, round(f * args.train_frames))
+        roots[f] = C.write_trashcan_subset(args.data_root, args.version, frames["train"][:n], frames["select"],
+                                           runs_dir / "data" / f"train{n}")
+
+    def make(s: str, f: float, seed: int) -> Run:
+        key = f"{s}-f{round(100 * f):03d}-s{seed}"
+        return Run(key, runs_dir / key, _train_argv(args, s, seed, runs_dir / key, roots[f]))
+
+    main = {(s, seed): make(s, 1.0, seed) for s in strategies for seed in args.seeds}
+    run_all(list(main.values()), args.jobs, runs_dir / "logs")
+    t_trained = time.perf_counter()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    test = test_all.subset(frames["test"], name=f"trashcan-{args.version}/val (subset)")
+    base = samadapt.build_sam(args.model, args.checkpoint)
+    zs = C.evaluate_prompts(samadapt.adapt(base, "decoder"), test, C.PROMPT_KINDS, examples=args.examples)
+    results = {}  # (strategy, fraction, seed) -> evaluate_prompts' result
+    for (s, seed), r in main.items():
+        print(f"evaluating {r.key}", flush=True)
+        model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
+        results[(s, 1.0, seed)] = C.evaluate_prompts(model, test, C.PROMPT_KINDS,
+                                                     examples=args.examples if seed == args.seeds[0] else 0)
+
+    def records(s, f, kind):
+        return [results[(s, f, seed)][kind][0] for seed in args.seeds]
+
+    box = "tight box"
+    main_records = {"zero-shot": [zs[box][0]], **{s: records(s, 1.0, box) for s in strategies}}
+    ap = {"zero-shot": [zs[box][1]["coco"]["AP"]],
+          **{s: [results[(s, 1.0, seed)][box][1]["coco"]["AP"] for seed in args.seeds] for s in strategies}}
+    stats = C.compare_records(main_records, "zero-shot", ap=ap, baseline="decoder" if "decoder" in strategies else None,
+                              categories=test.categories, top_classes=args.top_classes, n_boot=args.bootstrap)
+    prompts = {kind: C.compare_records({"zero-shot": [zs[kind][0]], **{s: records(s, 1.0, kind) for s in strategies}},
+                                       "zero-shot", n_boot=args.bootstrap) for kind in C.PROMPT_KINDS}
+
+    # data efficiency: the decoder and the best strategy that adapts the encoder
+    encoder_strategies = [s for s in strategies
+                          if not samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), s).encoder_is_frozen]
+    best_encoder = max(encoder_strategies, key=lambda s: stats[s]["mean_iou"].mean) if encoder_strategies else None
+    eff_strategies = [s for s in ("decoder", best_encoder) if s in strategies]
+    small = [f for f in fractions if f < 1.0]
+    eff_runs = {(s, f, seed): make(s, f, seed) for s in eff_strategies for f in small for seed in args.seeds}
+    run_all(list(eff_runs.values()), args.jobs, runs_dir / "logs")
+    for (s, f, seed), r in eff_runs.items():
+        model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
+        results[(s, f, seed)] = C.evaluate_prompts(model, test, {box: C.PROMPT_KINDS[box]}, coco_for=())
+    efficiency = {s: {f: bootstrap_interval(records(s, f, box), "iou", n_boot=args.bootstrap) for f in fractions}
+                  for s in eff_strategies}
+    t_end = time.perf_counter()
+
+    summaries = {key: r.summary() for key, r in [(f"{s}/{seed}", r) for (s, seed), r in main.items()]}
+    costs = {s: compare_page.costs([main[(s, seed)].summary() for seed in args.seeds]) for s in strategies}
+    n_per_fraction = {f: max(1, round(f * args.train_frames)) for f in fractions}
+
+    fig_dir = args.out / "figures"
+    labels = ["zero-shot", *strategies]
+    bars = plot_bars({k: {p: (prompts[p][k]["mean_iou"].mean) for p in C.PROMPT_KINDS} for k in labels},
+                     list(C.PROMPT_KINDS), fig_dir / "trashcan_prompts.png", scale=100, ylabel="mean IoU (%)",
+                     title=f"TrashCan {args.version} / {args.model}: mean IoU by prompt (95% CI)",
+                     intervals={k: {p: (prompts[p][k]["mean_iou"].low, prompts[p][k]["mean_iou"].high)
+                                    for p in C.PROMPT_KINDS} for k in labels})
+    curve = plot_curves({s: {100 * f: (v.mean, v.low, v.high) for f, v in efficiency[s].items()} for s in efficiency},
+                        fig_dir / "trashcan_efficiency.png", xlabel="% of the training frames", ylabel="mean IoU (%)",
+                        scale=100, reference=("zero-shot", stats["zero-shot"]["mean_iou"].mean),
+                        title=f"TrashCan {args.version}: mean IoU vs training frames (95% CI)")
+    examples = {"zero-shot": zs[box][0].examples,
+                **{s: results[(s, 1.0, args.seeds[0])][box][0].examples for s in strategies}}
+    ex = plot_examples(examples, fig_dir / "trashcan_examples.png", max_rows=args.examples)
+    figures = {k: os.path.relpath(p, args.out) for k, p in (("prompts", bars), ("efficiency", curve), ("examples", ex))}
+
+    box_fill = C.box_fill_baseline(test)
+    info = {"command": command, "date": started, "data_root": args.data_root, "machine": _machine(),
+            "version": args.version, "box_fill_mean_iou": box_fill,
+            "frames": {k: len(v) for k, v in frames.items()}, "test_instances": stats["zero-shot"]["num_instances"],
+            "epochs": args.epochs, "seeds": args.seeds, "strategies": strategies, "best_encoder": best_encoder,
+            "fractions": n_per_fraction, "bootstrap": args.bootstrap, "extra": args.extra,
+            "minutes": {"training": (t_trained - t_start) / 60, "total": (t_end - t_start) / 60},
+            "test_frames": [test_all.file_image_info(i)["file_name"] for i in frames["test"]]}
+    from samadapt.training.comparison import intervals_to_json
+
+    (args.out / "strategies_trashcan.json").write_text(json.dumps(intervals_to_json({
+        **info, "stats": stats, "prompts": prompts, "efficiency": {s: {str(f): v for f, v in e.items()}
+                                                                   for s, e in efficiency.items()},
+        "costs": costs, "runs": summaries}), indent=2, default=str))
+    section = compare_page.trashcan_section(info, stats, prompts, efficiency, costs, figures)
+    compare_page.update_page(args.out / "strategies.md", "trashcan", section)
+    print(f"wrote {args.out / 'strategies.md'} ({(t_end - t_start) / 60:.1f} min)")
+    for s in strategies:
+        g = stats[s]["gain"]
+        print(f"{s:10} mean IoU {100 * stats[s]['mean_iou'].mean:.2f}  gain {100 * g.mean:+.2f} "
+              f"[{100 * g.low:+.2f}, {100 * g.high:+.2f}]")
+    return 0
+
+
+def render_trashcan(args) -> int:
+    """Rewrite the page's TrashCan section from the JSON an earlier run wrote (no training, no
+    evaluation): for changes to the page's wording. The section keeps that run's command and date."""
+    from samadapt.training.uncertainty import Interval
+
+    def revive(x):
+        if isinstance(x, dict) and {"mean", "low", "high", "level", "method"} == set(x):
+            return Interval(**x)
+        return {k: revive(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+    path = args.out / "strategies_trashcan.json"
+    if not path.is_file():
+        raise SystemExit(f"compare: --render-only needs {path} from an earlier run")
+    raw = json.loads(path.read_text())
+    if args.note is not None:  # kept in the JSON, so later renders keep it
+        raw["note"] = args.note
+        path.write_text(json.dumps(raw, indent=2))
+    data = revive(raw)
+    efficiency = {s: {float(f): v for f, v in e.items()} for s, e in data["efficiency"].items()}
+    info = {**data, "fractions": {float(f): n for f, n in data["fractions"].items()}}
+    figures = {k: f"figures/trashcan_{k}.png" for k in ("prompts", "efficiency", "examples")}
+    section = compare_page.trashcan_section(info, data["stats"], data["prompts"], efficiency, data["costs"], figures)
+    compare_page.update_page(args.out / "strategies.md", "trashcan", section)
+    print(f"wrote {args.out / 'strategies.md'} from {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="demo", choices=["demo", "trashcan"],
+                    help="demo: generated waste scenes; trashcan: real frames (--data-root)")
+    ap.add_argument("--data-root", help="trashcan: the folder `samadapt data import-trashcan` wrote")
+    ap.add_argument("--version", default="instance", choices=["instance", "material"], help="trashcan version")
+    ap.add_argument("--model", default="mini", help="model type (default: mini)")
+    ap.add_argument("--checkpoint", default=None, help="base checkpoint (default: the model's built-in weights)")
+    ap.add_argument("--strategies", nargs="+", default=None,
+                    help="default: demo decoder lora adapter; trashcan every registered strategy")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: demo 8, trashcan 3)")
+    ap.add_argument("--seed", type=int, default=0, help="demo: the training seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trashcan: training seeds per strategy")
+    ap.add_argument("--train-frames", type=int, default=600, help="trashcan: training frames (100%% of the curve)")
+    ap.add_argument("--select-frames", type=int, default=60,
+                    help="trashcan: held-out official training frames that choose each run's best epoch")
+    ap.add_argument("--test-frames", type=int, default=300, help="trashcan: official val frames evaluated")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0],
+                    help="trashcan: shares of --train-frames for the data-efficiency curve")
+    ap.add_argument("--top-classes", type=int, default=6, help="trashcan: per-class means for this many classes")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="trashcan: bootstrap rounds of the intervals")
+    ap.add_argument("--demo-train-images", type=int, default=160)
+    ap.add_argument("--demo-val-images", type=int, default=40)
+    ap.add_argument("--examples", type=int, default=4, help="images in the examples figure")
+    ap.add_argument("--max-clicks", type=int, default=0,
+                    help="demo: also run the click-by-click protocol with this many clicks (0: off)")
+    ap.add_argument("--jobs", type=int, default=1, help="training processes at a time")
+    ap.add_argument("--out", type=Path, default=REPO / "docs", help="folder for strategies.md and its figures")
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="where the runs go (default: outputs/compare, outputs/compare-trashcan)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="trashcan: rewrite the page section from <out>/strategies_trashcan.json of an earlier run")
+    ap.add_argument("--note", default=None,
+                    help="with --render-only: a note shown (as added after the run) in the section, kept in the JSON")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more finetune.py options for every run")
+    args = ap.parse_args(argv)
+    args.extra = [a for a in args.extra if a != "--"]
+    if args.epochs is None:
+        args.epochs = 8 if args.dataset == "demo" else 3
+    if args.jobs < 1 or not args.seeds or any(not 0 < f <= 1 for f in args.fractions):
+        ap.error("--jobs must be >= 1, --seeds non-empty, --fractions in (0, 1]")
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    command = "python recipes/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        return render_trashcan(args)
+    return (run_demo if args.dataset == "demo" else run_trashcan)(args, command, started)
 
 
 if __name__ == "__main__":

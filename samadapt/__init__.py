@@ -12,7 +12,7 @@ Public API::
 __version__ = "0.1.0"
 
 from .adapted import AdaptedSam, SamOutput, adapt
-from .adapter_io import export_peft, import_peft, load_adapter, read_adapter_metadata, save_adapter
+from .adapter_io import import_peft, load_adapter, read_adapter_metadata, save_adapter
 from .errors import (
     AdapterFileError,
     AdapterMismatchError,
@@ -20,10 +20,13 @@ from .errors import (
     CheckpointNotFoundError,
     ConfigError,
     DataError,
+    ExportError,
     SamAdaptError,
     TrainingError,
     UnknownNameError,
 )
+from .exporters import export
+from .exporters.peft import export_peft
 from .hub import adapter_name, download_checkpoint, list_adapters, load, publish_adapter, samadapt_home
 from .models import MODEL_TYPES, ModelCard, build_sam, get_model_card, register_model_type
 from .strategies import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
@@ -31,9 +34,9 @@ from .transforms import SamTransform
 
 __all__ = [
     "AdaptedSam", "AdapterFileError", "AdapterMismatchError", "CheckpointError", "CheckpointNotFoundError",
-    "ConfigError", "DataError", "MODEL_TYPES", "ModelCard", "STRATEGIES", "SamAdaptError", "SamOutput",
+    "ConfigError", "DataError", "ExportError", "MODEL_TYPES", "ModelCard", "STRATEGIES", "SamAdaptError", "SamOutput",
     "SamTransform", "Strategy", "StrategyConfig", "TrainingError", "UnknownNameError", "adapt", "adapter_name",
-    "build_sam", "download_checkpoint", "export_peft", "get_model_card", "get_strategy", "import_peft",
+    "build_sam", "download_checkpoint", "export", "export_peft", "get_model_card", "get_strategy", "import_peft",
     "list_adapters", "load", "load_adapter", "publish_adapter", "read_adapter_metadata", "register_model_type",
     "register_strategy", "samadapt_home", "save_adapter",
 ]

@@ -33,11 +33,14 @@ class SamOutput:
     low_res_logits: (N, M, S/4, S/4) mask logits (mask = logits > 0); M = 3 with multimask, else 1.
     iou_predictions: (N, M) the IoU head's estimate of each mask's IoU.
     image_index: (N,) int64, the image of each prompt.
+    image_embeddings: (B, C, S/16, S/16) the embeddings decoded (set by ``forward``), so that further
+        rounds of prompts on the same images (corrective clicks) reuse them instead of encoding again.
     """
 
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
     image_index: torch.Tensor
+    image_embeddings: torch.Tensor | None = None
 
 
 def _as_list(x, n: int) -> list:
@@ -47,6 +50,20 @@ def _as_list(x, n: int) -> list:
     if isinstance(x, torch.Tensor) and n == 1 and x.ndim in (2, 3):
         return [x]
     return list(x)
+
+
+def _mask_inputs(mask_inputs, bsz: int, n_total: int, side: int, device) -> torch.Tensor | None:
+    """Per-image mask prompts -> one (N, 1, side, side) tensor in prompt order, or None."""
+    if mask_inputs is None:
+        return None
+    parts = _as_list(mask_inputs, bsz) if not (isinstance(mask_inputs, torch.Tensor) and bsz == 1) else [mask_inputs]
+    if len(parts) != bsz or any(m is None for m in parts):
+        raise ConfigError(f"mask_inputs must give a (N_i, 1, {side}, {side}) tensor for each of the {bsz} images")
+    masks = torch.cat(parts).to(device)
+    if tuple(masks.shape) != (n_total, 1, side, side):
+        raise ConfigError(f"mask_inputs have shape {tuple(masks.shape)} in all; the prompts need ({n_total}, 1, "
+                          f"{side}, {side}) (one low-res mask per prompt)")
+    return masks
 
 
 class AdaptedSam(nn.Module):
@@ -64,6 +81,7 @@ class AdaptedSam(nn.Module):
         self.base = base
         self.max_prompts_per_pass: int | None = 256
         self.encoder_images_seen = 0
+        self.auto_calibration = None  # automatic-mask thresholds (samadapt.segment.calibration), saved with the adapter
 
     # ------------------------------------------------------------------ description
     @property
@@ -171,6 +189,7 @@ class AdaptedSam(nn.Module):
         point_labels: Sequence[torch.Tensor | None] | None = None,
         *,
         multimask: bool = False,
+        mask_inputs: Sequence[torch.Tensor | None] | None = None,
     ) -> SamOutput:
         """Decode the prompts of B images in one pass (chunked by ``max_prompts_per_pass``).
 
@@ -180,6 +199,8 @@ class AdaptedSam(nn.Module):
             points: per image (N_i, P, 2) XY in the input frame, or None; ``point_labels`` (N_i, P)
                 with 1 = foreground, 0 = background. Every image must use the same prompt kinds
                 (and the same P), since prompts of all images are encoded together.
+            mask_inputs: per image (N_i, 1, S/4, S/4) mask prompts (SAM's interactive input: the
+                previous prediction's low-res logits), or None for none; all images or none.
         """
         bsz = image_embeddings.shape[0]
         boxes_l, points_l, labels_l = _as_list(boxes, bsz), _as_list(points, bsz), _as_list(point_labels, bsz)
@@ -212,6 +233,7 @@ class AdaptedSam(nn.Module):
         all_boxes = torch.cat(box_parts).to(device) if box_parts else None
         all_points = torch.cat(pt_parts).to(device) if pt_parts else None
         all_labels = torch.cat(lb_parts).to(device) if lb_parts else None
+        all_masks = _mask_inputs(mask_inputs, bsz, n_total, card_low, device)
         if (all_boxes is not None and all_boxes.shape[0] != n_total) or (
             all_points is not None and all_points.shape[0] != n_total
         ):
@@ -225,7 +247,7 @@ class AdaptedSam(nn.Module):
             sparse, dense = self.sam.prompt_encoder(
                 points=(all_points[sl], all_labels[sl]) if all_points is not None else None,
                 boxes=all_boxes[sl] if all_boxes is not None else None,
-                masks=None,
+                masks=all_masks[sl] if all_masks is not None else None,
             )
             lo, iou = decode_masks(
                 self.sam.mask_decoder, image_embeddings, image_pe, sparse, dense, image_index[sl], multimask=multimask
@@ -243,18 +265,50 @@ class AdaptedSam(nn.Module):
         *,
         image_embeddings: torch.Tensor | None = None,
         multimask: bool = False,
+        mask_inputs: Sequence[torch.Tensor | None] | None = None,
     ) -> SamOutput:
         """Differentiable forward (upstream ``Sam.forward`` runs under ``no_grad``).
 
-        images: (B, 3, S, S) preprocessed by :class:`SamTransform`; or ``image_embeddings``
-        (B, C, S/16, S/16) computed earlier (the embedding cache of a frozen encoder). Prompts as in
-        :meth:`decode`.
+        images: (B, 3, S, S) float, preprocessed by :class:`SamTransform`, with prompts in the
+        model's input frame as in :meth:`decode`; or a list of B RGB uint8 (H, W, 3) arrays (one
+        array for one image) with prompts in their pixels, as :meth:`predict` takes them
+        (preprocessed exactly as ``predict`` does); or ``image_embeddings`` (B, C, S/16, S/16)
+        computed earlier (the embedding cache of a frozen encoder). The output's low-res logits
+        are in the input frame: ``model.transform.postprocess_masks`` brings them to an image.
+        ``mask_inputs``: mask prompts as in :meth:`decode`. The output carries the image embeddings
+        it decoded (``SamOutput.image_embeddings``).
         """
         if (images is None) == (image_embeddings is None):
             raise ConfigError("pass exactly one of images or image_embeddings")
+        if images is not None and not isinstance(images, torch.Tensor):
+            images, boxes, points, point_labels = self._preprocess_arrays(images, boxes, points, point_labels)
+        elif images is not None and (images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point()):
+            raise ConfigError(
+                f"forward takes images as a float tensor (B, 3, S, S) preprocessed by model.transform, or as a list "
+                f"of RGB uint8 (H, W, 3) arrays; got a {images.dtype} tensor of shape {tuple(images.shape)}")
         if image_embeddings is None:
             image_embeddings = self.encode(images)
-        return self.decode(image_embeddings, boxes, points, point_labels, multimask=multimask)
+        out = self.decode(image_embeddings, boxes, points, point_labels, multimask=multimask, mask_inputs=mask_inputs)
+        out.image_embeddings = image_embeddings
+        return out
+
+    def _preprocess_arrays(self, images, boxes, points, labels):
+        """uint8 (H, W, 3) images with prompts in their pixels -> the (B, 3, S, S) batch and
+        prompts in the input frame that :meth:`decode` takes (as :meth:`predict` prepares them)."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+            boxes, points, labels = ([x] if x is not None and not isinstance(x, (list, tuple)) else x
+                                     for x in (boxes, points, labels))
+        images = [self._check_image(im) for im in images]
+        n = len(images)
+        boxes_l, points_l, labels_l = (list(x) if x is not None else [None] * n for x in (boxes, points, labels))
+        if not (len(boxes_l) == len(points_l) == len(labels_l) == n):
+            raise ConfigError(f"got {n} images but prompts for {len(boxes_l)}; give one (N_i, 4) box array per image")
+        prompts = [self._prompts_for(im.shape, b, p, lab) for im, b, p, lab in zip(images, boxes_l, points_l, labels_l)]
+        x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(self.device, self.sam.pixel_mean.dtype)
+        dev = self.device
+        move = (lambda t: None if t is None else t.to(dev))  # noqa: E731
+        return (x, [move(p[1]) for p in prompts], [move(p[2]) for p in prompts], [move(p[3]) for p in prompts])
 
     # ------------------------------------------------------------------ inference
     def _prompts_for(self, image_shape, boxes, points, labels):
@@ -365,6 +419,14 @@ class AdaptedSam(nn.Module):
                 res = (masks.cpu().numpy(), scores.cpu().numpy())
                 results.append(res + (low.cpu().numpy(),) if return_logits else res)
         return results
+
+    def segment(self, image: np.ndarray, **kwargs) -> list[dict]:
+        """Masks for one RGB uint8 image (H, W, 3) with no prompt (automatic), or from a detector's
+        ``boxes`` (N, 4) XYXY with ``scores``, or from ``points``; ``classify=True`` labels them with the
+        class head. One COCO-style record per mask: see :func:`samadapt.segment.segment`."""
+        from .segment.api import segment
+
+        return segment(self, image, **kwargs)
 
 
 def adapt(sam: Sam, strategy: str, *, sdpa_attention: bool = True, **options) -> AdaptedSam:

@@ -8,11 +8,13 @@ Loading is strict and checks everything before it changes the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import safe_open
@@ -22,6 +24,7 @@ from segment_anything.modeling import Sam
 from .adapted import AdaptedSam, adapt
 from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
 from .models.registry import base_info, build_sam_architecture, get_model_card
+from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes
 from .strategies.base import get_strategy
 
 FORMAT = "samadapt-adapter"
@@ -44,6 +47,7 @@ def adapter_metadata(model: AdaptedSam, info: dict[str, Any] | None = None) -> d
         "model_type": model.model_type,
         "base_id": model.base.base_id,
         "info": json.dumps(info or {}, sort_keys=True, default=str),
+        **segment_metadata(model),  # class head categories, automatic-mask calibration (when present)
     }
 
 
@@ -63,6 +67,39 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """The folder version of :func:`atomic_write`: yields an empty sibling folder to fill; when the
+    ``with`` block ends normally it is renamed to ``path`` (replacing a file or folder there), and on
+    any error it is deleted, so ``path`` is never left half-written. Callers decide whether an
+    existing ``path`` may be replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
+    try:
+        yield tmp
+        if not (path.exists() or path.is_symlink()):
+            os.replace(tmp, path)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old.rmdir()  # a free name beside path: the old output moves there while the new one moves in
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_adapter(model: AdaptedSam, path: str | os.PathLike, **info: Any) -> Path:
@@ -147,6 +184,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
             "if you know the bases are equivalent)"
         )
     expected = expected_tensors(meta["model_type"], meta["strategy"], meta["strategy_config"])
+    expected.update(segment_tensor_shapes(meta, sam))  # the class head's, when the adapter has one
     got: dict[str, tuple[int, ...]] = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
@@ -166,6 +204,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
     except Exception as e:
         raise AdapterFileError(f"{str(path)!r}: tensor data unreadable ({e}); the file is truncated") from None
     model = adapt(sam, meta["strategy"], **meta["strategy_config"])
+    restore_segment_state(model, meta)
     model.load_trainable_state(tensors)
     model.adapter_info = meta["info"]
     return model
@@ -175,33 +214,6 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 DECODER_WEIGHTS = "mask_decoder.safetensors"
-
-
-def export_peft(model: AdaptedSam, directory: str | os.PathLike) -> Path:
-    """Write a ``lora`` adapter in peft's own format (``adapter_config.json`` +
-    ``adapter_model.safetensors``). peft's format has no place for the trained mask decoder, which
-    goes beside them as ``mask_decoder.safetensors``."""
-    from peft import get_peft_model_state_dict
-
-    from .strategies.lora import ADAPTER_NAME
-
-    if model.strategy != "lora":
-        raise SamAdaptError(f"only 'lora' adapters have a peft format; this one is {model.strategy!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    peft_cfg = model.config.to_peft()
-    lora_sd = get_peft_model_state_dict(model.sam, adapter_name=ADAPTER_NAME)
-    lora_sd = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in lora_sd.items()}
-    atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(lora_sd, tmp, metadata={"format": "pt"}))
-    cfg = peft_cfg.to_dict()
-    cfg["peft_type"] = "LORA"
-    cfg["base_model_name_or_path"] = f"samadapt:{model.model_type}:{model.base.base_id}"
-    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
-    atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2, default=str)))
-    decoder = {n: t.cpu().contiguous() for n, t in model.trainable_state_dict().items() if n.startswith("mask_decoder.")}
-    if decoder:
-        atomic_write(directory / DECODER_WEIGHTS, lambda tmp: save_file(decoder, tmp))
-    return directory
 
 
 def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:

@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import option
 
-DATASETS = ("taco", "zerowaste", "trashcan", "coco", "demo")
+_f = option  # noqa: E305 (transitional alias)
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam")
-EVAL_PROMPTS = ("box", "jitter", "loose", "points")
+EVAL_PROMPTS = ("box", "jitter", "loose", "points", "extreme")
+#: training prompt kinds, one drawn per instance (``train_prompts``): its noisy box or one positive click
+TRAIN_PROMPTS = ("box", "point")
+#: how training clicks are drawn inside the object (``click_sampling``)
+CLICK_SAMPLING = ("uniform", "interior")
 #: experiment trackers Accelerate can log to (``log_with``); "none" turns logging off
 LOGGERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all")
 
@@ -39,60 +45,81 @@ class TrainConfig:
     pretrained ``mini`` model) in a few minutes on a 2-core CPU."""
 
     # what to adapt
-    strategy: str = "decoder"
-    strategy_options: dict[str, Any] = field(default_factory=dict)
-    model: str = "mini"
-    checkpoint: str | None = None
+    strategy: str = option("decoder", "what to train: a registered strategy (see `samadapt info`)")
+    strategy_options: dict[str, Any] = option(dict, "the strategy's own options (on the command line: --<strategy>-<option>)")
+    model: str = option("mini", "model type: a registered SAM architecture (vit_b, vit_l, vit_h, mini)")
+    checkpoint: str | None = option(None, "base SAM checkpoint file (default: the built-in mini weights; official "
+                                      "vit_* need one: `samadapt download-checkpoint vit_h`)")
     # data
-    dataset: str = "demo"
-    data_root: str | None = None
-    images_root: str | None = None  # dataset=coco
-    annotation_file: str | None = None  # dataset=coco
-    val_images_root: str | None = None  # dataset=coco
-    val_annotation_file: str | None = None  # dataset=coco
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"version": "material"} for trashcan
-    train_split: str = "train"
-    val_split: str = "val"
-    demo_train_images: int = 160
-    demo_val_images: int = 40
-    max_val_images: int | None = None
+    dataset: str = option("demo", "dataset preset (see docs/data.md); coco for any COCO instance-segmentation file")
+    data_root: str | None = option(None, "folder holding the dataset in its official layout (taco, zerowaste, trashcan; "
+                                     "demo: default SAMADAPT_HOME/data/demo-waste)")
+    images_root: str | None = option(None, "dataset coco: folder the training file's file_name entries are relative to")
+    annotation_file: str | None = option(None, "dataset coco: the training COCO instances JSON")
+    val_images_root: str | None = option(None, "dataset coco: images folder of the validation file (default: --images-root)")
+    val_annotation_file: str | None = option(None, "dataset coco: the validation COCO instances JSON")
+    validate_on_train: bool = option(False, "dataset coco without --val-annotation-file: validate on the training images "
+                                        "(optimistic; the adapter's card then says so)")
+    dataset_options: dict[str, Any] = option(dict, 'options of the preset, e.g. {"version": "material"} for trashcan')
+    train_split: str | None = option(None, "training split (default: the preset's training split)")
+    val_split: str | None = option(None, "validation split (default: the preset's held-out split: TACO's seeded test, "
+                                     "ZeroWaste-f's val, TrashCan's val)")
+    demo_train_images: int = option(160, "dataset demo: training images to generate")
+    demo_val_images: int = option(40, "dataset demo: validation images to generate")
+    max_val_images: int | None = option(None, "validate on the first N validation images only")
     # optimisation
-    epochs: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.05
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    prompts_per_image: int = 16
-    box_noise: float = 0.1
-    box_noise_max_px: float = 20.0
-    multimask: bool = False
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
-    patience: int = 3
-    min_delta: float = 0.0
-    mixed_precision: str | None = None  # None: as `accelerate launch --mixed_precision` says (else "no")
-    gradient_checkpointing: bool = False
+    epochs: int = option(8, "epochs (early stopping may end sooner)")
+    lr: float = option(3e-4, "peak learning rate")
+    weight_decay: float = option(1e-4, "weight decay of the optimiser")
+    optimizer: str = option("adamw", "optimiser", choices=OPTIMIZERS)
+    warmup_steps: int = option(10, "linear warm-up steps before the cosine schedule")
+    min_lr_ratio: float = option(0.05, "final learning rate as a fraction of --lr")
+    batch_size: int = option(4, "images per step and process")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (none to turn off)")
+    prompts_per_image: int = option(16, "instances (prompts) sampled per training image")
+    box_noise: float = option(0.1, "training box noise: std as a fraction of the box side (SAM: 0.1)")
+    box_noise_max_px: float = option(20.0, "training box noise: cap in pixels (SAM: 20)")
+    multimask: bool = option(False, "train SAM's 3 multimask outputs, back-propagating the lowest loss")
+    train_prompts: list[str] = option(lambda: ["box"], "training prompt kinds, one drawn per instance: box (its noisy "
+                                  "box), point (one positive click, multimask output, lowest loss back-propagated)")
+    click_sampling: str = option("uniform", "training clicks (--train-prompts point): uniform over the object (SAM), or "
+                                 "interior: towards its middle, probability proportional to the distance to the "
+                                 "background (RITM keeps training clicks off the boundary)")
+    point_share: float = option(0.5, "with --train-prompts box point: the share of instances whose first prompt is "
+                                "the click (SAM: 0.5)")
+    click_rounds: int = option(0, "corrective clicks after the first prediction: each round adds a click from the error "
+                              "region and feeds the previous low-res logits as the mask prompt, as SAM was trained")
+    classify: bool = option(False, "add a class head on the mask decoder's output token that predicts each instance's "
+                            "category (cross-entropy beside the mask loss); saved in the adapter, used by "
+                            "`samadapt segment --classify` (box-prompted training only)")
+    focal_weight: float = option(20.0, "weight of the focal loss (SAM: 20)")
+    dice_weight: float = option(1.0, "weight of the dice loss (SAM: 1)")
+    iou_weight: float = option(1.0, "weight of the MSE of the IoU head (SAM: 1)")
+    patience: int = option(3, "early stopping: epochs without validation improvement (0 turns it off)")
+    min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
+    mixed_precision: str | None = option(None, "default: what `accelerate launch --mixed_precision` says, else no",
+                                         choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = option(False, "checkpoint the image encoder's activations (less memory, slower)")
     # speed
-    cache_embeddings: bool = True
-    cache_dir: str | None = None
-    num_workers: int = 0
+    cache_embeddings: bool = option(True, "frozen encoders: compute each image embedding once and cache it")
+    cache_dir: str | None = option(None, "embedding cache folder (default SAMADAPT_HOME/cache)")
+    num_workers: int = option(0, "DataLoader worker processes")
     # evaluation
-    eval_prompt: str = "box"
-    zero_shot: bool = True
-    num_examples: int = 6
+    eval_prompt: str = option("box", "validation prompts: box (exact ground-truth boxes, the paper's protocol), "
+                                     "jitter, loose, points or extreme", choices=EVAL_PROMPTS)
+    zero_shot: bool = option(True, "evaluate the un-tuned base first")
+    num_examples: int = option(6, "images in examples.png")
     # bookkeeping
-    seed: int = 0
-    name: str | None = None
-    output_dir: str | None = None
-    resume: bool = False
-    publish: bool = True
-    progress: bool = True
-    log_with: str | None = "tensorboard"
+    seed: int = option(0, "seed of data order, prompts and initialisation")
+    name: str | None = option(None, "adapter name, <dataset>-<model tag>[-<strategy>] (default: from dataset, model and "
+                                "strategy, e.g. taco-vith-lora)")
+    output_dir: str | None = option(None, "run folder (default outputs/<name>)")
+    resume: bool = option(False, "continue the run in --output-dir from its last saved epoch")
+    overwrite: bool = option(False, "delete what --output-dir holds and start afresh")
+    publish: bool = option(True, "install the adapter under its name in SAMADAPT_HOME (samadapt.load(name))")
+    progress: bool = option(True, "progress bars")
+    log_with: str | None = option("tensorboard", "experiment tracker (none to turn off)", choices=LOGGERS + ("none",))
 
     def __post_init__(self) -> None:
         from .models.registry import get_model_card
@@ -100,11 +127,29 @@ class TrainConfig:
 
         get_model_card(self.model)
         get_strategy(self.strategy).make_config(**self.strategy_options)  # validates the options
-        _choice("dataset", self.dataset, DATASETS)
         if self.mixed_precision is not None:
             _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("eval_prompt", self.eval_prompt, EVAL_PROMPTS)
+        if (isinstance(self.train_prompts, str) or not isinstance(self.train_prompts, (list, tuple))
+                or not self.train_prompts or len(set(self.train_prompts)) != len(self.train_prompts)):
+            raise ConfigError(f"`train_prompts` is {self.train_prompts!r}; give a list of distinct kinds from "
+                              f"{list(TRAIN_PROMPTS)}, e.g. ['box', 'point']")
+        for kind in self.train_prompts:
+            if kind not in TRAIN_PROMPTS:
+                raise ConfigError(f"`train_prompts` has {kind!r}; choose kinds from {list(TRAIN_PROMPTS)}")
+        self.train_prompts = list(self.train_prompts)
+        _choice("click_sampling", self.click_sampling, CLICK_SAMPLING)
+        if isinstance(self.point_share, bool) or not isinstance(self.point_share, (int, float)) \
+                or not 0 < self.point_share < 1:
+            raise ConfigError(f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
+                              f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts")
+        if isinstance(self.click_rounds, bool) or not isinstance(self.click_rounds, int) or self.click_rounds < 0:
+            raise ConfigError(f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}")
+        if self.classify and (list(self.train_prompts) != ["box"] or self.click_rounds):
+            raise ConfigError(f"--classify trains the class head on the box-prompted step; it cannot be combined with "
+                              f"train_prompts {self.train_prompts} / click_rounds {self.click_rounds}: use "
+                              f"--train-prompts box --click-rounds 0, or train without --classify")
         if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
             self.log_with = None  # so `--log-with none` turns logging off from the command line
         if self.log_with is not None:
@@ -116,10 +161,80 @@ class TrainConfig:
             _positive(name, getattr(self, name), allow_zero=True)
         if self.focal_weight + self.dice_weight == 0:
             raise ConfigError("`focal_weight` and `dice_weight` are both 0: the masks would get no loss")
-        if self.dataset == "coco" and not (self.images_root and self.annotation_file):
-            raise ConfigError("dataset 'coco' needs `images_root` and `annotation_file` (and val_* for validation)")
-        if self.dataset in ("taco", "zerowaste", "trashcan") and not self.data_root:
-            raise ConfigError(f"dataset {self.dataset!r} needs `data_root` (the folder holding the dataset)")
+        self._check_dataset()
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --output-dir and --overwrite deletes it: give one of them")
+        if self.name is not None:
+            self._check_name()
+
+    def _check_dataset(self) -> None:
+        """Dataset name, splits (defaults from the dataset's card), options and the options naming
+        its files: all checked here, before any file is read."""
+        from .data.presets import get_dataset_card
+
+        card = get_dataset_card(self.dataset)
+        self.train_split = self.train_split or card.train_split
+        self.val_split = self.val_split or card.val_split
+        for what, split in (("--train-split", self.train_split), ("--val-split", self.val_split)):
+            if split not in card.splits:
+                raise ConfigError(f"{what} {split!r} is not a split of {self.dataset}; choose one of "
+                                  f"{list(card.splits)} (its held-out split is {card.val_split!r})")
+        unknown = sorted(set(self.dataset_options) - set(card.options))
+        if unknown:
+            raise ConfigError(f"--dataset-options: {self.dataset} has no option(s) {unknown}; its options: "
+                              f"{sorted(card.options)}")
+        missing = [s for s in card.sources if s != "data_root" and not getattr(self, s)]
+        if self.dataset != "demo" and "data_root" in card.sources and not self.data_root:
+            missing.append("data_root")
+        if missing:
+            flags = " and ".join("--" + m.replace("_", "-") for m in missing)
+            raise ConfigError(f"dataset {self.dataset!r} needs {flags} (expected layout: {card.layout})")
+        if self.dataset == "coco" and not self.val_annotation_file and not self.validate_on_train:
+            raise ConfigError(
+                "dataset 'coco' without --val-annotation-file would validate on the training images and report "
+                "that as the gain. Give the held-out file (--val-annotation-file FILE.json, and --val-images-root "
+                "if its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)")
+        if self.validate_on_train and self.dataset != "coco":
+            raise ConfigError(f"--validate-on-train is for dataset coco; {self.dataset} has a held-out split "
+                              f"(--val-split)")
+        if self.validate_on_train and self.val_annotation_file:
+            raise ConfigError("--validate-on-train and --val-annotation-file contradict each other: give one")
+
+    def _check_name(self) -> None:
+        from .hub import parse_adapter_name
+        from .models.registry import get_model_card
+
+        parsed = parse_adapter_name(self.name)
+        want = get_model_card(self.model)
+        if parsed.model_type != want.name or parsed.strategy != self.strategy:
+            suffix = "" if self.strategy == "decoder" else f"-{self.strategy}"
+            raise ConfigError(
+                f"--name {self.name!r} names model {parsed.model_type} and strategy {parsed.strategy}, but this run "
+                f"trains {self.strategy} on {self.model}: name it {parsed.dataset}-{want.tag}{suffix}")
+
+    def check_files(self) -> None:
+        """Raise :class:`~samadapt.errors.SamAdaptError` when a file or folder the run needs is
+        missing (checkpoint, dataset files), reading none of them: run before hours of work."""
+        from .data.presets import get_dataset_card
+        from .errors import CheckpointNotFoundError
+
+        if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
+            raise CheckpointNotFoundError(f"--checkpoint {self.checkpoint!r} does not exist")
+        if self.dataset == "demo":
+            return  # generated at the start of the run
+        card = get_dataset_card(self.dataset)
+        for what, split, sources in (("--train-split", self.train_split, self._sources(val=False)),
+                                     ("--val-split", self.val_split, self._sources(val=True))):
+            card.check(split, what, options=self.dataset_options, **sources)
+
+    def _sources(self, *, val: bool) -> dict[str, Any]:
+        """The options naming the files of the training (or validation) split."""
+        if self.dataset != "coco":
+            return {"data_root": self.data_root}
+        if not val:
+            return {"images_root": self.images_root, "annotation_file": self.annotation_file}
+        return {"images_root": self.val_images_root or self.images_root,
+                "annotation_file": self.val_annotation_file or self.annotation_file}
 
     # ------------------------------------------------------------------ derived names
     @property

@@ -38,9 +38,19 @@ class AdapterMismatchError(SamAdaptError):
     """An adapter was made for another model type, base checkpoint, or strategy layout."""
 
 
+class ExportError(SamAdaptError):
+    """A model cannot be written in the format asked for, or the output path is in the way."""
+
+
 class DataError(SamAdaptError):
     """A dataset file (annotations, image) is missing or invalid."""
 
 
 class TrainingError(SamAdaptError):
     """Training cannot go on (non-finite loss, bad resume state)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped by Ctrl-C (SIGINT); the message says what was saved and how to resume."""
+
+    exit_code = 130  # the shell's code for a process ended by SIGINT

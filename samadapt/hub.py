@@ -81,6 +81,11 @@ def parse_adapter_name(name: str) -> AdapterName:
     strategy = parts[2] if len(parts) == 3 else DEFAULT_STRATEGY
     if strategy not in STRATEGIES:
         raise ConfigError(f"adapter name {name!r}: unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
+    if parts[1] not in tags:
+        example = f"{parts[0]}-mini-{parts[1]}" if parts[1] in STRATEGIES else f"{parts[0]}-vith"
+        raise ConfigError(
+            f"adapter name {name!r}: {parts[1]!r} is not a model tag; names are <dataset>-<tag>[-<strategy>] with "
+            f"tag in {tags} (for example {example!r})")
     return AdapterName(parts[0], model_type_for_tag(parts[1]), strategy)
 
 
@@ -145,6 +150,12 @@ def find_base_checkpoint(model_type: str, base_id: str, checkpoint: str | os.Pat
     ``SAMADAPT_HOME/checkpoints``."""
     want = base_id.removeprefix("sha256:")
     if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise CheckpointNotFoundError(
+                f"base checkpoint {str(checkpoint)!r} does not exist; the adapter needs the {model_type} "
+                f"checkpoint with {'sha256 ' + want if base_id.startswith('sha256:') else 'base id ' + base_id}: "
+                "pass the path of that file"
+            )
         return Path(checkpoint)
     official = official_checkpoint(model_type)
     if official is not None:

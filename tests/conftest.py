@@ -160,3 +160,58 @@ def reset_accelerate():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+# ============================================================================================
+# Export fixtures (test_export)
+# ============================================================================================
+@pytest.fixture(scope="session")
+def perturb() -> Callable:
+    """``perturb(model, scale=0.05, seed=0)``: move every trainable weight of an ``AdaptedSam`` as
+    training would (zero-initialised LoRA B, adapter up-projections and prompts included), so an
+    export that dropped the adaptation gives different numbers. Returns the model."""
+
+    def move(model, scale: float = 0.05, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, p in model.trainable_named_parameters():
+                p.add_(scale * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
+        return model
+
+    return move
+
+
+# ============================================================================================
+# Prompt-free segmentation fixtures (test_segment_*)
+# ============================================================================================
+@pytest.fixture
+def pretrained_mini():
+    """The built-in pretrained ``mini``, zero-shot (decoder strategy: weights exactly the base's), eval mode."""
+    import samadapt
+
+    return samadapt.adapt(samadapt.build_sam("mini"), "decoder").eval()
+
+
+@pytest.fixture(scope="session")
+def classify_adapter(tmp_path_factory, demo_data_root) -> Path:
+    """A tiny ``decoder`` adapter of the pretrained ``mini`` trained with ``--classify`` on the session
+    demo data (trained once per session, about 10 s): its file."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from samadapt.config import TrainConfig
+    from samadapt.training.trainer import train
+
+    out = tmp_path_factory.mktemp("classify_run")
+    cfg = TrainConfig(strategy="decoder", model="mini", dataset="demo", data_root=str(demo_data_root),
+                      demo_train_images=TINY_DEMO["train"], demo_val_images=TINY_DEMO["val"], epochs=2,
+                      prompts_per_image=8, batch_size=2, lr=1e-3, progress=False, zero_shot=False, num_examples=0,
+                      log_with=None, publish=False, output_dir=str(out / "run"), cache_dir=str(out / "cache"),
+                      classify=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg).adapter_path
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -187,20 +187,20 @@ def test_new_subcommands_are_one_function_and_one_line(monkeypatch, capsys):
 
 
 def test_data_summary_of_generated_demo_data(tmp_path, capsys):
-    from samadapt.data.demo import make_demo_dataset
+    from samadapt.data.synthetic import make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "demo", domain="waste", n_train=3, n_val=2, seed=0, progress=False)
-    assert cli.main(["data", "summary", "--dataset", "demo", "--root", str(root)]) == 0
+    assert cli.main(["data", "summary", "--dataset", "demo", "--data-root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "[train]" in out and "[val]" in out and "images: 3" in out and "images: 2" in out
-    assert cli.main(["data", "summary", "--dataset", "demo", "--root", str(root), "--json"]) == 0
+    assert cli.main(["data", "summary", "--dataset", "demo", "--data-root", str(root), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data["splits"]) == {"train", "val"}
     assert data["images"] == 5
 
 
 def test_data_summary_names_a_missing_root(tmp_path, capsys):
-    assert cli.main(["data", "summary", "--dataset", "taco", "--root", str(tmp_path / "nowhere")]) == 2
+    assert cli.main(["data", "summary", "--dataset", "taco", "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from samadapt.data.demo import (
+from samadapt.data.synthetic import (
     CATEGORIES,
     DEMO_VERSION,
     MIN_VISIBLE_AREA,
@@ -25,8 +25,8 @@ from samadapt.errors import ConfigError, DataError
 # pycocotools 2.0 + numpy 2 warn on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-# ``samadapt.data.demo`` as an attribute is the dataset preset function, so fetch the module by name.
-demo_mod = importlib.import_module("samadapt.data.demo")
+# the module whose make_demo_dataset looks render_demo_image up (patched to simulate a crash)
+demo_mod = importlib.import_module("samadapt.data.synthetic.dataset")
 SMALL = dict(n_train=6, n_val=3, seed=0, progress=False)
 
 

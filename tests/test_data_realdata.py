@@ -21,7 +21,7 @@ from samadapt.data.coco import CocoInstances
 from samadapt.data.prompts import PromptConfig
 from samadapt.data.sam_dataset import SamPromptDataset, check_dataset
 from samadapt.data.summary import format_summary, summarize, summarize_preset
-from samadapt.data.supervisely import decode_bitmap, object_mask, supervisely_to_coco, trashcan_category
+from samadapt.data.importers import decode_bitmap, import_trashcan, object_mask
 from samadapt.transforms import SamTransform
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -182,7 +182,7 @@ def test_zerowaste_split_list_and_summary(zerowaste_root, zerowaste_train):
     ids = presets.read_split_file(REALDATA / "zerowaste" / "split_v1_train.txt", "train",
                                   {i: ds.file_image_info(i) for i in ds.file_image_ids})
     assert sorted(ids) == sorted(ds.image_ids)  # the v1 split lists frame stems
-    s = summarize_preset("zerowaste", root=zerowaste_root, splits=("train",))["splits"]["train"]
+    s = summarize_preset("zerowaste", data_root=zerowaste_root, splits=("train",))["splits"]["train"]
     assert s["images"] == 1245 and s["instances"] == 6162
     assert s["images_without_instances"] == 37 and s["skips"] == {"degenerate_polygon": 23}
     assert s["image_sizes"]["most_common"] == [[1080, 1920, 1245]]
@@ -218,6 +218,7 @@ def test_labelme_through_sam_dataset():
 
 
 # --- TrashCan: Supervise.ly bitmaps ----------------------------------------------------------------
+# (the whole folder's import, its counts and masks: tests/test_import_trashcan.py)
 
 
 def _readme_classes(name: str) -> set[str]:
@@ -238,20 +239,25 @@ def test_supervisely_bitmap_decodes():
 
 @pytest.mark.parametrize("version", ["instance", "material"])
 def test_trashcan_raw_frames_to_coco(tmp_path, version):
-    # three known frames of the 3,247 in the shared folder
+    # three known frames of the 3,247 in the shared folder, with the official split lists
     frames = ["vid_000035_frame0000087.jpg", "vid_000089_frame0000010.jpg", "vid_000108_frame0000022.jpg"]
-    ann_dir = tmp_path / "ann"
-    ann_dir.mkdir()
+    src = tmp_path / "src"
+    for sub in ("annotations", "images"):
+        (src / "original_data" / sub).mkdir(parents=True)
+    (src / "splits").symlink_to(TRASHCAN / "splits")
     for f in frames:
-        (ann_dir / f"{f}.json").write_bytes((TRASHCAN / "original_data" / "annotations" / f"{f}.json").read_bytes())
-    coco = supervisely_to_coco(ann_dir, category_of=lambda o: trashcan_category(o, version))
-    assert [i["file_name"] for i in coco["images"]] == frames
-    assert {c["name"] for c in coco["categories"]} <= _readme_classes(f"{version}_version_README.txt")
-    per_image = [sum(a["image_id"] == i for a in coco["annotations"]) for i in range(3)]
-    assert per_image == [19, 2, 3]  # the four parts of the ROV in vid_000089 are one instance
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    ds = CocoInstances(TRASHCAN / "original_data" / "images", tmp_path / "coco.json")
-    s = ds[2]
+        (src / "original_data" / "annotations" / f"{f}.json").symlink_to(
+            TRASHCAN / "original_data" / "annotations" / f"{f}.json")
+        (src / "original_data" / "images" / f).symlink_to(TRASHCAN / "original_data" / "images" / f)
+    result = import_trashcan(src, tmp_path / "out", versions=[version], progress=False)
+    splits = {s: presets.trashcan(tmp_path / "out", s, version=version) for s in ("train", "val")}
+    per_image = {ds.image_info(k)["file_name"]: len(ds.instance_annotations(k))
+                 for ds in splits.values() for k in range(len(ds))}
+    assert per_image == dict(zip(frames, [19, 2, 3]))  # the four parts of the ROV in vid_000089 are one instance
+    assert set(splits["val"].categories.values()) == _readme_classes(f"{version}_version_README.txt")
+    assert result.reports["frames"]["skipped_frames"] == {} and result.reports[version]["skipped_objects"] == {}
+    [(ds, k)] = [(ds, k) for ds in splits.values() for k in range(len(ds)) if ds.image_info(k)["file_name"] == frames[2]]
+    s = ds[k]
     assert s["image"].shape == (360, 480, 3) and s["masks"].shape == (3, 360, 480)
     assert ds.skips == {}
     names = {ds.categories[c] for c in s["category_ids"].tolist()}

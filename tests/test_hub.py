@@ -60,7 +60,8 @@ def test_adapter_names(dataset, model_type, strategy, name):
         ("taco", ConfigError, ["'taco'", "<dataset>-<tag>[-<strategy>]", "vith"]),
         ("taco-vith-lora-extra", ConfigError, ["<dataset>-<tag>[-<strategy>]"]),
         ("Taco-vith", ConfigError, ["'Taco-vith'"]),
-        ("taco-vit_h", UnknownNameError, ["'vit_h'", "vitb", "vith"]),
+        ("taco-vit_h", ConfigError, ["'vit_h' is not a model tag", "vitb", "vith"]),
+        ("labelme-lora", ConfigError, ["'lora' is not a model tag", "labelme-mini-lora"]),
         ("taco-vith-lorra", ConfigError, ["'lorra'", "adapter", "decoder", "lora"]),
     ],
 )

@@ -235,10 +235,9 @@ def test_config_from_args_errors(tmp_path):
         finetune.config_from_args(["--config", str(bad)])
     with pytest.raises(ConfigError, match="does not exist"):
         finetune.config_from_args(["--config", str(tmp_path / "missing.yaml")])
-    with pytest.raises(SamAdaptError, match="options for strategy 'lora' given, but --strategy is 'decoder'"):
+    with pytest.raises(SamAdaptError, match=r"--lora-rank belong\(s\) to --strategy lora, but --strategy is 'decoder'"):
         finetune.config_from_args(["--lora-rank", "8"])
-    with pytest.raises(ConfigError, match="`log_with` is 'tensorbord'"):
-        finetune.config_from_args(["--log-with", "tensorbord"])
+    assert finetune.main(["--log-with", "tensorbord"]) == 2  # argparse names the choices
     assert finetune.main(["--strategy", "nope"]) == 2
 
 

@@ -1,7 +1,7 @@
 """The trainer (samadapt.training.trainer) and the embedding cache (samadapt.training.cache).
 
 Tiny in-process runs (``train(cfg)``) for the embedding cache and the non-finite-loss stop; one run
-on two CPU processes under ``torchrun``. The recipe itself (accelerate launch, outputs, resume) is
+on two CPU processes under ``accelerate launch --multi_gpu``. The recipe itself (accelerate launch, outputs, resume) is
 tested end to end in test_recipes.py.
 """
 
@@ -384,7 +384,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny_run_args):
-    """``torchrun --nproc_per_node 2`` on CPU (gloo): the ranks end training with identical weights,
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU (gloo): the ranks end training with identical weights,
     and evaluation counts every validation image and instance exactly once."""
     from samadapt.data import presets
     from samadapt.training.eval_run import zero_shot_model
@@ -412,14 +412,19 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
     dump = tmp_path / "ranks"
     dump.mkdir()
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(wrapper), "--strategy", "decoder", "--checkpoint",
+    # the documented command (docs/training.md): Accelerate's own launcher, on a machine without GPU
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(wrapper), "--strategy", "decoder", "--checkpoint",
            str(mini_checkpoint), *tiny_run_args, "--output-dir", str(run_dir), "--no-publish", "--log-with", "none"]
-    env = _subprocess_env(tmp_path / "home", ACCELERATE_USE_CPU="1", DUMP_DIR=str(dump))
+    env = _subprocess_env(tmp_path / "home", DUMP_DIR=str(dump))
+    env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert proc.returncode == 0, "\n".join([proc.stdout[-3000:], *errors[:20]])
-    assert "2 process(es)" in proc.stdout
+    assert "2 process(es)" in proc.stdout and "1 process(es)" not in proc.stdout
+    assert json.loads((run_dir / "run_summary.json").read_text())["num_processes"] == 2
+    assert "find_unused_parameters" not in proc.stderr  # DDP's warning on every step of a decoder run
     # the cache fill split the 6 training images between the processes: each encoded 3, none twice
     assert "encoded 3 new image(s) on this process" in proc.stdout
     # (and the 3 validation images, in fp32, 2 + 1)

@@ -6,13 +6,15 @@
   :func:`get_dataset`) that know each dataset's layout and split;
 - :class:`SamPromptDataset` + :func:`collate_sam`: model-ready samples with box / point prompts;
 - :func:`summarize` / :func:`format_summary`: what a dataset holds, without reading images;
-- :func:`make_demo_dataset`: generated demo data.
+- :func:`make_demo_dataset`: generated demo data;
+- :func:`import_trashcan`, :func:`import_supervisely` (:mod:`samadapt.data.importers`): Supervise.ly
+  annotations (TrashCan's raw frames, any project export) to COCO.
 
 See docs/data.md.
 """
 
 from .coco import CocoInstances, annotation_area, load_coco_json, segmentation_to_rle
-from .demo import make_demo_dataset
+from .synthetic import make_demo_dataset
 from .images import read_image, resolve_image_path
 from .presets import (DATASETS, coco, demo, get_dataset, read_split_file, seeded_split, taco, trashcan,
                       zerowaste)
@@ -20,13 +22,13 @@ from .prompts import PromptConfig, boxes_from_masks, jitter_boxes, loosen_boxes,
 from .sam_dataset import SamPromptDataset, check_dataset, collate_sam, file_sha1
 from .skips import REASONS, Issue, IssueLog
 from .summary import format_summary, summarize, summarize_preset
-from .supervisely import decode_bitmap, supervisely_to_coco
+from .importers import decode_bitmap, import_supervisely, import_trashcan
 
 __all__ = [
     "CocoInstances", "DATASETS", "Issue", "IssueLog", "PromptConfig", "REASONS", "SamPromptDataset",
     "annotation_area", "boxes_from_masks", "check_dataset", "coco", "collate_sam", "decode_bitmap", "demo",
-    "file_sha1", "format_summary", "get_dataset", "jitter_boxes", "load_coco_json", "loosen_boxes",
+    "file_sha1", "format_summary", "get_dataset", "import_supervisely", "import_trashcan", "jitter_boxes", "load_coco_json", "loosen_boxes",
     "make_demo_dataset", "read_image", "read_split_file", "resolve_image_path", "sample_points",
-    "seeded_split", "segmentation_to_rle", "summarize", "summarize_preset", "supervisely_to_coco", "taco",
+    "seeded_split", "segmentation_to_rle", "summarize", "summarize_preset", "taco",
     "trashcan", "zerowaste",
 ]

@@ -632,14 +632,19 @@ class CocoInstances(Dataset):
             "original_size": self.original_size(idx),
         }
 
-    def verify_images(self) -> None:
-        """Look up every image file now; raise one :class:`DataError` listing the missing ones."""
+    def missing_image_files(self) -> list[str]:
+        """The ``file_name`` of every image whose file is not found (looked up now, not read)."""
         missing = []
         for idx in range(len(self)):
             try:
                 self.image_path(idx)
             except DataError:
                 missing.append(self.image_info(idx)["file_name"])
+        return missing
+
+    def verify_images(self) -> None:
+        """Look up every image file now; raise one :class:`DataError` listing the missing ones."""
+        missing = self.missing_image_files()
         if missing:
             raise DataError(f"{self.name}: {len(missing)} of {len(self)} image files not found under "
                             f"{self._roots_text()}, e.g. {missing[:5]}")

@@ -12,21 +12,23 @@ name. Layouts (details and sources in docs/data.md)::
     trashcan   root/{instance,material}_version/instances_{train,val}_trashcan.json,
                root/<version>_version/{train,val}/*.jpg; no test split: test = val
     coco       any COCO file: coco(images_root, annotation_file)
-    demo       root/{train,val}/annotations.json, root/<split>/images/*.jpg (samadapt.data.demo)
+    demo       root/{train,val}/annotations.json, root/<split>/images/*.jpg (samadapt.data.synthetic)
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ConfigError, DataError, UnknownNameError
 from .coco import CocoInstances, _ignore_predicate
 
-__all__ = ["DATASETS", "get_dataset", "taco", "zerowaste", "trashcan", "coco", "demo", "seeded_split",
+__all__ = ["DATASETS", "DATASET_CARDS", "DatasetCard", "get_dataset", "get_dataset_card", "taco", "zerowaste", "trashcan", "coco", "demo", "seeded_split",
            "read_split_file"]
 
 
@@ -135,6 +137,18 @@ TACO_LAYOUT = ("root/annotations.json with images root/batch_1/000006.jpg ... (r
                "or root/data/annotations.json (root = the TACO repository)")
 
 
+def _taco_annotations(root: str | os.PathLike, split: str = "train", *, annotation_name: str = "annotations.json",
+                      split_file: str | os.PathLike | None = None, **_: object) -> Path:
+    root = _root(root, "TACO", TACO_LAYOUT)
+    if split_file is not None and not Path(split_file).is_file():
+        raise DataError(f"split file {str(split_file)!r} does not exist")
+    for folder in (root, root / "data"):
+        if (folder / annotation_name).is_file():
+            return folder / annotation_name
+    raise DataError(f"TACO annotations not found: neither {str(root / annotation_name)!r} nor "
+                    f"{str(root / 'data' / annotation_name)!r} exists. Expected layout: {TACO_LAYOUT}")
+
+
 def taco(root: str | os.PathLike, split: str = "train", *, split_file: str | os.PathLike | None = None,
          seed: int = 0, test_fraction: float = 0.2, annotation_name: str = "annotations.json",
          **kw) -> CocoInstances:
@@ -151,13 +165,7 @@ def taco(root: str | os.PathLike, split: str = "train", *, split_file: str | os.
         **kw: passed to :class:`CocoInstances`.
     """
     _check_choice(split, "split", ("train", "test", "all"))
-    root = _root(root, "TACO", TACO_LAYOUT)
-    for folder in (root, root / "data"):
-        if (folder / annotation_name).is_file():
-            break
-    else:
-        raise DataError(f"TACO annotations not found: neither {str(root / annotation_name)!r} nor "
-                        f"{str(root / 'data' / annotation_name)!r} exists. Expected layout: {TACO_LAYOUT}")
+    folder = _taco_annotations(root, split, annotation_name=annotation_name).parent
     kw.setdefault("name", f"taco/{split}")
     ds = CocoInstances(folder, folder / annotation_name, **kw)
     if split == "all":
@@ -176,23 +184,42 @@ ZEROWASTE_LAYOUT = ("root/{train,val,test}/labels.json with frames root/<split>/
                     "splits_final_deblurred/ of zerowaste-f-final.zip, or the folder holding it)")
 
 
-def zerowaste(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
-    """ZeroWaste-f final release (Bashkirova et al. 2022), official train / val / test split."""
-    _check_choice(split, "split", ("train", "val", "test"))
+def _zerowaste_annotations(root: str | os.PathLike, split: str = "train", **_: object) -> Path:
     root = _root(root, "ZeroWaste", ZEROWASTE_LAYOUT)
     for base in (root, root / "splits_final_deblurred"):
         if (base / split / "labels.json").is_file():
-            break
-    else:
-        raise DataError(f"ZeroWaste {split} annotations not found: neither {str(root / split / 'labels.json')!r} nor "
-                        f"{str(root / 'splits_final_deblurred' / split / 'labels.json')!r} exists. "
-                        f"Expected layout: {ZEROWASTE_LAYOUT}")
+            return base / split / "labels.json"
+    raise DataError(f"ZeroWaste {split} annotations not found: neither {str(root / split / 'labels.json')!r} nor "
+                    f"{str(root / 'splits_final_deblurred' / split / 'labels.json')!r} exists. "
+                    f"Expected layout: {ZEROWASTE_LAYOUT}")
+
+
+def zerowaste(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
+    """ZeroWaste-f final release (Bashkirova et al. 2022), official train / val / test split."""
+    _check_choice(split, "split", ("train", "val", "test"))
+    base = _zerowaste_annotations(root, split).parents[1]
     kw.setdefault("name", f"zerowaste/{split}")
     return CocoInstances([base / split / "data", base / split], base / split / "labels.json", **kw)
 
 
 TRASHCAN_LAYOUT = ("root/{instance,material}_version/instances_{train,val}_trashcan.json with images "
                    "root/<version>_version/{train,val}/*.jpg (root = TrashCan's dataset/ folder)")
+
+
+def _trashcan_annotations(root: str | os.PathLike, split: str = "train", *, version: str = "instance",
+                          **_: object) -> Path:
+    _check_choice(version, "version", ("instance", "material"))
+    root = _root(root, "TrashCan", TRASHCAN_LAYOUT)
+    file_split = "val" if split == "test" else split
+    vdir = root / f"{version}_version"
+    if not vdir.is_dir() and (root / f"instances_{file_split}_trashcan.json").is_file():
+        vdir = root  # root is the version folder itself
+    ann = vdir / f"instances_{file_split}_trashcan.json"
+    if not ann.is_file():
+        raise DataError(f"TrashCan {version} {file_split} annotations not found at {str(ann)!r}. "
+                        f"Expected layout: {TRASHCAN_LAYOUT}. `samadapt data import-trashcan` writes this layout "
+                        f"from TrashCan's original Supervise.ly data")
+    return ann
 
 
 def trashcan(root: str | os.PathLike, split: str = "train", *, version: str = "instance",
@@ -205,16 +232,8 @@ def trashcan(root: str | os.PathLike, split: str = "train", *, version: str = "i
             then not instances (counted as ``ignored_category``).
     """
     _check_choice(split, "split", ("train", "val", "test"))
-    _check_choice(version, "version", ("instance", "material"))
-    root = _root(root, "TrashCan", TRASHCAN_LAYOUT)
-    file_split = "val" if split == "test" else split
-    vdir = root / f"{version}_version"
-    if not vdir.is_dir() and (root / f"instances_{file_split}_trashcan.json").is_file():
-        vdir = root  # root is the version folder itself
-    ann = vdir / f"instances_{file_split}_trashcan.json"
-    if not ann.is_file():
-        raise DataError(f"TrashCan {version} {file_split} annotations not found at {str(ann)!r}. "
-                        f"Expected layout: {TRASHCAN_LAYOUT}")
+    ann = _trashcan_annotations(root, split, version=version)
+    vdir, file_split = ann.parent, "val" if split == "test" else split
     if trash_only:
         user_ignore = _ignore_predicate(kw.pop("ignore_categories", ("_background_",)))
         kw["ignore_categories"] = lambda name: user_ignore(name) or not name.startswith("trash")
@@ -235,31 +254,121 @@ DEMO_LAYOUT = ("root/{train,val}/annotations.json with images root/<split>/image
                "samadapt.data.make_demo_dataset(root)")
 
 
-def demo(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
-    """Generated demo data (:func:`samadapt.data.demo.make_demo_dataset`); ``"test"`` is ``"val"``."""
-    _check_choice(split, "split", ("train", "val", "test"))
+def _demo_annotations(root: str | os.PathLike, split: str = "train", **_: object) -> Path:
     root = _root(root, "demo", DEMO_LAYOUT)
     file_split = "val" if split == "test" else split
     ann = root / file_split / "annotations.json"
     if not ann.is_file():
         raise DataError(f"demo {file_split} annotations not found at {str(ann)!r}. Expected layout: {DEMO_LAYOUT}")
+    return ann
+
+
+def demo(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
+    """Generated demo data (:func:`samadapt.data.synthetic.make_demo_dataset`); ``"test"`` is ``"val"``."""
+    _check_choice(split, "split", ("train", "val", "test"))
+    ann = _demo_annotations(root, split)
+    root, file_split = ann.parents[1], ann.parent.name
     kw.setdefault("name", f"demo/{split}")
     return CocoInstances([root / file_split / "images", root / file_split], ann, **kw)
 
 
-DATASETS: dict[str, Callable[..., CocoInstances]] = {
-    "taco": taco,
-    "zerowaste": zerowaste,
-    "trashcan": trashcan,
-    "coco": coco,
-    "demo": demo,
-}
+def _coco_annotations(images_root: str | os.PathLike, annotation_file: str | os.PathLike, split: str = "train",
+                      **_: object) -> Path:
+    if not Path(images_root).expanduser().is_dir():
+        raise DataError(f"images folder {str(images_root)!r} is not a folder (--images-root: the folder the "
+                        f"file_name entries of the annotation file are relative to)")
+    if not Path(annotation_file).expanduser().is_file():
+        raise DataError(f"annotation file {str(annotation_file)!r} does not exist")
+    return Path(annotation_file)
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """What samadapt knows of a dataset: its loader, splits and layout. Training, evaluation, the
+    summary and the command line read the list of datasets and their splits from :data:`DATASET_CARDS`.
+
+    name: the preset's name (``--dataset``); loader: builds a :class:`CocoInstances` of one split;
+    layout: the expected files, named in errors; splits: the splits the loader takes; train_split,
+    val_split: the default training and held-out split; sources: the options that name its files
+    (``data_root``, or ``images_root`` + ``annotation_file``); locate: (sources, split, options) ->
+    the annotation file, raising :class:`DataError` when it is missing, without reading it.
+    """
+
+    name: str
+    loader: Callable[..., CocoInstances]
+    description: str
+    layout: str
+    splits: tuple[str, ...]
+    train_split: str
+    val_split: str
+    sources: tuple[str, ...]
+    locate: Callable[..., Path]
+    summary_splits: tuple[str, ...] = ()  # the distinct splits, as `samadapt data summary` lists them
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Keyword options of the loader (``dataset_options``), besides :class:`CocoInstances`' own."""
+        params = inspect.signature(self.loader).parameters.values()
+        own = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+        return own + COCO_OPTIONS
+
+    def check(self, split: str, what: str = "split", *, options: dict | None = None, **sources) -> Path:
+        """Check a split name, the options and that the files exist, reading no data; returns the
+        annotation file."""
+        if split not in self.splits:
+            raise ConfigError(f"{what} {split!r} is not a split of {self.name}; choose one of {list(self.splits)} "
+                              f"(its held-out split is {self.val_split!r})")
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ConfigError(f"dataset {self.name!r} has no option(s) {unknown}; its options: {sorted(self.options)}")
+        missing = [s for s in self.sources if not sources.get(s)]
+        if missing:
+            flags = " and ".join("--" + m.replace("_", "-") for m in missing)
+            raise ConfigError(f"dataset {self.name!r} needs {flags} ({self.layout})")
+        return self.locate(*(sources[s] for s in self.sources), split, **options)
+
+    def open(self, split: str, *, options: dict | None = None, **sources) -> CocoInstances:
+        """The dataset of ``split`` from ``sources`` (``data_root=...``, or ``images_root=...,
+        annotation_file=...``)."""
+        self.check(split, options=options, **sources)
+        args = [sources[s] for s in self.sources]
+        if self.sources == ("data_root",):
+            return self.loader(*args, split=split, **(options or {}))
+        return self.loader(*args, **(options or {}))
+
+
+#: keyword options every preset passes on to :class:`CocoInstances`
+COCO_OPTIONS = ("strict", "missing_images", "empty_images", "ignore_categories", "name")
+
+DATASET_CARDS: dict[str, DatasetCard] = {c.name: c for c in (
+    DatasetCard("taco", taco, "TACO litter in the wild (no official split: seeded 80/20 by image)", TACO_LAYOUT,
+                ("train", "test", "all"), "train", "test", ("data_root",), _taco_annotations, ("train", "test")),
+    DatasetCard("zerowaste", zerowaste, "ZeroWaste-f conveyor-belt recycling, official train/val/test",
+                ZEROWASTE_LAYOUT, ("train", "val", "test"), "train", "val", ("data_root",), _zerowaste_annotations,
+                ("train", "val", "test")),
+    DatasetCard("trashcan", trashcan, "TrashCan 1.0 underwater debris, instance or material version (val = test)",
+                TRASHCAN_LAYOUT, ("train", "val", "test"), "train", "val", ("data_root",), _trashcan_annotations,
+                ("train", "val")),
+    DatasetCard("coco", coco, "any COCO instance-segmentation file (give the validation file separately)",
+                "--images-root IMAGES --annotation-file FILE.json", ("train", "val"), "train", "val",
+                ("images_root", "annotation_file"), _coco_annotations, ("train",)),
+    DatasetCard("demo", demo, "generated waste-domain demo scenes (samadapt.data.synthetic)", DEMO_LAYOUT,
+                ("train", "val", "test"), "train", "val", ("data_root",), _demo_annotations, ("train", "val")),
+)}
+
+#: name -> loader, for ``get_dataset``
+DATASETS: dict[str, Callable[..., CocoInstances]] = {name: c.loader for name, c in DATASET_CARDS.items()}
+
+
+def get_dataset_card(name: str) -> DatasetCard:
+    """The card of a dataset preset; :class:`UnknownNameError` names the valid ones."""
+    try:
+        return DATASET_CARDS[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError(f"unknown dataset {name!r}; choose one of {sorted(DATASET_CARDS)}") from None
 
 
 def get_dataset(name: str, **kw) -> CocoInstances:
     """Build the named preset: ``get_dataset("taco", root="TACO/data", split="test")``."""
-    try:
-        preset = DATASETS[name]
-    except (KeyError, TypeError):
-        raise UnknownNameError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
-    return preset(**kw)
+    return get_dataset_card(name).loader(**kw)

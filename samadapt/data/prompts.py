@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["PromptConfig", "boxes_from_masks", "jitter_boxes", "loosen_boxes", "sample_points", "as_generator"]
+__all__ = ["PromptConfig", "boxes_from_masks", "center_points", "distance_to_background", "extreme_points", "jitter_boxes", "loosen_boxes", "sample_points",
+           "as_generator"]
 
 #: label of a padding point, ignored by SAM's prompt encoder
 PAD_LABEL = -1
@@ -112,16 +113,79 @@ def loosen_boxes(boxes: np.ndarray, margin: float, image_hw: tuple[int, int]) ->
     return _clip_boxes(boxes + grow, image_hw)
 
 
+def center_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One positive click per mask at its most interior pixel (RITM's and SAM's first click: the
+    pixel farthest from the background), deterministic.
+
+    The distance is the chessboard distance (found by repeated 3x3 erosion, the image border counting
+    as background); among the pixels at the largest distance the one nearest their mean is taken.
+
+    Args:
+        masks: bool (N, H, W).
+
+    Returns:
+        coords float32 (N, 1, 2) XY at pixel centres, labels int64 (N, 1): 1, or -1 (padding at
+        (0, 0)) for an empty mask.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    n = masks.shape[0]
+    coords = np.zeros((n, 1, 2), dtype=np.float32)
+    labels = np.full((n, 1), PAD_LABEL, dtype=np.int64)
+    for i in range(n):
+        ys, xs = np.nonzero(masks[i])
+        if not len(ys):
+            continue
+        y0, x0 = ys.min(), xs.min()
+        core = np.pad(masks[i, y0:ys.max() + 1, x0:xs.max() + 1], 1)  # cropped, with a background border
+        while True:  # erode until nothing would be left: what remains is the most interior ring
+            eroded = core.copy()
+            eroded[1:-1, 1:-1] = np.logical_and.reduce([core[1 + dy:core.shape[0] - 1 + dy, 1 + dx:core.shape[1] - 1 + dx]
+                                                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+            eroded[[0, -1], :] = False
+            eroded[:, [0, -1]] = False
+            if not eroded.any():
+                break
+            core = eroded
+        cy, cx = np.nonzero(core)
+        k = int(np.argmin((cy - cy.mean()) ** 2 + (cx - cx.mean()) ** 2))
+        coords[i, 0] = (x0 + cx[k] - 1 + 0.5, y0 + cy[k] - 1 + 0.5)
+        labels[i, 0] = 1
+    return coords, labels
+
+
 def _pick(rng: np.random.Generator, flat_idx: np.ndarray, n: int) -> np.ndarray:
     """``n`` entries of ``flat_idx``, without replacement when there are enough."""
     return flat_idx[rng.choice(len(flat_idx), size=n, replace=len(flat_idx) < n)]
 
 
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """(H, W) float64: each pixel's Euclidean distance to the nearest pixel outside ``mask`` (H, W)
+    bool, the image border counting as outside (RITM's convention); 0 outside the mask. Computed on
+    the mask's bounding box only, so a small object in a 6000x4000 photo stays cheap."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, dtype=bool)
+    dist = np.zeros(mask.shape, dtype=np.float64)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return dist
+    sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    dist[sl] = distance_transform_edt(np.pad(mask[sl], 1))[1:-1, 1:-1]  # the padding is the outside
+    return dist
+
+
 def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
-                  generator: np.random.Generator | int | None) -> tuple[np.ndarray, np.ndarray]:
+                  generator: np.random.Generator | int | None, *, interior: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Click prompts for each mask: ``n_pos`` inside it, then ``n_neg`` outside it.
 
-    Positives are uniform over the mask's pixels. Negatives are uniform over the pixels outside the
+    Positives are uniform over the mask's pixels (SAM's training clicks); with ``interior`` their
+    probability is proportional to the pixel's distance to the background
+    (:func:`distance_to_background`), so clicks fall towards the middle of the object, where
+    annotators click and where the click protocol's first click goes (RITM trains with clicks
+    kept off the boundary). Negatives are uniform over the pixels outside the
     mask but inside its box grown by 10% (the confusable surroundings); if there are none there,
     anywhere outside the mask. Where no pixel qualifies (empty mask, mask covering the image), the
     point is padding: label -1 at (0, 0), which SAM's prompt encoder ignores.
@@ -153,7 +217,11 @@ def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
         if n_pos:
             inside = np.flatnonzero(m)
             if len(inside):
-                sel = _pick(rng, inside, n_pos)
+                if interior:
+                    weight = distance_to_background(m).ravel()[inside]
+                    sel = inside[rng.choice(len(inside), size=n_pos, replace=True, p=weight / weight.sum())]
+                else:
+                    sel = _pick(rng, inside, n_pos)
                 coords[i, :n_pos, 0] = sel % w + 0.5
                 coords[i, :n_pos, 1] = sel // w + 0.5
                 labels[i, :n_pos] = 1
@@ -177,6 +245,43 @@ def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
     return coords, labels
 
 
+def extreme_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The four extreme clicks of each mask (the annotation prompt of DEXTR and of the Sama study):
+    its leftmost, rightmost, topmost and bottommost pixels, in that order.
+
+    Where several pixels share an extreme (a straight edge), the middle one along that edge is taken
+    (the lower middle of an even count), so the clicks are deterministic. The box the four clicks span
+    is the mask's tight box: ``boxes_from_masks(masks)`` equals ``[left.x, top.y, right.x, bottom.y]
+    - 0.5``.
+
+    Args:
+        masks: bool (N, H, W).
+
+    Returns:
+        coords float32 (N, 4, 2) XY at pixel centres, labels int64 (N, 4): 1 (positive clicks), or
+        -1 (padding at (0, 0)) for an empty mask.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    n = masks.shape[0]
+    coords = np.zeros((n, 4, 2), dtype=np.float32)
+    labels = np.full((n, 4), PAD_LABEL, dtype=np.int64)
+    for i in range(n):
+        ys, xs = np.nonzero(masks[i])  # row-major: for equal rows, xs ascend
+        if not len(ys):
+            continue
+
+        def middle(values: np.ndarray) -> int:
+            return int(np.sort(values)[(len(values) - 1) // 2])
+
+        left, right, top, bottom = xs.min(), xs.max(), ys.min(), ys.max()
+        coords[i] = np.array([[left, middle(ys[xs == left])], [right, middle(ys[xs == right])],
+                              [middle(xs[ys == top]), top], [middle(xs[ys == bottom]), bottom]], np.float32) + 0.5
+        labels[i] = 1
+    return coords, labels
+
+
 @dataclass(frozen=True)
 class PromptConfig:
     """How training prompts are made from ground-truth masks.
@@ -188,6 +293,8 @@ class PromptConfig:
         num_points: positive clicks per instance.
         num_negative_points: negative clicks per instance.
         use_boxes: prompt with a box; at least a box or a positive point is needed.
+        interior_points: draw the positive clicks towards the object's middle (probability
+            proportional to the distance to the background) instead of uniformly.
     """
 
     box_noise: float = 0.1
@@ -196,6 +303,7 @@ class PromptConfig:
     num_points: int = 0
     num_negative_points: int = 0
     use_boxes: bool = True
+    interior_points: bool = False
 
     def __post_init__(self) -> None:
         for name in ("box_noise", "box_noise_max_px", "loose_margin"):
@@ -206,8 +314,9 @@ class PromptConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"PromptConfig.{name} must be an integer >= 0, got {v!r}")
-        if not isinstance(self.use_boxes, bool):
-            raise ConfigError(f"PromptConfig.use_boxes must be True or False, got {self.use_boxes!r}")
+        for name in ("use_boxes", "interior_points"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"PromptConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if not self.use_boxes and self.num_points == 0:
             raise ConfigError("PromptConfig has no prompt: use_boxes=False and num_points=0; set use_boxes=True "
                               "or num_points >= 1")

@@ -128,7 +128,7 @@ class SamPromptDataset(Dataset):
                 box = jitter_boxes(box, rng, std_ratio=pc.box_noise, max_px=pc.box_noise_max_px, image_hw=hw)
             boxes.append(box)
             if p:
-                c, lab = sample_points(mask, pc.num_points, pc.num_negative_points, rng)
+                c, lab = sample_points(mask, pc.num_points, pc.num_negative_points, rng, interior=pc.interior_points)
                 points.append(c)
                 labels.append(lab)
             targets.append(tf.masks_to_low_res(mask, hw))

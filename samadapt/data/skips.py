@@ -85,6 +85,8 @@ class IssueLog:
             recording it (filtered ones - crowd, ignored categories - are never errors).
     """
 
+    _reported: set[str] = set()  # reports logged by this process
+
     def __init__(self, source: str, *, strict: bool = False) -> None:
         self.source = source
         self.strict = strict
@@ -109,8 +111,8 @@ class IssueLog:
         self._issues.append(issue)
         if self._logged_at_load and not self._logged_late and issue.kind != FILTERED:
             self._logged_late = True
-            logger.warning("%s: %s. Later problems found while decoding are counted in dataset.skips "
-                           "without being logged.", self.source, issue.describe())
+            logger.warning("%s: %s. Later problems found while decoding are counted (`samadapt data summary`; "
+                           "in Python: dataset.skips) without being logged.", self.source, issue.describe())
         return True
 
     def issues(self, image_ids: set[int] | None = None) -> list[Issue]:
@@ -148,8 +150,13 @@ class IssueLog:
             return
         counts = Counter(i.reason for i in problems)
         lines = [f"  {i.describe()}" for i in _first(problems, n_examples)]
-        logger.warning("%s: skipped or repaired: %s (see dataset.skips). First %d:\n%s", self.source,
-                       ", ".join(f"{r}={c}" for r, c in counts.items()), len(lines), "\n".join(lines))
+        report = (f"{self.source}: skipped or repaired: {', '.join(f'{r}={c}' for r, c in counts.items())} "
+                  f"(`samadapt data summary` counts them by split; in Python: dataset.skips). "
+                  f"First {len(lines)}:\n" + "\n".join(lines))
+        # train and validation splits read from one file (TACO, coco) find the same problems: say it once
+        if report not in IssueLog._reported:
+            IssueLog._reported.add(report)
+            logger.warning("%s", report)
 
 
 def _first(items: Iterable[Issue], n: int) -> list[Issue]:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .coco import CocoInstances, annotation_area
 
-__all__ = ["summarize", "summarize_preset", "format_summary", "AREA_SMALL", "AREA_MEDIUM", "PRESET_SPLITS"]
+__all__ = ["summarize", "summarize_preset", "format_summary", "AREA_SMALL", "AREA_MEDIUM"]
 
 AREA_SMALL = 32**2  # pixels^2, COCO's "small" upper bound
 AREA_MEDIUM = 96**2  # pixels^2, COCO's "medium" upper bound
@@ -69,7 +69,14 @@ def _summarize_one(dataset: Any) -> dict:
             "most_common": [[h, w, n] for (h, w), n in sizes.most_common(5)],
         },
         "skips": ds.skips,
+        **_image_files(ds),
     }
+
+
+def _image_files(ds: CocoInstances) -> dict:
+    missing = ds.missing_image_files()
+    return {"image_files": {"found": len(ds) - len(missing), "missing": len(missing), "first_missing": missing[:5],
+                            "images_root": " or ".join(repr(str(r)) for r in ds.images_roots)}}
 
 
 def summarize(dataset: Any | Mapping[str, Any]) -> dict:
@@ -95,6 +102,7 @@ def _format_one(s: dict, indent: str = "") -> list[str]:
     lines = [
         f"{indent}{s['name']}  ({s['annotation_file']})",
         f"{indent}  images: {s['images']} ({s['images_without_instances']} without instances)",
+        *_format_files(s["image_files"], indent),
         f"{indent}  instances: {s['instances']} (per image: mean {ipi['mean']}, median {ipi['median']}, "
         f"max {ipi['max']}); crowd regions: {s['crowd_regions']}",
         f"{indent}  object areas: " + ", ".join(f"{k} {v}" for k, v in s["areas"].items())
@@ -112,6 +120,13 @@ def _format_one(s: dict, indent: str = "") -> list[str]:
     return lines
 
 
+def _format_files(f: dict, indent: str) -> list[str]:
+    if not f["missing"]:
+        return [f"{indent}  image files: all {f['found']} found"]
+    return [f"{indent}  image files: {f['missing']} of {f['found'] + f['missing']} MISSING under {f['images_root']}, "
+            f"e.g. {', '.join(f['first_missing'])}"]
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable text of :func:`summarize`'s result."""
     if "splits" in summary:
@@ -123,30 +138,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(_format_one(summary))
 
 
-#: The splits ``summarize_preset`` reports for each preset (TrashCan's test is its val split).
-PRESET_SPLITS: dict[str, tuple[str, ...]] = {
-    "taco": ("train", "test"),
-    "zerowaste": ("train", "val", "test"),
-    "trashcan": ("train", "val"),
-    "demo": ("train", "val"),
-}
-
-
 def summarize_preset(name: str, *, splits: tuple[str, ...] | None = None, **kw) -> dict:
     """Summary of every split of a named preset (what ``samadapt data summary`` prints).
 
-    ``summarize_preset("taco", root="TACO/data")`` summarises TACO's seeded train and test splits;
-    ``kw`` goes to the preset (``root``, ``version``, ``seed``, ...). The ``coco`` preset has no
-    splits: it is summarised as one dataset (pass ``images_root`` and ``annotation_file``).
+    ``summarize_preset("taco", data_root="TACO/data")`` summarises TACO's seeded train and test
+    splits (the card's ``summary_splits``); ``kw`` are the card's sources (``data_root``, or
+    ``images_root`` + ``annotation_file`` for coco) and the preset's options (``version``, ``seed``,
+    ...). The ``coco`` preset is summarised as one dataset.
     """
-    from .presets import get_dataset
+    from .presets import get_dataset_card
 
+    card = get_dataset_card(name)
+    sources = {k: kw.pop(k, None) for k in card.sources}
     if name == "coco":
         if splits:
-            raise ConfigError(f"the coco preset has no splits, got splits={splits!r}")
-        return summarize(get_dataset(name, **kw))
-    splits = splits or PRESET_SPLITS.get(name)
-    if not splits:
-        get_dataset(name)  # raises UnknownNameError naming the valid presets
-        raise ConfigError(f"no default splits for preset {name!r}; pass splits=(...)")
-    return summarize({split: get_dataset(name, split=split, **kw) for split in splits})
+            raise ConfigError(f"the coco preset has no splits (its files are the split), got splits={splits!r}")
+        return summarize(card.open("train", options=kw, **sources))
+    return summarize({split: card.open(split, options=kw, **sources) for split in splits or card.summary_splits})

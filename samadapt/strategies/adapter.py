@@ -20,6 +20,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
 PLACEMENTS = ("attn", "mlp")
@@ -87,12 +88,13 @@ class HighFrequencyPromptGenerator(nn.Module):
 
 @dataclass
 class AdapterConfig(StrategyConfig):
-    bottleneck_ratio: float = 0.0625
-    scale: float = 0.5
-    placement: tuple[str, ...] = ("attn", "mlp")
-    prompt_generator: bool = False
-    prompt_ratio: int = 32
-    train_decoder: bool = True
+    bottleneck_ratio: float = option(0.0625, "bottleneck width as a fraction of the encoder width D")
+    scale: float = option(0.5, "scale of the parallel MLP adapter's output")
+    placement: tuple[str, ...] = option(("attn", "mlp"), "where the bottlenecks go: attn (after attention, with "
+                                                        "skip), mlp (parallel to the MLP)")
+    prompt_generator: bool = option(False, "add SAM-Adapter's high-frequency prompt generator (Chen et al. 2023)")
+    prompt_ratio: int = option(32, "prompt generator width: D / prompt_ratio")
+    train_decoder: bool = option(True, "also train the mask decoder")
 
     def __post_init__(self) -> None:
         if not 0 < self.bottleneck_ratio <= 1:

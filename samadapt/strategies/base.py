@@ -19,13 +19,14 @@ from typing import Any, ClassVar
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError, UnknownNameError
+from ..options import option
 
 
 @dataclass
 class StrategyConfig:
     """Base class of the strategies' option dataclasses (validated in ``__post_init__``)."""
 
-    train_decoder: bool = True
+    train_decoder: bool = option(True, "also train the mask decoder")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

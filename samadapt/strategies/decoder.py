@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError
+from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
 
 @dataclass
 class DecoderConfig(StrategyConfig):
-    train_decoder: bool = True
+    train_decoder: bool = option(True, "always True: the strategy trains the decoder", hidden=True)
 
     def __post_init__(self) -> None:
         if self.train_decoder is not True:

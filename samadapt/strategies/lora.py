@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError
+from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
 if TYPE_CHECKING:  # peft imports transformers (seconds): only when a LoRA model is built
@@ -29,11 +30,12 @@ ADAPTER_NAME = "default"
 
 @dataclass
 class LoraConfig(StrategyConfig):
-    rank: int = 4
-    alpha: float = 4.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("qkv",)
-    train_decoder: bool = True
+    rank: int = option(4, "rank r of the low-rank update B @ A")
+    alpha: float = option(4.0, "LoRA scaling: the update is multiplied by alpha / rank")
+    dropout: float = option(0.0, "dropout on the LoRA branch's input")
+    targets: tuple[str, ...] = option(("qkv",), "names of the encoder Linear layers that get LoRA (qkv, proj, "
+                                                "lin1, lin2)")
+    train_decoder: bool = option(True, "also train the mask decoder")
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank <= 0:

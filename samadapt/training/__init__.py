@@ -5,6 +5,7 @@ The trainer (:mod:`samadapt.training.trainer`) and the embedding cache
 pieces a user calls directly.
 """
 
+from .clicks import ClickRecords, evaluate_clicks
 from .evaluate import EVAL_PROMPTS, EvalRecords, EvalResult, evaluate, evaluate_records, summarize_records, write_report
 from .losses import LossOutput, SamLoss, dice_loss, focal_loss, iou_of_logits
 from .metrics import (
@@ -21,8 +22,8 @@ from .metrics import (
 from .plots import plot_bars, plot_examples, plot_training_curves
 
 __all__ = [
-    "EVAL_PROMPTS", "EvalRecords", "EvalResult", "LossOutput", "METRIC_NAMES", "MetricAccumulator", "SIZE_RANGES",
-    "SamLoss", "build_coco_gt", "coco_mask_ap", "dice_loss", "encode_mask", "evaluate", "evaluate_records",
+    "ClickRecords", "EVAL_PROMPTS", "EvalRecords", "EvalResult", "LossOutput", "METRIC_NAMES", "MetricAccumulator", "SIZE_RANGES",
+    "SamLoss", "build_coco_gt", "coco_mask_ap", "dice_loss", "encode_mask", "evaluate", "evaluate_clicks", "evaluate_records",
     "focal_loss", "instance_metrics", "iou_of_logits", "plot_bars", "plot_examples", "plot_training_curves",
     "size_bucket", "summarize", "summarize_records", "write_report",
 ]

@@ -123,7 +123,7 @@ class EmbeddingCache:
         return len(self._entries())
 
     def summary(self) -> str:
-        return (
-            f"embedding cache {self.path}: {len(self)} embeddings, {self.size_bytes() / 2**20:.1f} MiB, "
-            f"{self.stats.hits} hits / {self.stats.misses} misses (hit rate {self.stats.hit_rate:.0%})"
-        )
+        text = f"embedding cache {self.path}: {len(self)} embeddings, {self.size_bytes() / 2**20:.1f} MiB"
+        if self.stats.hits + self.stats.misses:  # no reads yet: a hit rate would say nothing
+            text += f", {self.stats.hits} hits / {self.stats.misses} misses (hit rate {self.stats.hit_rate:.0%})"
+        return text

@@ -25,14 +25,13 @@ from typing import Any, Mapping
 import torch
 
 from ..adapted import AdaptedSam, adapt
-from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataError
 from .evaluate import EVAL_PROMPTS, EvalResult, evaluate, write_report
 
 __all__ = ["ZERO_SHOT_LABEL", "add_eval_arguments", "compare_models", "format_table", "load_eval_dataset", "run_eval",
            "zero_shot_model"]
 
 ZERO_SHOT_LABEL = "zero-shot"
-_PRESET_DATASETS = ("taco", "zerowaste", "trashcan", "demo")
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -65,12 +64,9 @@ def load_eval_dataset(
     from ..data import presets
 
     options = dict(dataset_options or {})
+    card = presets.get_dataset_card(dataset)
     if dataset == "coco":
-        if not (images_root and annotation_file):
-            raise ConfigError("dataset 'coco' needs --images-root and --annotation-file")
-        return presets.coco(images_root, annotation_file, **options)
-    if dataset not in _PRESET_DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {sorted(_PRESET_DATASETS + ('coco',))}")
+        return card.open("val", options=options, images_root=images_root, annotation_file=annotation_file)
     if dataset == "demo":
         from ..data import make_demo_dataset
         from ..hub import samadapt_home
@@ -81,10 +77,8 @@ def load_eval_dataset(
                               n_train=TrainConfig.demo_train_images if demo_train_images is None else demo_train_images,
                               n_val=TrainConfig.demo_val_images if demo_val_images is None else demo_val_images,
                               seed=0, progress=progress)
-        return presets.demo(root, split, **options)
-    if not data_root:
-        raise ConfigError(f"dataset {dataset!r} needs --data-root (the folder holding the dataset)")
-    return presets.get_dataset(dataset, root=data_root, split=split, **options)
+        return card.open(split, options=options, data_root=root)
+    return card.open(split, options=options, data_root=data_root)
 
 
 def zero_shot_model(model_type: str, checkpoint: str | os.PathLike | None = None, *, base_id: str | None = None,
@@ -177,7 +171,9 @@ def format_table(results: Mapping[str, EvalResult | Mapping[str, Any]]) -> str:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``recipes/evaluate.py`` and ``samadapt eval``."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="demo", choices=sorted(_PRESET_DATASETS + ("coco",)),
+    from ..data.presets import DATASET_CARDS
+
+    data.add_argument("--dataset", default="demo", choices=sorted(DATASET_CARDS),
                       help="dataset preset, or coco for any COCO file (default: demo)")
     data.add_argument("--data-root", help="folder holding the dataset (demo: default SAMADAPT_HOME/data/demo-waste)")
     data.add_argument("--split", default="test",
@@ -207,9 +203,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
     prompts = parser.add_argument_group("prompts")
-    prompts.add_argument("--prompt", default="box", choices=EVAL_PROMPTS,
+    prompts.add_argument("--prompt", default="box", choices=EVAL_PROMPTS + ("clicks",),
                          help="box: exact ground-truth boxes (the paper's protocol); jitter: SAM's box noise; "
-                              "loose: boxes grown by --loose-margin; points: clicks inside the object")
+                              "loose: boxes grown by --loose-margin; points: clicks inside the object; extreme: the "
+                              "four extreme clicks and the box they span; clicks: the interactive protocol, "
+                              "--max-clicks corrective clicks per instance (mIoU per click, NoC@85/90)")
     prompts.add_argument("--loose-margin", type=float, default=0.1,
                          help="prompt loose: margin, fraction of the box side")
     prompts.add_argument("--num-points", type=int, default=1, help="prompt points: positive clicks per instance")
@@ -217,6 +215,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                          help="prompt points: negative clicks per instance")
     prompts.add_argument("--seed", type=int, default=0,
                          help="seed of the prompts (the trainer evaluates with its --seed)")
+    prompts.add_argument("--max-clicks", type=int, default=20,
+                         help="prompt clicks: clicks per instance, the cap of NoC (RITM and SAM: 20)")
+    prompts.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
+                         help="prompt clicks: give the previous low-res logits as the mask prompt (default: yes)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="folder for metrics.json, metrics.md, examples.png "
@@ -252,7 +254,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if not args.adapter and not args.zero_shot:
         raise ConfigError("nothing to evaluate: give --adapter NAME (one or more) or drop --no-zero-shot")
-    for name, low in (("max_images", 0), ("num_examples", 0), ("batch_size", 1)):
+    for name, low in (("max_images", 0), ("num_examples", 0), ("batch_size", 1), ("max_clicks", 1)):
         v = getattr(args, name)
         if v is not None and v < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
@@ -265,6 +267,10 @@ def run_eval(args: argparse.Namespace) -> int:
                                 annotation_file=args.annotation_file, dataset_options=args.dataset_options,
                                 demo_train_images=args.demo_train_images, demo_val_images=args.demo_val_images,
                                 progress=args.progress)
+    dataset.verify_images()  # seconds, before the models: names the missing files
+    if dataset.num_instances == 0:
+        raise DataError(f"{dataset.name}: {len(dataset)} images but no instance to evaluate (skips: "
+                        f"{dataset.skips or 'none'}); check --split and the annotation file")
 
     models: dict[str, AdaptedSam] = {}
     taken: set[str] = {ZERO_SHOT_LABEL}
@@ -276,15 +282,27 @@ def run_eval(args: argparse.Namespace) -> int:
     for name, path in zip(args.adapter, paths):
         models[_label(name, taken)] = load(path, checkpoint=args.checkpoint, device=device)
 
-    results = compare_models(models, dataset, prompt=args.prompt, loose_margin=args.loose_margin,
-                             num_points=args.num_points, num_negative_points=args.num_negative_points, seed=args.seed,
-                             max_images=args.max_images, batch_size=args.batch_size, num_examples=args.num_examples,
-                             progress=args.progress)
+    if args.prompt == "clicks":  # samadapt.training.clicks: deterministic, no seed
+        from .clicks import evaluate_clicks, format_click_table
+
+        indices = None if args.max_images is None else range(min(len(dataset), args.max_images))
+        results = {label: evaluate_clicks(model, dataset, indices, max_clicks=args.max_clicks,
+                                          mask_prompt=args.mask_prompt, progress=args.progress,
+                                          desc=f"clicks: {label}").metrics()
+                   for label, model in models.items()}
+        table = format_click_table(results)
+    else:
+        results = compare_models(models, dataset, prompt=args.prompt, loose_margin=args.loose_margin,
+                                 num_points=args.num_points, num_negative_points=args.num_negative_points,
+                                 seed=args.seed, max_images=args.max_images, batch_size=args.batch_size,
+                                 num_examples=args.num_examples, progress=args.progress)
+        table = format_table(results)
     out = Path(args.out) if args.out else Path("outputs") / f"eval-{args.dataset}"
     dataset_name = getattr(dataset, "name", args.dataset)
     paths_written = write_report(results, out, dataset_name=dataset_name, max_examples=max(1, args.num_examples))
-    n_images = next(iter(results.values())).metrics["num_images"]
+    first = next(iter(results.values()))
+    n_images = (first.metrics if isinstance(first, EvalResult) else first)["num_images"]
     print(f"{dataset_name}: {n_images} images, prompts: {args.prompt} (seed {args.seed})")
-    print(format_table(results))
+    print(table)
     print(f"wrote {', '.join(str(p) for p in paths_written.values())}")
     return 0

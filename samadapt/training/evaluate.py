@@ -33,8 +33,9 @@ from .metrics import METRIC_NAMES, coco_mask_ap, encode_mask, instance_metrics, 
 __all__ = ["EVAL_PROMPTS", "EvalRecords", "EvalResult", "evaluate", "evaluate_records", "summarize_records",
            "write_report"]
 
-#: prompt kinds: exact GT boxes, SAM's box noise, boxes grown by a margin, clicks inside the object
-EVAL_PROMPTS = ("box", "jitter", "loose", "points")
+#: prompt kinds: exact GT boxes, SAM's box noise, boxes grown by a margin, clicks inside the object,
+#: one click at the object's most interior pixel, the four extreme clicks with the box they span
+EVAL_PROMPTS = ("box", "jitter", "loose", "points", "center", "extreme")
 
 #: longest side of the images and masks kept for the examples figure (they are downscaled to it)
 EXAMPLE_MAX_SIDE = 1024
@@ -94,7 +95,8 @@ class EvalResult:
     metrics: :func:`summarize_records`'s dict (means as fractions in [0, 1], ``coco`` AP, ``prompt``,
         counts).
     per_image: one dict per image: image_id, file_name, num_instances, mean_iou, mean_f1.
-    examples: dicts image / gt / pred / boxes / points for the examples figure.
+    examples: dicts image / gt / pred / iou / category_ids / category_names / boxes / points for
+        the examples figure.
     records: the underlying :class:`EvalRecords`.
     """
 
@@ -138,6 +140,12 @@ def _make_prompts(sample: Mapping[str, Any], prompt: str, rng: np.random.Generat
         return {"boxes": P.jitter_boxes(boxes, rng, image_hw=hw), "points": None, "labels": None}
     if prompt == "loose":
         return {"boxes": P.loosen_boxes(boxes, loose_margin, hw), "points": None, "labels": None}
+    if prompt == "center":
+        coords, labels = P.center_points(masks)
+        return {"boxes": None, "points": coords, "labels": labels}
+    if prompt == "extreme":  # an annotator's four extreme clicks: the box they span plus the clicks
+        coords, labels = P.extreme_points(masks)
+        return {"boxes": P.boxes_from_masks(masks), "points": coords, "labels": labels}
     coords, labels = P.sample_points(masks, num_points, num_negative_points, rng)
     return {"boxes": None, "points": coords, "labels": labels}
 
@@ -159,6 +167,7 @@ class _Pending:
     want_example: bool
     pred_parts: list = field(default_factory=list)
     score_parts: list = field(default_factory=list)
+    iou_parts: list = field(default_factory=list)
 
 
 def evaluate_records(
@@ -190,7 +199,8 @@ def evaluate_records(
         indices: the dataset indices to evaluate (default: all), e.g. this process' shard.
         prompt: ``"box"`` exact GT boxes (the paper's protocol); ``"jitter"`` SAM's training noise on
             them (std 10% of the side, at most 20 px); ``"loose"`` boxes grown by ``loose_margin``
-            of their side on each side; ``"points"`` ``num_points`` positive clicks (plus
+            of their side on each side; ``"center"`` one click at the object's most interior pixel
+            (:func:`~samadapt.data.prompts.center_points`); ``"points"`` ``num_points`` positive clicks (plus
             ``num_negative_points`` negative ones) per instance.
         seed: prompts are drawn from a generator seeded by (seed, image id).
         batch_size: images per ``predict_batch`` call.
@@ -217,6 +227,7 @@ def evaluate_records(
     queue: list[tuple[_Pending, slice]] = []
     queued_pixels = 0
     examples_claimed = 0
+    category_names = dict(getattr(dataset, "categories", None) or {})  # for the examples figure's legend
 
     def flush() -> None:
         nonlocal queued_pixels
@@ -261,8 +272,9 @@ def evaluate_records(
             k = _example_stride(gt.shape[1:])
             p.pred_parts.append(masks[:, ::k, ::k])
             p.score_parts.append(np.asarray(scores).reshape(-1))
+            p.iou_parts.append(m["iou"])  # at full resolution, as in the metrics
             if p.chunks_left == 0:
-                rec.examples.append(_example(p, k))
+                rec.examples.append(_example(p, k, category_names))
 
     was_training = model.training
     model.eval()
@@ -308,9 +320,11 @@ def evaluate_records(
     return rec
 
 
-def _example(p: _Pending, k: int) -> dict:
-    """An examples-figure entry, every k-th pixel kept (coordinates scaled by 1/k)."""
+def _example(p: _Pending, k: int, category_names: Mapping[int, str]) -> dict:
+    """An examples-figure entry, every k-th pixel kept (coordinates scaled by 1/k); ``iou`` (N,) is
+    each instance's IoU at full resolution, ``category_names`` names this image's categories."""
     s, pr = p.sample, p.prompts
+    cats = np.asarray(s["category_ids"], dtype=np.int64).reshape(-1)
     return {
         "image": np.ascontiguousarray(np.asarray(s["image"])[::k, ::k]),
         "gt": np.ascontiguousarray(np.asarray(s["masks"], dtype=bool)[:, ::k, ::k]),
@@ -319,7 +333,9 @@ def _example(p: _Pending, k: int) -> dict:
         "boxes": None if pr["boxes"] is None else np.asarray(pr["boxes"], dtype=np.float32) / k,
         "points": None if pr["points"] is None else np.asarray(pr["points"], dtype=np.float32) / k,
         "point_labels": pr["labels"],
-        "category_ids": np.asarray(s["category_ids"], dtype=np.int64).reshape(-1),
+        "category_ids": cats,
+        "category_names": {int(c): str(category_names[int(c)]) for c in set(cats.tolist()) if int(c) in category_names},
+        "iou": np.concatenate(p.iou_parts),
         "image_id": int(s["image_id"]),
         "file_name": str(s.get("file_name", "")),
         "scale": 1.0 / k,
@@ -448,6 +464,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: str) -> str:
+    from .clicks import click_markdown
+
     models = list(metrics_by_model)
     prompts = sorted({str(m.get("prompt")) for m in metrics_by_model.values()})
     lines = [f"# Evaluation on {dataset_name}", "",
@@ -455,7 +473,11 @@ def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: s
              "(docs/metrics.md); values in %. AP is COCO mask AP (pycocotools).", "",
              "| model | mean IoU | mean precision | mean F1 | AP | AP50 | instances |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    if all("mean_iou" not in m for m in metrics_by_model.values()):
+        del lines[-3:]  # click-protocol results only: their table follows
     for name, m in metrics_by_model.items():
+        if "mean_iou" not in m:
+            continue
         ap = m.get("coco") or {}
         lines.append(f"| {name} | {_pct(m.get('mean_iou'))} | {_pct(m.get('mean_precision'))} | "
                      f"{_pct(m.get('mean_f1'))} | {_pct(ap.get('AP'))} | {_pct(ap.get('AP50'))} | "
@@ -479,6 +501,7 @@ def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: s
             rows.append(f"| {g} | {count if count is not None else 0} | " + " | ".join(cells) + " |")
         return ["", *rows]
 
+    lines += click_markdown(metrics_by_model)
     lines += split_table("per_category", "category")
     lines += split_table("per_size", "size")
     lines += ["", "Sizes by ground-truth area: small < 32² px <= medium < 96² px <= large (COCO)."]
@@ -504,7 +527,8 @@ def write_report(
         max_examples: rows of the examples figure.
 
     Returns:
-        {"json", "markdown", "examples"} -> path written (``examples`` absent when no model has any).
+        {"json", "markdown", "examples", "clicks"} -> path written (``examples`` absent when no model has
+        any; ``clicks``, the mIoU-vs-clicks figure, only when some model's metrics hold ``clicks``).
     """
     from .plots import plot_examples
 
@@ -524,4 +548,9 @@ def write_report(
     if ex:
         paths["examples"] = out / "examples.png"
         plot_examples(ex, paths["examples"], max_rows=max_examples)
+    curves = {k: m["clicks"] for k, m in metrics.items() if m.get("clicks")}
+    if curves:
+        from .clicks import plot_click_curves
+
+        paths["clicks"] = plot_click_curves(curves, out / "clicks.png", title=f"{dataset_name}: mean IoU after each click")
     return paths

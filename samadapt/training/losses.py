@@ -154,7 +154,8 @@ class SamLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"focal_weight={self.focal_weight}, dice_weight={self.dice_weight}, iou_weight={self.iou_weight}"
 
-    def forward(self, low_res_logits: torch.Tensor, iou_predictions: torch.Tensor, gt_masks: torch.Tensor) -> LossOutput:
+    def forward(self, low_res_logits: torch.Tensor, iou_predictions: torch.Tensor, gt_masks: torch.Tensor, *,
+                supervise_all_iou: bool = False) -> LossOutput:
         """Loss of N prompts with M candidate masks each.
 
         Args:
@@ -162,10 +163,13 @@ class SamLoss(nn.Module):
             iou_predictions: (N, M) the IoU head's outputs.
             gt_masks: (N, h, w) ground truth in {0, 1} in the same frame
                 (``SamTransform.masks_to_low_res``).
+            supervise_all_iou: with M > 1, train the IoU head on every candidate (the mean of the M
+                squared errors), not only on the supervised one, so that picking the candidate of
+                highest predicted IoU (what SamPredictor users and the click protocol do) is trained.
 
         Returns:
             :class:`LossOutput`. With M > 1 each prompt is supervised through its candidate of lowest
-            ``focal_weight * focal + dice_weight * dice``; the others get no gradient. With N = 0 the
+            ``focal_weight * focal + dice_weight * dice``; the other masks get no gradient. With N = 0 the
             loss is a zero that is still connected to the inputs, so ``backward`` (and DDP) work.
         """
         if low_res_logits.ndim != 4:
@@ -190,8 +194,11 @@ class SamLoss(nn.Module):
             best = (self.focal_weight * focal + self.dice_weight * dice).argmin(dim=1)  # (N,)
         rows = torch.arange(n, device=device)
         focal_b, dice_b = focal[rows, best], dice[rows, best]  # indexing: the other masks get zero gradient
-        iou_true = iou_of_logits(logits[rows, best], target[:, 0])  # detached
-        iou_mse = (iou_predictions.float()[rows, best] - iou_true) ** 2
+        if supervise_all_iou:  # every candidate's IoU (SAM 2's supervise_all_iou): choosing by it then works
+            iou_mse = ((iou_predictions.float() - iou_of_logits(logits, target)) ** 2).mean(dim=1)
+        else:
+            iou_true = iou_of_logits(logits[rows, best], target[:, 0])  # detached
+            iou_mse = (iou_predictions.float()[rows, best] - iou_true) ** 2
         per_prompt = self.focal_weight * focal_b + self.dice_weight * dice_b + self.iou_weight * iou_mse
         return LossOutput(
             loss=per_prompt.mean(),

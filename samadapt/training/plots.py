@@ -15,11 +15,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["plot_bars", "plot_examples", "plot_training_curves"]
+__all__ = ["examples_figure", "image_mean_iou", "plot_bars", "plot_curves", "plot_examples", "plot_training_curves",
+           "training_curves_figure"]
 
 #: history keys read by plot_training_curves, first match wins
 TRAIN_LOSS_KEYS = ("train_loss", "loss")
 VAL_IOU_KEYS = ("val_mean_iou", "val/mean_iou", "mean_iou")
+VAL_F1_KEYS = ("val_mean_f1", "val/mean_f1", "mean_f1")
 
 
 def _figure(width: float, height: float):
@@ -47,30 +49,59 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def _colors(n: int) -> np.ndarray:
-    """n distinct RGB colours in [0, 1] (tab20, cycled)."""
+    """n distinct RGB colours in [0, 1], 60 before they repeat (as many as TACO has categories).
+
+    The tab20* maps list shades of one hue side by side (blue, light blue, ...); taking every
+    second (tab20) or fourth (tab20b, tab20c) first keeps the first colours far apart."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20"]
-    return np.array([cmap(i % 20)[:3] for i in range(n)], dtype=np.float32)
+    def spread(name: str, k: int) -> list:
+        colors = colormaps[name].colors
+        return [c[:3] for j in range(k) for c in colors[j::k]]
+
+    table = spread("tab20", 2) + spread("tab20b", 4) + spread("tab20c", 4)
+    return np.array([table[i % len(table)] for i in range(n)], dtype=np.float32)
 
 
-def _overlay(image: np.ndarray, masks: np.ndarray | None, alpha: float = 0.5) -> np.ndarray:
-    """RGB float image in [0, 1] with each mask (N, H, W) blended in its own colour."""
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of ``mask`` with a 4-neighbour outside it (so touching instances of
+    one category, which share a colour, stay apart)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
+def _overlay(image: np.ndarray, masks: np.ndarray | None, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """RGB float image in [0, 1] with mask i of ``masks`` (N, H, W) blended in ``colors[i]`` (N, 3)
+    and outlined in a darker shade of it."""
     out = np.asarray(image, dtype=np.float32) / 255.0
     if masks is None or len(masks) == 0:
         return out
     out = out.copy()
-    for mask, color in zip(np.asarray(masks, dtype=bool), _colors(len(masks))):
+    for mask, color in zip(np.asarray(masks, dtype=bool), colors):
         out[mask] = (1 - alpha) * out[mask] + alpha * color
+        out[_edges(mask)] = 0.6 * color
     return out
 
 
-def _draw_prompts(ax, example: Mapping[str, Any]) -> None:
+def _instance_colors(example: Mapping[str, Any], palette: Mapping[int, np.ndarray]) -> np.ndarray:
+    """(N, 3): each instance in its category's colour, or in its own when the example has no categories."""
+    n = len(example.get("gt", example.get("pred", [])))
+    cats = example.get("category_ids")
+    if cats is None or not palette:
+        return _colors(n)
+    return np.array([palette[int(c)] for c in np.asarray(cats).reshape(-1)], dtype=np.float32).reshape(-1, 3)
+
+
+def _draw_prompts(ax, example: Mapping[str, Any], colors: np.ndarray) -> None:
     from matplotlib.patches import Rectangle
 
     boxes = example.get("boxes")
     if boxes is not None:
-        for (x1, y1, x2, y2), color in zip(np.asarray(boxes).reshape(-1, 4), _colors(len(boxes))):
+        for (x1, y1, x2, y2), color in zip(np.asarray(boxes).reshape(-1, 4), colors):
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.2))
     points = example.get("points")
     if points is not None:
@@ -83,30 +114,37 @@ def _draw_prompts(ax, example: Mapping[str, Any]) -> None:
                            linewidths=0.4)
 
 
-def plot_examples(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *,
-                  max_rows: int = 6, alpha: float = 0.5) -> Path:
-    """A grid with one row per example image: the image, the ground truth, then each model's masks.
+def image_mean_iou(example: Mapping[str, Any]) -> float | None:
+    """Mean IoU over one example image's instances: its ``iou`` (N,) (measured at full resolution
+    by the evaluation), else computed from its ``pred`` and ``gt`` masks; None without instances."""
+    iou = example.get("iou")
+    if iou is None and example.get("pred") is not None and example.get("gt") is not None:
+        from .metrics import instance_metrics
 
-    Instance i has the same colour in every column; the prompts (boxes, clicks) are drawn on the
-    ground truth and on every model's column.
+        iou = instance_metrics(example["pred"], example["gt"])["iou"]
+    if iou is None or len(iou) == 0:
+        return None
+    return float(np.mean(iou))
 
-    Args:
-        examples_by_model: model label -> example dicts as returned by ``evaluate(...,
-            return_examples=k)``: ``image`` (H, W, 3) uint8, ``gt`` and ``pred`` (N, H, W) bool,
-            optional ``boxes`` (N, 4) XYXY, ``points`` (N, P, 2) with ``point_labels`` (N, P),
-            ``image_id``, ``file_name``. Rows follow the first model's examples; the other models'
-            examples are matched by ``image_id``.
-        path: output file (PNG unless the suffix says otherwise).
-        max_rows: at most this many rows.
 
-    Returns:
-        ``path``.
-    """
+def examples_figure(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], *, max_rows: int = 6,
+                    alpha: float = 0.5, categories: Mapping[int, str] | None = None):
+    """The figure :func:`plot_examples` saves (a matplotlib ``Figure``), for tests and notebooks."""
+    from matplotlib.patches import Patch
+
     models = list(examples_by_model)
     if not models:
         raise ValueError("plot_examples needs at least one model's examples")
     rows = list(examples_by_model[models[0]])[:max_rows]
     by_id = {m: {e.get("image_id"): e for e in examples_by_model[m]} for m in models}
+    # one colour per category over the whole figure, so the legend holds for every panel
+    names: dict[int, str] = {}
+    for ex in rows:
+        names.update({int(k): str(v) for k, v in (ex.get("category_names") or {}).items()})
+    names.update({int(k): str(v) for k, v in (categories or {}).items()})
+    cat_ids = sorted({int(c) for ex in rows if ex.get("category_ids") is not None
+                      for c in np.asarray(ex["category_ids"]).reshape(-1)})
+    palette = dict(zip(cat_ids, _colors(len(cat_ids))))
     ncols = 2 + len(models)
     nrows = max(1, len(rows))
     fig = _figure(3.2 * ncols, 3.0 * nrows)
@@ -115,22 +153,58 @@ def plot_examples(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], 
         ax.set_axis_off()
     for r, ex in enumerate(rows):
         title = str(ex.get("file_name") or ex.get("image_id", ""))
+        colors = _instance_colors(ex, palette)
         axes[r, 0].imshow(np.asarray(ex["image"]))
         axes[r, 0].set_title(f"{Path(title).name}", fontsize=8)
-        axes[r, 1].imshow(_overlay(ex["image"], ex.get("gt"), alpha))
-        _draw_prompts(axes[r, 1], ex)
-        axes[r, 1].set_title(f"ground truth ({len(ex.get('gt', []))})", fontsize=8)
+        axes[r, 1].imshow(_overlay(ex["image"], ex.get("gt"), colors, alpha))
+        _draw_prompts(axes[r, 1], ex, colors)
+        n = len(ex.get("gt", []))
+        axes[r, 1].set_title(f"ground truth ({n} instance{'' if n == 1 else 's'})", fontsize=8)
         for c, m in enumerate(models):
             ax = axes[r, 2 + c]
             other = by_id[m].get(ex.get("image_id"))
             if other is None:
                 ax.set_title(f"{m}: not evaluated", fontsize=8)
                 continue
-            ax.imshow(_overlay(other["image"], other.get("pred"), alpha))
-            _draw_prompts(ax, other)
-            ax.set_title(m, fontsize=8)
+            ax.imshow(_overlay(other["image"], other.get("pred"), colors, alpha))
+            _draw_prompts(ax, other, colors)
+            iou = image_mean_iou(other)
+            ax.set_title(m if iou is None else f"{m}: mean IoU {100 * iou:.1f}%", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    if cat_ids:
+        handles = [Patch(facecolor=palette[c], edgecolor=0.6 * palette[c], label=names.get(c, f"category {c}"))
+                   for c in cat_ids]
+        # above the grid, outside the axes; savefig's tight bounding box takes it in
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 6),
+                   fontsize=8, frameon=False)
+    return fig
+
+
+def plot_examples(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *,
+                  max_rows: int = 6, alpha: float = 0.5, categories: Mapping[int, str] | None = None) -> Path:
+    """A grid with one row per example image: the image, the ground truth, then each model's masks.
+
+    Masks are coloured by category (a legend above the grid names them; instances of one category
+    are told apart by their outlines), or by instance when the examples carry no ``category_ids``.
+    The prompts (boxes, clicks) are drawn on the ground truth and on every model's column; each
+    model's panel is titled with the mean IoU of that image's instances (:func:`image_mean_iou`).
+
+    Args:
+        examples_by_model: model label -> example dicts as returned by ``evaluate(...,
+            return_examples=k)``: ``image`` (H, W, 3) uint8, ``gt`` and ``pred`` (N, H, W) bool,
+            optional ``category_ids`` (N,), ``category_names`` {id: name}, ``iou`` (N,) in [0, 1],
+            ``boxes`` (N, 4) XYXY, ``points`` (N, P, 2) with ``point_labels`` (N, P), ``image_id``,
+            ``file_name``. Rows follow the first model's examples; the other models' examples are
+            matched by ``image_id``.
+        path: output file (PNG unless the suffix says otherwise).
+        max_rows: at most this many rows.
+        categories: category id -> name, over the examples' own ``category_names``; ids named
+            nowhere are shown as "category <id>".
+
+    Returns:
+        ``path``.
+    """
+    return _save(examples_figure(examples_by_model, max_rows=max_rows, alpha=alpha, categories=categories), path)
 
 
 def _series(history: Sequence[Mapping[str, Any]], keys: Sequence[str], x_keys: Sequence[str]):
@@ -148,45 +222,82 @@ def _series(history: Sequence[Mapping[str, Any]], keys: Sequence[str], x_keys: S
     return xs, ys
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Two panels: training loss (by ``step``, else ``epoch``) and validation mean IoU (by ``epoch``).
+def _integer_ticks(ax, xs: Sequence[float]) -> None:
+    """Whole-number x ticks (epochs, steps). MaxNLocator falls back to fractions when fewer than
+    ``min_n_ticks`` integers are in view, as around the single point of a 1-epoch run; so ask for
+    one, and widen a short range to hold every point's integer."""
+    from matplotlib.ticker import MaxNLocator
 
-    Args:
-        history: rows such as the trainer's ``{"epoch", "step", "train_loss", "val_mean_iou", ...}``;
-            the loss is read from ``train_loss`` (or ``loss``), the IoU from ``val_mean_iou`` (or
-            ``val/mean_iou``, ``mean_iou``), as a fraction (plotted in %). Rows lacking a key are
-            skipped in that panel; non-finite values are dropped.
-        path: output file.
-    """
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if xs and max(xs) - min(xs) < 2:
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+
+
+def training_curves_figure(history: Sequence[Mapping[str, Any]], zero_shot: Mapping[str, Any] | None = None):
+    """The figure :func:`plot_training_curves` saves (a matplotlib ``Figure``), for tests and notebooks."""
     loss_x, loss_y = _series(history, TRAIN_LOSS_KEYS, ("step", "epoch"))
-    iou_x, iou_y = _series(history, VAL_IOU_KEYS, ("epoch", "step"))
     uses_steps = any("step" in r for r in history if any(k in r for k in TRAIN_LOSS_KEYS))
-    fig = _figure(10, 3.6)
-    ax1, ax2 = fig.subplots(1, 2)
+    # a validation panel where the history has that metric (a loss-only history, as pretraining's,
+    # gets the loss alone); IoU also when only the zero-shot value is known
+    has = {metric: any(k in r for r in history for k in keys)
+           for metric, keys in (("mean_iou", VAL_IOU_KEYS), ("mean_f1", VAL_F1_KEYS))}
+    has["mean_iou"] |= (zero_shot or {}).get("mean_iou") is not None
+    panels = [p for p in (("mean_iou", VAL_IOU_KEYS, "validation mean IoU", "mean IoU (%)", "tab:green"),
+                          ("mean_f1", VAL_F1_KEYS, "validation mean F1", "mean F1 (%)", "tab:purple")) if has[p[0]]]
+    fig = _figure(4.8 * (1 + len(panels)), 3.6)
+    ax1, *val_axes = fig.subplots(1, 1 + len(panels), squeeze=False)[0]
     ax1.plot(loss_x, loss_y, marker="o" if len(loss_x) < 30 else None, markersize=3)
+    _integer_ticks(ax1, loss_x)
     ax1.set_xlabel("step" if uses_steps else "epoch")
     ax1.set_ylabel("loss")
     ax1.set_title("training loss")
     ax1.grid(alpha=0.3)
-    ax2.plot(iou_x, [100 * y for y in iou_y], marker="o", markersize=3, color="tab:green")
-    if iou_y:
-        best = int(np.argmax(iou_y))
-        ax2.scatter([iou_x[best]], [100 * iou_y[best]], s=60, facecolors="none", edgecolors="black",
-                    label=f"best {100 * iou_y[best]:.2f}")
-        ax2.legend(fontsize=8)
-    from matplotlib.ticker import MaxNLocator
-
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("mean IoU (%)")
-    ax2.set_title("validation mean IoU")
-    ax2.grid(alpha=0.3)
+    for ax, (metric, keys, title, ylabel, color) in zip(val_axes, panels):
+        xs, ys = _series(history, keys, ("epoch", "step"))
+        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=color, label="fine-tuning")
+        if ys:
+            best = int(np.argmax(ys))
+            ax.scatter([xs[best]], [100 * ys[best]], s=60, facecolors="none", edgecolors="black",
+                       label=f"best {100 * ys[best]:.2f}")
+        ref = (zero_shot or {}).get(metric)
+        if ref is not None and math.isfinite(float(ref)):
+            # the gain the run is judged by is the distance to this line
+            ax.axhline(100 * float(ref), linestyle="--", color="gray", linewidth=1.2,
+                       label=f"zero-shot {100 * float(ref):.2f}")
+        if ys or ref is not None:
+            ax.legend(fontsize=8)
+        ax.margins(y=0.15)  # keep the reference line off the frame when it is the lowest value
+        _integer_ticks(ax, xs)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                         zero_shot: Mapping[str, Any] | None = None) -> Path:
+    """Training loss (by ``step``, else ``epoch``) and validation mean IoU and F1 (by ``epoch``),
+    with the zero-shot model's value as a dashed reference line; x ticks are whole numbers. A
+    validation panel is drawn when some row has its metric.
+
+    Args:
+        history: rows such as the trainer's ``{"epoch", "step", "train_loss", "val_mean_iou",
+            "val_mean_f1", ...}``; the loss is read from ``train_loss`` (or ``loss``), the IoU from
+            ``val_mean_iou`` (or ``val/mean_iou``, ``mean_iou``), the F1 likewise (its panel only
+            when some row has it), as fractions (plotted in %). Rows lacking a key are skipped in
+            that panel; non-finite values are dropped.
+        path: output file.
+        zero_shot: the zero-shot metrics (``mean_iou``, ``mean_f1`` as fractions), or None for no
+            reference line.
+    """
+    return _save(training_curves_figure(history, zero_shot), path)
 
 
 def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | os.PathLike, *,
-              ylabel: str = "", title: str = "", scale: float = 1.0) -> Path:
+              ylabel: str = "", title: str = "", scale: float = 1.0,
+              intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> Path:
     """Grouped bar chart: one group per metric, one bar per row of ``table`` (e.g. per strategy).
 
     Args:
@@ -195,6 +306,7 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], 
         path: output file.
         ylabel, title: axis label and title.
         scale: multiply values by this (100 shows fractions as %); bars are labelled with the value.
+        intervals: row label -> {metric: (low, high)}, drawn as error bars (same units as ``table``).
     """
     rows = list(table)
     if not rows or not metrics:
@@ -208,6 +320,11 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], 
         vals = [table[row].get(m) for m in metrics]
         ys = np.array([scale * float(v) if v is not None and math.isfinite(float(v)) else np.nan for v in vals])
         bars = ax.bar(x - 0.4 + width * (i + 0.5), ys, width, label=row, color=color)
+        ci = (intervals or {}).get(row) or {}
+        if ci:
+            lo_hi = np.array([[scale * float(v) for v in ci.get(m, (np.nan, np.nan))] for m in metrics])
+            ax.errorbar(x - 0.4 + width * (i + 0.5), ys, yerr=np.abs(np.stack([ys - lo_hi[:, 0], lo_hi[:, 1] - ys])),
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         ax.bar_label(bars, labels=["" if np.isnan(y) else f"{y:.1f}" for y in ys], fontsize=7, padding=1)
     ax.set_xticks(x, list(metrics))
     ax.set_ylabel(ylabel)
@@ -215,5 +332,41 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], 
         ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(curves: Mapping[str, Mapping[float, tuple[float, float, float]]], path: str | os.PathLike, *,
+                xlabel: str = "", ylabel: str = "", title: str = "", scale: float = 1.0,
+                reference: tuple[str, float] | None = None) -> Path:
+    """Lines with confidence bands: one per row of ``curves`` (e.g. mean IoU against the share of
+    training data, per strategy).
+
+    Args:
+        curves: label -> {x: (mean, low, high)}.
+        xlabel, ylabel, title: labels.
+        scale: multiply y values by this (100 shows fractions as %).
+        reference: (label, y) drawn as a dashed horizontal line (e.g. zero-shot).
+    """
+    if not curves:
+        raise ValueError("plot_curves needs at least one curve")
+    fig = _figure(6.0, 4.0)
+    ax = fig.subplots()
+    for (label, points), color in zip(curves.items(), _colors(len(curves))):
+        xs = sorted(points)
+        mean, lo, hi = (np.array([scale * points[x][k] for x in xs]) for k in range(3))
+        ax.plot(xs, mean, marker="o", color=color, label=label)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+    if reference is not None:
+        ax.axhline(scale * reference[1], color="gray", linestyle="--", linewidth=1, label=reference[0])
+    all_x = [float(x) for points in curves.values() for x in points]
+    if all(x.is_integer() for x in all_x):  # counts (clicks, seeds): whole-number ticks
+        _integer_ticks(ax, all_x)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

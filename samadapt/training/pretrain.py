@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..adapted import AdaptedSam
+from .interactive import corrective_points
 from .losses import SamLoss
 
 
@@ -38,30 +39,6 @@ class PretrainConfig:
     log_every: int = 50
     time_budget_s: float | None = None  # stop early (cleanly) when this much time has passed
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def corrective_points(low_res_logits: torch.Tensor, gt: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per prompt from the error region of a prediction, in the input frame.
-
-    Args:
-        low_res_logits: (N, h, w) logits of the chosen mask; gt: (N, h, w) in {0, 1}.
-    Returns:
-        coords (N, 1, 2) XY in the model input frame (4x the low-res frame), labels (N, 1):
-        1 where the click falls on a missed object pixel, 0 on a false-positive pixel. Where a
-        prediction is perfect, a positive click inside the object is returned.
-    """
-    pred = low_res_logits > 0
-    target = gt > 0.5
-    err = pred ^ target
-    n, h, w = err.shape
-    weights = err.flatten(1).float()
-    none = weights.sum(1) == 0
-    weights[none] = target.flatten(1)[none].float() + 1e-6
-    idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    ys, xs = idx // w, idx % w
-    labels = target.flatten(1).gather(1, idx[:, None]).long()
-    coords = torch.stack([xs, ys], dim=1).float().add(0.5).mul(4.0)[:, None, :]
-    return coords, labels
 
 
 def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool = True, log=print) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """The fine-tuning loop: Accelerate for devices, mixed precision, gradient accumulation and several
 processes; timm for the learning-rate schedule; our loss, metrics, embedding cache and adapter files.
 
-Read top to bottom: build data and model -> zero-shot evaluation -> (fill the embedding cache) ->
-epochs of training with validation, early stopping and a resumable state -> final evaluation of the
-best epoch -> adapter, card, report, curves.
+Read top to bottom: check names, paths and the run folder (``preflight``) -> model -> data and its
+loader check -> (fill the embedding cache) -> zero-shot evaluation -> epochs of training with
+validation, early stopping and a resumable state (``state``) -> final evaluation of the best epoch ->
+adapter, card, report, curves.
 """
 
 from __future__ import annotations
@@ -15,74 +16,32 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..adapted import AdaptedSam, adapt
 from ..adapter_io import atomic_write, save_adapter
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import TrainingError, TrainingInterrupted
 from ..hub import publish_adapter, samadapt_home
 from ..models.registry import build_sam
 from .cache import EmbeddingCache
+from .preflight import build_datasets, check_loaders, check_output_dir, data_card, launched_processes, num_val_images
+from .state import STATE_DIR, EpochShuffled, TrainProgress, interrupted_message, latest_state, save_state
+from .state import load_trainable as _load_trainable  # (a module global: tests wrap it)
+from .state import register_trainable_only_state
 
 logger = logging.getLogger("samadapt.training")
 
-STATE_DIR = "checkpoints"
 BEST_ADAPTER = "best_adapter.safetensors"
 
 
 # ---------------------------------------------------------------------------- small pieces
-class EpochShuffled(Dataset):
-    """A dataset seen in a different, seeded order each epoch: the order depends only on
-    (seed, epoch), so a resumed run and every process see exactly what an uninterrupted run sees."""
-
-    def __init__(self, dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-        self.order = np.arange(len(dataset))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return self.dataset[int(self.order[i])]
-
-
-@dataclass
-class TrainProgress:
-    """Everything about the run's position that ``--resume`` must restore besides weights,
-    optimizer, scheduler, scaler and RNG states (which Accelerate saves)."""
-
-    epoch: int = 0  # completed epochs
-    global_step: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    skipped_steps: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    zero_shot: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"json": json.dumps(self.__dict__, default=float)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        data = json.loads(state["json"])
-        data["best_metric"] = float(data["best_metric"])
-        self.__dict__.update(data)
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -95,34 +54,11 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- data
-def build_datasets(cfg: TrainConfig):
-    """(train, val) ``CocoInstances`` for the configured dataset."""
-    from ..data import presets
-
-    if cfg.dataset == "demo":
-        from ..data import make_demo_dataset
-
-        root = Path(cfg.data_root) if cfg.data_root else samadapt_home() / "data" / "demo-waste"
-        make_demo_dataset(root, domain="waste", n_train=cfg.demo_train_images, n_val=cfg.demo_val_images, seed=0,
-                          progress=cfg.progress)
-        return presets.demo(root, cfg.train_split), presets.demo(root, cfg.val_split)
-    if cfg.dataset == "coco":
-        train = presets.coco(cfg.images_root, cfg.annotation_file, **cfg.dataset_options)
-        val = presets.coco(cfg.val_images_root or cfg.images_root, cfg.val_annotation_file or cfg.annotation_file,
-                           **cfg.dataset_options)
-        return train, val
-    preset = presets.DATASETS[cfg.dataset]
-    # TACO has no official split: the preset's seeded 80/20 split calls its held-out part "test"
-    val_split = "test" if cfg.dataset == "taco" and cfg.val_split == "val" else cfg.val_split
-    return (preset(cfg.data_root, split=cfg.train_split, **cfg.dataset_options),
-            preset(cfg.data_root, split=val_split, **cfg.dataset_options))
-
-
 def _prompt_dataset(cfg: TrainConfig, instances, model: AdaptedSam, *, load_image: bool):
-    from ..data.prompts import PromptConfig
     from ..data.sam_dataset import SamPromptDataset
+    from .interactive import training_prompt_config
 
-    prompts = PromptConfig(box_noise=cfg.box_noise, box_noise_max_px=cfg.box_noise_max_px)
+    prompts = training_prompt_config(cfg)  # boxes and/or one click per instance, as cfg.train_prompts asks
     return SamPromptDataset(instances, model.transform, prompts, max_instances=cfg.prompts_per_image,
                             seed=cfg.seed, load_image=load_image)
 
@@ -171,10 +107,6 @@ def cached_embedding(cache: EmbeddingCache, key: str, what: str) -> torch.Tensor
     return emb
 
 
-def num_val_images(dataset, cfg: TrainConfig) -> int:
-    return len(dataset) if cfg.max_val_images is None else min(len(dataset), cfg.max_val_images)
-
-
 def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, *, num_examples: int = 0,
                      desc: str = "validation", embeddings: Callable[[int], torch.Tensor] | None = None,
                      ) -> tuple[dict[str, Any], list]:
@@ -199,41 +131,71 @@ def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, 
 
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune as ``cfg`` says (see the module docstring). Ctrl-C ends it with
+    :class:`TrainingInterrupted`, whose message says what is saved and how to continue."""
+    try:
+        return _train(cfg)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(interrupted_message(cfg.run_dir)) from None
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     import timm.scheduler
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     from ..data.sam_dataset import collate_sam
+    from ..segment.class_head import attach_class_head, loss_with_class_head
+    from .interactive import training_loss
     from .losses import SamLoss
     from .plots import plot_training_curves
 
+    # --- every name, path and option is checked before anything is read or written
     run_dir = cfg.run_dir
+    cfg.check_files()
+    check_output_dir(cfg)
+    sam = build_sam(cfg.model, cfg.checkpoint)  # a checkpoint of another model type fails here
+    model = adapt(sam, cfg.strategy, **cfg.strategy_options)
+
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        # the multimask hypernetworks not selected by the loss get no gradient in a step
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # `accelerate launch --multi_gpu` on a machine without GPUs starts several processes, which
+        # Accelerate would run as independent single-process runs: join them on the CPU (gloo)
+        cpu=launched_processes() > 1 and not torch.cuda.is_available(),
+        # parameters outside the graph of a step (the prompt encoder's unused point / mask
+        # embeddings, when it is trained) need DDP's search; it warns on every run otherwise
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=any(p.requires_grad for p in model.sam.prompt_encoder.parameters()))],
     )
+    if accelerator.num_processes != launched_processes():
+        raise TrainingError(f"{launched_processes()} processes were launched but Accelerate joined "
+                            f"{accelerator.num_processes}; each would train alone into the same folder")
     if cfg.mixed_precision is None:  # the launcher's choice; recorded in config.yaml as resolved
         cfg = dataclasses.replace(cfg, mixed_precision=accelerator.mixed_precision)
+    saved_config = run_dir / "config.yaml"
+    if cfg.resume and latest_state(run_dir / STATE_DIR) is not None and saved_config.is_file():
+        cfg.check_resumable(TrainConfig.from_yaml(saved_config), saved_config)
     is_main = accelerator.is_main_process
     say = accelerator.print
     set_seed(cfg.seed)
-    saved_config = run_dir / "config.yaml"
-    if cfg.resume and _latest_state(run_dir / STATE_DIR) is not None and saved_config.is_file():
-        cfg.check_resumable(TrainConfig.from_yaml(saved_config), saved_config)
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes it
     if is_main:
+        if cfg.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+            say(f"--overwrite: deleted {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
 
-    # --- data and model
+    # --- data
     with accelerator.main_process_first():
         train_instances, val_instances = build_datasets(cfg)
-    sam = build_sam(cfg.model, cfg.checkpoint)
-    model = adapt(sam, cfg.strategy, **cfg.strategy_options)
+        check_loaders(cfg, train_instances, val_instances)
+    if cfg.classify:  # a head on the decoder's mask token, trained beside it (samadapt.segment.class_head)
+        attach_class_head(model, train_instances.categories)
     if cfg.gradient_checkpointing and hasattr(model, "set_fast_paths"):
         model.set_fast_paths(activation_checkpointing=True)
     model.to(accelerator.device)
@@ -246,7 +208,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     progress = TrainProgress()
     state_root = run_dir / STATE_DIR
-    resume_from = _latest_state(state_root) if cfg.resume else None
+    resume_from = latest_state(state_root) if cfg.resume else None
     if cfg.resume and resume_from is None:
         say(f"--resume: no saved state under {state_root}; starting from scratch")
 
@@ -296,7 +258,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(progress)
-    _register_trainable_only_state(accelerator)
+    register_trainable_only_state(accelerator)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         say(f"resumed from {resume_from} (epoch {progress.epoch}, step {progress.global_step})")
@@ -324,10 +286,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if cache is not None:
                     emb = torch.stack([cached_embedding(cache, k, f"training image {k}") for k in batch["image_key"]])
                     emb = emb.to(accelerator.device, torch.float32)
-                out = model(images=batch.get("images"), image_embeddings=emb, boxes=batch["boxes"],
-                            points=batch.get("points"), point_labels=batch.get("point_labels"), multimask=cfg.multimask)
                 gt = torch.cat([g.to(accelerator.device) for g in batch["gt_masks"]])
-                lo = loss_fn(out.low_res_logits, out.iou_predictions, gt)
+                # box prompts; or boxes / clicks per instance and corrective click rounds (interactive.py)
+                lo = loss_with_class_head(unwrapped, batch, lambda: training_loss(  # + class cross-entropy with --classify
+                    model, batch, gt, loss_fn, cfg, image_embeddings=emb, epoch=epoch))
                 finite = accelerator.gather(torch.isfinite(lo.loss.detach()).float().reshape(1)).min().item() == 1.0
                 if not finite:
                     _non_finite(cfg, progress, epoch, state_root)
@@ -373,7 +335,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             progress.stopped_early = True
             say(f"early stopping: no improvement of validation mean IoU for {cfg.patience} epochs")
         progress.epoch = epoch + 1
-        _save_state(accelerator, state_root, progress.epoch)
+        save_state(accelerator, state_root, progress.epoch)
 
     # --- final: best epoch, evaluation, outputs
     accelerator.wait_for_everyone()
@@ -393,7 +355,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.publish:
             publish_adapter(unwrapped, cfg.dataset_tag, name=cfg.name, card={
                 "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
-                "training": training})
+                "data": data_card(cfg, train_instances, val_instances), "training": training})
             published = cfg.run_name
         _write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
         summary = {
@@ -449,61 +411,6 @@ def _non_finite(cfg: TrainConfig, progress: TrainProgress, epoch: int, state_roo
     )
 
 
-def _latest_state(state_root: Path) -> Path | None:
-    done = sorted(p for p in state_root.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
-
-
-def _save_state(accelerator, state_root: Path, epoch: int, keep: int = 2) -> None:
-    """``accelerator.save_state`` into a temp folder, then renamed: a kill mid-save leaves the
-    previous state intact."""
-    final = state_root / f"epoch_{epoch:04d}"
-    tmp = state_root / f"epoch_{epoch:04d}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in sorted(p for p in state_root.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-TRAINABLE_STATE = "trainable.safetensors"
-
-
-def _register_trainable_only_state(accelerator) -> None:
-    """Make ``save_state`` write only the trainable tensors (not the frozen 2.5 GB ViT-H)."""
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models, weights, output_dir):
-        for i, m in enumerate(models):
-            m = accelerator.unwrap_model(m)
-            tensors = {n: p.detach().cpu().contiguous() for n, p in m.sam.named_parameters() if p.requires_grad}
-            if accelerator.is_main_process:
-                save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
-        weights.clear()
-
-    def load_hook(models, input_dir):
-        for i, m in enumerate(list(models)):
-            m = accelerator.unwrap_model(m)
-            m.load_trainable_state(load_file(str(Path(input_dir) / f"trainable_{i}.safetensors")))
-        models.clear()
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _load_trainable(model: AdaptedSam, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    model.load_trainable_state(load_file(str(path)))
-
-
 def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, final: dict, zs_examples, ft_examples,
                    plot_training_curves) -> None:
     from .evaluate import write_report
@@ -513,7 +420,7 @@ def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, fin
     write_report(results, run_dir, dataset_name=cfg.dataset_tag, examples=examples)
     atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(progress.history, indent=2)))
     if progress.history:
-        plot_training_curves(progress.history, run_dir / "curves.png")
+        plot_training_curves(progress.history, run_dir / "curves.png", zero_shot=progress.zero_shot)
 
 
 def _summary(cfg, model: AdaptedSam, progress: TrainProgress, final, cache, adapter_path: Path, published, run_dir) -> str:
@@ -528,7 +435,8 @@ def _summary(cfg, model: AdaptedSam, progress: TrainProgress, final, cache, adap
     ]
     if cache is not None:
         lines.append(f"embedding cache       {cache.summary()}")
-    lines.append(f"validation            {final['num_instances']} instances, prompts: {cfg.eval_prompt}")
+    lines.append(f"validation            {final['num_instances']} instances, prompts: {cfg.eval_prompt}"
+                 f"{'; on the TRAINING images (--validate-on-train), not held out' if cfg.validate_on_train else ''}")
     lines.append(f"{'':22}{'mean IoU':>10}{'precision':>11}{'mean F1':>9}{'mask AP':>9}")
     rows = ([("zero-shot", progress.zero_shot)] if progress.zero_shot else []) + [("fine-tuned", final)]
     for label, m in rows:

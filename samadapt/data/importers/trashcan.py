@@ -1,0 +1,282 @@
+"""TrashCan 1.0's raw Supervise.ly frames to the official COCO layout the ``trashcan`` preset reads.
+
+Source layout (TrashCan's ``dataset/`` folder, or a part of it)::
+
+    SOURCE/original_data/images/<frame>.jpg
+    SOURCE/original_data/annotations/<frame>.jpg.json      (Supervise.ly, one file per frame)
+    SOURCE/splits/{instance,material}_{train,val}.txt       (frame file names, one a line)
+      or SOURCE/{instance,material}_version/{train,val}/    (the official image folders, listed)
+
+Output (what :func:`samadapt.data.presets.trashcan` reads)::
+
+    OUT/{instance,material}_version/instances_{train,val}_trashcan.json
+    OUT/{instance,material}_version/{train,val}/<frame>.jpg  (linked or copied)
+    OUT/samadapt_import.json                                 (manifest: settings, counts, report)
+
+Each split is the official list restricted to the frames present. Masks are the decoded bitmaps
+(compressed RLE, exact; the official files hold polygons simplified from them), the parts of one
+object joined. Classes follow the dataset's own conversion script (``scripts/trash_can_coco.py``
+of TrashCan 1.0): :func:`trashcan_category` makes its choices, including its explicit spellings,
+its numeric tags (``int(value) + 1`` into its lists) and its drops, and reports why an object gets
+no class. Category ids are the script's (1 ``rov`` ... 22 ``trash_net``; 1 ``rov`` ... 16
+``trash_wood``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ...errors import ConfigError, DataError
+from .output import CocoSplit, OutputFolder, check_image_mode, check_source_dir
+from .supervisely import ImportReport, frame_instances, load_frame
+
+__all__ = ["CATEGORIES", "VERSIONS", "ImportResult", "import_trashcan", "trashcan_category"]
+
+VERSIONS = ("instance", "material")
+SPLITS = ("train", "val")
+
+#: the official classes in the official id order (ids from 1), as in the script and the READMEs
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "instance": ("rov", "plant", "animal_fish", "animal_starfish", "animal_shells", "animal_crab", "animal_eel",
+                 "animal_etc", "trash_clothing", "trash_pipe", "trash_bottle", "trash_bag", "trash_snack_wrapper",
+                 "trash_can", "trash_cup", "trash_container", "trash_unknown_instance", "trash_branch",
+                 "trash_wreckage", "trash_tarp", "trash_rope", "trash_net"),
+    "material": ("rov", "plant", "animal_fish", "animal_starfish", "animal_shells", "animal_crab", "animal_eel",
+                 "animal_etc", "trash_etc", "trash_fabric", "trash_fishing_gear", "trash_metal", "trash_paper",
+                 "trash_plastic", "trash_rubber", "trash_wood"),
+}
+
+# The script's lists. A numeric tag value v stands for entry v + 1 (the annotation tool numbered
+# from -1); unknown spellings of "unknown" and rare kinds fold into the catch-all classes.
+_TRASH_UNKNOWN_AKAS = frozenset({"unkonwn_instance", "cage", "uknwon_instance", "unknwon_instance", "unknown",
+                                 "unkown_instance", "etc", "unknown_instances", "unkonwn_instances", "eel", "hay",
+                                 "tire", "hose", "wire", "glove", "box", "bucket", "paper"})
+_BIO_ETC_AKAS = frozenset({"turtle", "squid", "lobster", "unknown", "jellyfish", "b", "stingray", "shrimp",
+                           "crawfish", "octopus", "shark"})
+_TRASH_NUMBERED = ("clothing", "pipe", "bottle", "bag", "snack_wrapper", "glove", "tire", "can", "cup", "container",
+                   "unknown_instance", "branch", "wreakage", "tarp", "box", "hose", "rope", "hay", "net", "paper",
+                   "bucket", "wire")
+_BIO_NUMBERED = ("fish", "crab", "eel", "shark", "squid", "starfish", "unknown", "shell", "shrimp", "stingray",
+                 "jellyfish", "lobster", "crawfish", "octopus")
+_ANIMAL_SPELLINGS = {"satrfish": "animal_starfish", "shell": "animal_shells", "ee;": "animal_eel", " crab": "animal_crab"}
+_TRASH_SPELLINGS = {"wreakage": "trash_wreckage", "trap": "trash_tarp", "bags": "trash_bag", "cab": "trash_can",
+                    "network": "trash_net", "8\\": "trash_can"}
+
+
+def _numbered(value: str, names: tuple[str, ...], what: str) -> tuple[str | None, str | None]:
+    k = int(value) + 1
+    if k >= len(names):
+        return None, f"{what} tag {value!r} is past the script's numbered list"
+    return names[k], None
+
+
+def trashcan_category(obj: dict, version: str = "instance") -> tuple[str | None, str | None]:
+    """The official class of one Supervise.ly object of TrashCan: ``(name, None)``, or ``(None,
+    reason)`` when the official conversion gives it none.
+
+    As ``get_category_id_string`` of ``trash_can_coco.py``: only bitmaps; ``rov`` -> ``rov``;
+    ``unknown`` -> ``trash_unknown_instance`` / ``trash_etc``; ``bio`` -> ``plant`` or
+    ``animal_<kind>`` from its last ``plant`` / ``animal`` tag (rare animals -> ``animal_etc``),
+    none without such a tag; ``trash`` -> ``trash_<material>`` from its ``material`` tag
+    (``glass`` and no tag -> ``trash_etc``) or ``trash_<kind>`` from its ``instance`` tag (other tags
+    only -> ``trash_unknown_instance``; no tags at all -> none: the script's test for a missing tag
+    sits inside its loop over the tags). A name outside the official table is no class either
+    (the script would stop with a KeyError).
+    """
+    if version not in VERSIONS:
+        raise ConfigError(f"version={version!r}; choose one of {list(VERSIONS)}")
+    if obj.get("geometryType") != "bitmap":
+        return None, f"geometry {obj.get('geometryType')!r} (the official script reads bitmaps only)"
+    title = str(obj.get("classTitle"))
+    tags = [t for t in obj.get("tags") or [] if isinstance(t, dict)]
+    name = None
+    if title == "rov":
+        name = "rov"
+    elif title == "unknown":
+        name = "trash_etc" if version == "material" else "trash_unknown_instance"
+    elif title == "bio":
+        for tag in tags:
+            if tag.get("name") == "plant":
+                name = "plant"
+            elif tag.get("name") == "animal":
+                value = str(tag.get("value"))
+                if value.isdigit():
+                    value, why = _numbered(value, _BIO_NUMBERED, "animal")
+                    if value is None:
+                        return None, why
+                name = ("animal_etc" if value in _BIO_ETC_AKAS else _ANIMAL_SPELLINGS.get(value, f"animal_{value}"))
+        if name is None:
+            return None, "bio object without a plant or animal tag (the official script drops it)"
+    elif title == "trash" and version == "material":
+        name = "trash_etc"
+        for tag in tags:
+            if tag.get("name") == "material":
+                name = "trash_etc" if tag.get("value") == "glass" else f"trash_{tag.get('value')}"
+    elif title == "trash":
+        found = False
+        for tag in tags:
+            if tag.get("name") == "instance":
+                value = str(tag.get("value"))
+                if value.isdigit():
+                    value, why = _numbered(value, _TRASH_NUMBERED, "instance")
+                    if value is None:
+                        return None, why
+                if value in _TRASH_SPELLINGS:
+                    name = _TRASH_SPELLINGS[value]
+                elif value in _TRASH_UNKNOWN_AKAS:
+                    name = "trash_unknown_instance"
+                else:
+                    name = f"trash_{value}"
+                found = True
+            if not found:
+                name = "trash_unknown_instance"
+        if name is None:
+            return None, "trash object without tags (the official instance-version script drops it)"
+    else:
+        return None, f"classTitle {title!r} (the official script knows rov, unknown, bio and trash)"
+    if name not in CATEGORIES[version]:
+        return None, f"{name!r} is not an official {version}-version class"
+    return name, None
+
+
+# ---------------------------------------------------------------------------- source
+LAYOUT = ("SOURCE/original_data/{images,annotations}/ with SOURCE/splits/{instance,material}_{train,val}.txt "
+          "(or the official SOURCE/<version>_version/{train,val}/ image folders)")
+
+
+def _split_lists(source: Path, version: str) -> dict[str, list[str]]:
+    """Official split membership: frame file names of train and val."""
+    lists = {}
+    for split in SPLITS:
+        txt = source / "splits" / f"{version}_{split}.txt"
+        folder = source / f"{version}_version" / split
+        if txt.is_file():
+            lists[split] = [ln.strip() for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        elif folder.is_dir():
+            lists[split] = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")
+        else:
+            raise DataError(f"no {version}-version {split} list: neither {str(txt)!r} nor {str(folder)!r} exists. "
+                            f"Expected layout: {LAYOUT}")
+    both = sorted(set(lists["train"]) & set(lists["val"]))
+    if both:
+        raise DataError(f"{len(both)} frames are in both the {version} train and val lists, e.g. {both[:3]}; the "
+                        "official splits are disjoint")
+    return lists
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_trashcan` did. ``noop``: an earlier import with the same settings was
+    found and nothing was written. ``counts``: version -> split -> {"images", "annotations",
+    "categories": name -> instances}. ``reports``: ``"frames"`` and each version -> report dict."""
+
+    out: Path
+    noop: bool
+    counts: dict
+    reports: dict
+    manifest: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f"{'already imported (nothing written; pass --overwrite to import again)' if self.noop else 'imported'}"
+                 f" into {self.out}"]
+        for version, splits in self.counts.items():
+            for split, c in splits.items():
+                lines.append(f"  {version}/{split}: {c['images']} frames, {c['annotations']} instances")
+        for key, report in self.reports.items():
+            lines.append(f"{key}:\n{ImportReport.from_dict(report).format('    ')}")
+        return "\n".join(lines)
+
+
+def import_trashcan(source: str | Path, out: str | Path, *, versions: Sequence[str] = VERSIONS,
+                    images: str = "symlink", overwrite: bool = False, progress: bool = True) -> ImportResult:
+    """Import TrashCan's raw frames into the official COCO layout (see the module docstring).
+
+    Args:
+        source: the folder holding ``original_data/`` and ``splits/``.
+        out: output folder; a re-run with the same settings is a no-op.
+        versions: which of ``instance``, ``material`` to write.
+        images: ``symlink`` (default), ``hardlink`` or ``copy``.
+        overwrite: replace an earlier import in ``out``.
+        progress: tqdm bar over the frames.
+
+    Returns:
+        :class:`ImportResult` (counts and what was left out, by reason, with names).
+
+    Raises:
+        DataError: the source layout is wrong. ConfigError: bad options, or ``out`` holds another import
+        (without ``overwrite``).
+    """
+    from tqdm.auto import tqdm
+
+    versions = list(dict.fromkeys(versions))
+    bad = [v for v in versions if v not in VERSIONS]
+    if bad or not versions:
+        raise ConfigError(f"versions={versions!r}; choose from {list(VERSIONS)}")
+    check_image_mode(images)
+    source = check_source_dir(Path(source), "TrashCan source", LAYOUT).resolve()
+    ann_dir = check_source_dir(source / "original_data" / "annotations", "TrashCan annotations folder", LAYOUT)
+    img_dir = check_source_dir(source / "original_data" / "images", "TrashCan images folder", LAYOUT)
+    lists = {v: _split_lists(source, v) for v in versions}
+    folder = OutputFolder(out, [f"{v}_version" for v in versions],
+                          {"format": "trashcan", "source": str(source), "versions": versions, "images": images},
+                          overwrite=overwrite)
+    previous = folder.existing()
+    if previous is not None:
+        return ImportResult(folder.root, True, previous.get("counts", {}), previous.get("reports", {}), previous)
+
+    annotated = {p.name[: -len(".json")]: p for p in ann_dir.glob("*.json")}
+    pictures = {p.name: p for p in img_dir.iterdir() if p.is_file()}
+    frames_report = ImportReport()
+    for name in sorted(set(pictures) - set(annotated)):
+        frames_report.skip_frame("image without annotation file", name)
+    frames = []
+    for name in sorted(annotated):
+        if name in pictures:
+            frames.append(name)
+        else:
+            frames_report.skip_frame("no image file", name)
+    image_ids = {name: k + 1 for k, name in enumerate(frames)}  # the same id in both versions
+    split_of = {v: {name: s for s in SPLITS for name in lists[v][s]} for v in versions}
+    reports = {v: ImportReport() for v in versions}
+    for v in versions:
+        for s in SPLITS:
+            absent = [n for n in lists[v][s] if n not in annotated]
+            if absent:
+                reports[v].note(f"{s} frames of the official list not in SOURCE", absent[0], len(absent))
+        for name in frames:
+            if name not in split_of[v]:
+                reports[v].skip_frame(f"in neither {v}-version split list", name)
+    mappings = {v: (lambda obj, v=v: trashcan_category(obj, v)) for v in versions}
+    splits = {v: {s: CocoSplit(CATEGORIES[v]) for s in SPLITS} for v in versions}
+    for name in tqdm(frames, desc="TrashCan frames", unit="frame", disable=not progress):
+        ann = load_frame(annotated[name], pictures[name], name, frames_report)
+        if ann is None:
+            continue
+        todo = [v for v in versions if name in split_of[v]]
+        found = frame_instances(ann, name, {v: mappings[v] for v in todo}, {v: reports[v] for v in todo})
+        for v in todo:
+            splits[v][split_of[v][name]].add(image_ids[name], name, pictures[name], int(ann["size"]["height"]),
+                                             int(ann["size"]["width"]), found[v])
+
+    folder.begin()
+    staged: list[Path] = []
+    counts: dict = {}
+    try:
+        for v in versions:
+            tmp = folder.staging(f"{v}_version")
+            staged.append(tmp)
+            info = {"description": f"TrashCan 1.0 {v} version, imported by samadapt from the Supervise.ly bitmaps "
+                                   "(masks exact, compressed RLE)", "version": "1.0"}
+            counts[v] = {s: splits[v][s].write(tmp / f"instances_{s}_trashcan.json", tmp / s, images, info)
+                         for s in SPLITS}
+            folder.commit(f"{v}_version", tmp)
+    except BaseException:
+        folder.cleanup(staged)
+        raise
+    all_reports = {"frames": frames_report.to_dict(), **{v: r.to_dict() for v, r in reports.items()}}
+    folder.finish({"counts": counts, "reports": all_reports,
+                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+    return ImportResult(folder.root, False, counts, all_reports)

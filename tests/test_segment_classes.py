@@ -1,0 +1,154 @@
+"""The class head: trained beside the mask loss (``--classify``), saved in the adapter file, labels masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import samadapt
+from samadapt.config import TrainConfig
+from samadapt.data import demo
+from samadapt.errors import AdapterMismatchError, ConfigError, TrainingError
+from samadapt.segment.automatic import encode_images
+from samadapt.segment.class_head import (
+    ClassHead,
+    MaskTokenCapture,
+    attach_class_head,
+    class_head_of,
+    classify_boxes,
+    loss_with_class_head,
+)
+
+CATEGORIES = {1: "rigid_plastic", 2: "cardboard", 3: "metal", 4: "soft_plastic", 5: "paper"}
+
+
+def _with_head(seed: int = 0):
+    model = samadapt.adapt(samadapt.build_sam("mini"), "decoder").eval()
+    head = attach_class_head(model, CATEGORIES)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def test_the_head_is_a_trainable_tensor_of_the_adapter_and_round_trips(tmp_path, rgb_image):
+    model = _with_head()
+    names = [n for n, _ in model.trainable_named_parameters() if n.startswith("class_head.")]
+    assert names == ["class_head.mlp.layers.0.weight", "class_head.mlp.layers.0.bias", "class_head.mlp.layers.1.weight",
+                     "class_head.mlp.layers.1.bias"]
+    path = samadapt.save_adapter(model, tmp_path / "a.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert set(names) <= set(f.keys())
+        seg = json.loads(f.metadata()["segment"])
+    assert seg["class_head"]["categories"][2] == {"id": 3, "name": "metal"}
+    loaded = samadapt.load_adapter(path, samadapt.build_sam("mini")).eval()
+    assert class_head_of(loaded).categories == CATEGORIES
+    emb = encode_images(model, [rgb_image])[0]
+    boxes = [model.transform.apply_boxes(np.array([[10, 15, 60, 70], [60, 40, 115, 88]]), rgb_image.shape[:2])]
+    torch.testing.assert_close(classify_boxes(loaded, emb[None], boxes)[0], classify_boxes(model, emb[None], boxes)[0])
+
+
+def test_a_plain_adapter_has_no_segment_metadata(tmp_path, pretrained_mini):
+    path = samadapt.save_adapter(pretrained_mini, tmp_path / "plain.safetensors")
+    assert "segment" not in samadapt.read_adapter_metadata(path)
+    assert class_head_of(samadapt.load_adapter(path, samadapt.build_sam("mini"))) is None
+
+
+def test_an_adapter_missing_its_head_tensors_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = samadapt.save_adapter(_with_head(), tmp_path / "a.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith("class_head.mlp.layers.1")}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(AdapterMismatchError, match=r"missing \['class_head.mlp.layers.1.bias'"):
+        samadapt.load_adapter(path, samadapt.build_sam("mini"))
+
+
+def test_the_class_loss_is_cross_entropy_beside_the_mask_loss(mini_batch):
+    from samadapt.training.losses import SamLoss
+
+    model = _with_head()
+    model.train()
+    images, boxes = mini_batch
+    gt = torch.zeros(3, 64, 64)
+    gt[:, 10:40, 10:40] = 1
+    batch = {"category_ids": [torch.tensor([3]), torch.tensor([1, 5])]}
+    loss_fn = SamLoss()
+
+    def step():
+        out = model(images, boxes=boxes)
+        return loss_fn(out.low_res_logits, out.iou_predictions, gt)
+
+    torch.manual_seed(0)
+    plain = step()
+    with MaskTokenCapture(model.sam) as cap:
+        model(images, boxes=boxes)
+    want = torch.nn.functional.cross_entropy(class_head_of(model)(cap.tokens()), torch.tensor([2, 0, 4]))
+    lo = loss_with_class_head(model, batch, step)
+    torch.testing.assert_close(lo.loss, plain.loss + want)
+    lo.loss.backward()
+    assert class_head_of(model).mlp.layers[1].weight.grad.abs().sum() > 0
+    with pytest.raises(TrainingError, match="category id\\(s\\) \\[9\\] are not among the class head's categories"):
+        loss_with_class_head(model, {"category_ids": [torch.tensor([9]), torch.tensor([1, 5])]}, step)
+    with pytest.raises(TrainingError, match="--classify trains on the box-prompted step only"):
+        loss_with_class_head(model, {"category_ids": [torch.tensor([1])]}, step)
+
+
+def test_classify_is_refused_with_click_training():
+    with pytest.raises(ConfigError, match="--classify trains the class head on the box-prompted step"):
+        TrainConfig(classify=True, train_prompts=["box", "point"])
+    with pytest.raises(ConfigError, match="click_rounds 2"):
+        TrainConfig(classify=True, click_rounds=2)
+
+
+def test_segment_labels_masks_without_a_category(demo_data_root):
+    model = _with_head()
+    sample = demo(demo_data_root, "val")[0]
+    boxes = sample["boxes"][:3]
+    recs = model.segment(sample["image"], boxes=boxes, scores=[0.9, 0.8, 0.5], category_ids=[None, 2, None],
+                         classify=True)
+    emb = encode_images(model, [sample["image"]])[0]
+    probs = classify_boxes(model, emb[None], [model.transform.apply_boxes(boxes, sample["image"].shape[:2])])[0]
+    head = class_head_of(model)
+    for k in (0, 2):
+        j = int(probs[k].argmax())
+        assert recs[k]["category_id"] == head.category_ids[j] and recs[k]["category_name"] == head.category_names[j]
+        assert recs[k]["class_probability"] == pytest.approx(float(probs[k, j]), abs=1e-5)
+        assert recs[k]["score"] == pytest.approx([0.9, 0.8, 0.5][k] * float(probs[k, j]), abs=1e-5)
+    assert recs[1]["category_id"] == 2 and recs[1]["score"] == pytest.approx(0.8)  # the detector's label is kept
+
+
+def test_automatic_masks_are_labelled_through_their_box(demo_data_root):
+    from samadapt.segment.automatic import AutoConfig
+
+    model = _with_head()
+    image = demo(demo_data_root, "val").load_image(0)
+    auto = AutoConfig(points_per_side=4, pred_iou_thresh=0.2, stability_score_thresh=0.0)
+    recs = model.segment(image, auto=auto, classify=True)
+    assert recs and all(r["category_id"] in CATEGORIES for r in recs)
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+    for r in recs:
+        assert r["score"] == pytest.approx(r["predicted_iou"] * r["class_probability"], abs=1e-5)
+
+
+def test_class_head_checks_its_arguments():
+    with pytest.raises(ConfigError, match="needs at least one category"):
+        ClassHead(16, {})
+    model = _with_head()
+    with pytest.raises(ConfigError, match="has a class head already"):
+        attach_class_head(model, CATEGORIES)
+
+
+def test_training_with_classify_saves_a_head_of_the_datasets_categories(classify_adapter):
+    meta = samadapt.read_adapter_metadata(classify_adapter)
+    assert meta["info"]["training"]["config"]["classify"] is True
+    model = samadapt.load(classify_adapter)
+    assert class_head_of(model).categories == CATEGORIES
+
