@@ -34,13 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_page  # noqa: E402  (recipes/compare_page.py: the page's sections)
 
 
-def _machine() -> str:
+def _machine(jobs: int = 1) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    return f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({threads} torch thread(s)), {gpu}, torch {torch.__version__}"
+    return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({jobs} training run(s) at a time, "
+            f"{_threads(jobs)} torch thread(s) each), {gpu}, torch {torch.__version__}")
+
+
+def _threads(jobs: int) -> int:
+    """Torch threads of each training process when ``jobs`` run at once."""
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 # ---------------------------------------------------------------------------- training runs
@@ -75,7 +80,7 @@ def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
     for r in runs:
         if r not in todo:
             print(f"reusing {r.run_dir} (finished with the same options)", flush=True)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    threads = str(_threads(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -148,9 +153,9 @@ def run_demo(args, command: str, started: str) -> int:
     ex = plot_examples(examples, fig_dir / "strategies_examples.png", max_rows=n)
     figures = {"bars": os.path.relpath(bars, args.out), "examples": os.path.relpath(ex, args.out)}
     clicks = demo_clicks(runs, val, args, fig_dir) if args.max_clicks else {}
-    (args.out / "strategies.json").write_text(json.dumps({"command": command, "date": started, "machine": _machine(),
+    (args.out / "strategies.json").write_text(json.dumps({"command": command, "date": started, "machine": _machine(args.jobs),
                                                           "runs": summaries, "clicks": clicks}, indent=2, default=str))
-    page = compare_page.demo_section(summaries, args, command, figures, started, _machine())
+    page = compare_page.demo_section(summaries, args, command, figures, started, _machine(args.jobs))
     if clicks:  # the click protocol (--max-clicks): its table and figure close the section
         from samadapt.training.clicks import click_markdown
 
@@ -285,7 +290,7 @@ def run_trashcan(args, command: str, started: str) -> int:
     figures = {k: os.path.relpath(p, args.out) for k, p in (("prompts", bars), ("efficiency", curve), ("examples", ex))}
 
     box_fill = C.box_fill_baseline(test)
-    info = {"command": command, "date": started, "data_root": args.data_root, "machine": _machine(),
+    info = {"command": command, "date": started, "data_root": args.data_root, "machine": _machine(args.jobs),
             "version": args.version, "box_fill_mean_iou": box_fill,
             "frames": {k: len(v) for k, v in frames.items()}, "test_instances": stats["zero-shot"]["num_instances"],
             "epochs": args.epochs, "seeds": args.seeds, "strategies": strategies, "best_encoder": best_encoder,

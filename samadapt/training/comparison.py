@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from .evaluate import EvalRecords, evaluate_records, summarize_records
 from .uncertainty import Interval, bootstrap_interval, t_interval
 
-__all__ = ["PROMPT_KINDS", "box_fill_baseline", "choose_frames", "compare_records", "evaluate_prompts", "write_trashcan_subset"]
+__all__ = ["PROMPT_KINDS", "box_fill_baseline", "choose_frames", "compare_records", "evaluate_prompts", "image_embeddings",
+           "intervals_to_json", "write_trashcan_subset"]
 
 #: prompt robustness: label -> evaluate_records options. Tight box (the paper's protocol), SAM's box
 #: noise, a box 20% looser on each side (the Sama study's loose boxes), one click at the centre.

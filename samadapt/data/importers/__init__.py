@@ -4,7 +4,8 @@
   report of what an import left out;
 - :mod:`.trashcan`: TrashCan 1.0's raw frames to its official COCO layout, with the official classes;
 - :mod:`.project`: any Supervise.ly project export with a user-given class mapping;
-- :mod:`.output`: writing an import atomically (COCO files, linked or copied images, manifest).
+- :mod:`.output`: writing an import atomically (COCO files, linked or copied images, manifest);
+- :mod:`.commands`: the ``samadapt data import-trashcan`` / ``import-supervisely`` options and runs.
 """
 
 from .supervisely import ImportReport, decode_bitmap, frame_instances, object_mask, read_annotation
