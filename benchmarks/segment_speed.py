@@ -7,7 +7,7 @@ frames of smooth blobs (``_common.random_images``). Thresholds: ``--pred-iou-thr
 ``--stability-thresh`` (give the calibrated ones; 0 / 0 is the worst case, every mask upsampled).
 
     python benchmarks/segment_speed.py --pred-iou-thresh 0.6 --stability-thresh 0.8
-    python benchmarks/segment_speed.py --images TRASHCAN/instance_version/val --grids 16 32
+    python benchmarks/segment_speed.py --images TRASHCAN/instance_version/val --grids 16 32 --points-per-batch 64 256
 
 Writes benchmarks/results/segment_auto-<device>.json and prints a table.
 """
@@ -29,6 +29,7 @@ from samadapt.segment.api import segment_embedded  # noqa: E402
 from samadapt.segment.automatic import AutoConfig, encode_images  # noqa: E402
 
 RESULTS = HERE / "results"
+COLUMNS = ["points_per_side", "points_per_batch", "batch_size", "images_per_s", "s_per_image", "masks_per_image"]
 FRAME = (270, 480)  # TrashCan 1.0's frames are 480x270 (some 480x360)
 
 
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", help="folder of real frames (default: generated 480x270 frames)")
     p.add_argument("--grids", type=int, nargs="+", default=[16], help="points per side to time")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="images per encoder pass")
+    p.add_argument("--points-per-batch", type=int, nargs="+", default=[64], help="points decoded at once")
     p.add_argument("--num-images", type=int, default=4, help="images per timed call")
     p.add_argument("--pred-iou-thresh", type=float, default=0.0)
     p.add_argument("--stability-thresh", type=float, default=0.0)
@@ -60,8 +62,8 @@ def main(argv=None) -> int:
     model = samadapt.adapt(samadapt.build_sam("mini"), "decoder").to(args.device).eval()
     imgs, what = frames(args.num_images, args.images)
     rows = []
-    for grid in args.grids:
-        cfg = AutoConfig(points_per_side=grid, pred_iou_thresh=args.pred_iou_thresh,
+    for grid, ppb in ((g, b) for g in args.grids for b in args.points_per_batch):
+        cfg = AutoConfig(points_per_side=grid, points_per_batch=ppb, pred_iou_thresh=args.pred_iou_thresh,
                          stability_score_thresh=args.stability_thresh, source="benchmark")
         for bs in args.batch_sizes:
             masks: list[int] = []
@@ -74,16 +76,16 @@ def main(argv=None) -> int:
                         masks.append(len(segment_embedded(model, emb, im.shape[:2], auto=cfg)))
 
             t = repeat(run, args.device, warmup=0, reps=args.reps)
-            rows.append({"points_per_side": grid, "batch_size": bs, "images": len(imgs),
+            rows.append({"points_per_side": grid, "points_per_batch": ppb, "batch_size": bs, "images": len(imgs),
                          "images_per_s": len(imgs) / t["wall_s_min"], "s_per_image": t["wall_s_min"] / len(imgs),
                          "masks_per_image": sum(masks) / len(masks), **t})
-            print(table(rows[-1:], ["points_per_side", "batch_size", "images_per_s", "s_per_image", "masks_per_image"]))
+            print(table(rows[-1:], COLUMNS))
     out = {"benchmark": "segment_auto", "model": "mini (built-in weights, zero-shot)", "frames": what,
            "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh,
            "machine": machine_info(args.device), "rows": rows,
            "timing": "wall-clock minimum over reps of one pass over the images; no warm-up pass"}
     path = write_json(RESULTS / f"segment_auto-{args.device}.json", out)
-    print(table(rows, ["points_per_side", "batch_size", "images_per_s", "s_per_image", "masks_per_image"]))
+    print(table(rows, COLUMNS))
     print(f"wrote {path}")
     return 0
 

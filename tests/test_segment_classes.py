@@ -152,3 +152,29 @@ def test_training_with_classify_saves_a_head_of_the_datasets_categories(classify
     model = samadapt.load(classify_adapter)
     assert class_head_of(model).categories == CATEGORIES
 
+
+
+def test_resume_restores_the_class_head(tmp_path, demo_data_root):
+    """``--resume`` with a head: the epoch state holds the head's tensors (a trainable tensor of ``Sam``), the
+    resumed run loads that state (strictly: a missing or extra head tensor fails) and writes the same head."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+
+    from samadapt.training.trainer import train
+
+    cfg = TrainConfig(strategy="decoder", dataset="demo", data_root=str(demo_data_root), demo_train_images=6,
+                      demo_val_images=3, epochs=1, prompts_per_image=4, batch_size=2, progress=False, zero_shot=False,
+                      num_examples=0, log_with=None, publish=False, output_dir=str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), classify=True)
+    try:
+        first = train(cfg).adapter_path
+        before = {k: v for k, v in load_file(str(first)).items() if k.startswith("class_head.")}
+        assert (tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors").is_file()
+        state = load_file(str(tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors"))
+        assert set(before) <= set(state)  # the epoch state holds the head
+        again = train(TrainConfig(**{**cfg.to_dict(), "resume": True})).adapter_path
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    after = {k: v for k, v in load_file(str(again)).items() if k.startswith("class_head.")}
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
