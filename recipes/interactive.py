@@ -168,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="mini")
     ap.add_argument("--checkpoint", default=None, help="base checkpoint (default: the model's built-in weights)")
     ap.add_argument("--strategy", default="decoder")
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo-train-images", type=int, default=160)
     ap.add_argument("--demo-val-images", type=int, default=40)
     ap.add_argument("--train-prompts", nargs="+", default=["box", "point"], help="the mixed run's prompt kinds")
-    ap.add_argument("--click-rounds", type=int, default=1, help="the mixed run's corrective click rounds")
+    ap.add_argument("--click-rounds", type=int, default=3, help="the mixed run's corrective click rounds")
     ap.add_argument("--point-share", type=float, default=0.5, help="the mixed run's share of click-first instances")
-    ap.add_argument("--click-sampling", default="uniform", choices=["uniform", "interior"],
+    ap.add_argument("--click-sampling", default="interior", choices=["uniform", "interior"],
                     help="the mixed run's training clicks: uniform over the object (SAM) or towards its middle")
     ap.add_argument("--max-clicks", type=int, default=10, help="clicks per instance in the click protocol")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds of the intervals")
