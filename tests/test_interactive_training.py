@@ -260,8 +260,10 @@ def test_interactive_recipe_writes_its_section(tmp_path, samadapt_home_dir):
     assert set(data["checks"]) == {"box_within", "one_click_gain"}
     assert (out / "figures" / "interactive_clicks.png").stat().st_size > 0
     argv = json.loads((tmp_path / "runs" / "mixed" / "compare_args.json").read_text())
-    assert argv[argv.index("--train-prompts") + 1:argv.index("--click-rounds") + 2] == [
-        "box", "point", "--click-rounds", "1"]
+    assert argv[argv.index("--train-prompts") + 1:] == ["box", "point", "--click-rounds", "3", "--point-share", "0.5",
+                                                         "--click-sampling", "interior"]
+    box_argv = json.loads((tmp_path / "runs" / "box" / "compare_args.json").read_text())
+    assert box_argv[box_argv.index("--train-prompts") + 1:] == ["box", "--click-rounds", "0"]
 
 
 # ============================================================================ interior clicks
