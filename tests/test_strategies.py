@@ -29,6 +29,8 @@ def _intended(strategy: str, options: dict, name: str) -> bool:
         return ".lora_" in name or train_decoder
     if strategy == "adapter":
         return ".adapter_" in name or name.startswith("image_encoder.prompt_generator.") or train_decoder
+    if strategy == "bitfit":  # BitFit (Ben Zaken et al. 2022): the encoder's biases, and the decoder
+        return (name.startswith("image_encoder.") and name.endswith(".bias")) or train_decoder
     raise AssertionError(
         f"strategy {strategy!r} was registered without a test of what it trains: add it to _intended "
         "in tests/test_strategies.py"
@@ -46,6 +48,7 @@ VARIANTS = [(s, {}) for s in sorted(STRATEGIES)] + [
     ("adapter", {"prompt_generator": True}),
     ("adapter", {"placement": ("mlp",), "train_decoder": False}),
     ("adapter", {"placement": (), "prompt_generator": True}),
+    ("bitfit", {"train_decoder": False}),
 ]
 VARIANT_IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for s, o in VARIANTS]
 

@@ -1,6 +1,6 @@
 """Adaptation strategies behind one interface, chosen from a registry."""
 
-from . import adapter, decoder, full, lora  # noqa: F401  (registers the built-in strategies)
+from . import adapter, bitfit, decoder, full, lora  # noqa: F401  (registers the built-in strategies)
 from .adapter import AdapterConfig
 from .base import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
 from .decoder import DecoderConfig
