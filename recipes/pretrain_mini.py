@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.sam.state_dict().items()}
     from safetensors.torch import save_file
 
-    samadapt.adapter_io.atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": "mini"}))
+    samadapt.files.atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": "mini"}))
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = {
         "model_type": "mini",

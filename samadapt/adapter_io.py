@@ -8,13 +8,10 @@ Loading is strict and checks everything before it changes the model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -22,6 +19,7 @@ from safetensors.torch import save_file
 from segment_anything.modeling import Sam
 
 from .adapted import AdaptedSam, adapt
+from .files import atomic_write
 from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
 from .models.registry import base_info, build_sam_architecture, get_model_card
 from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes
@@ -49,57 +47,6 @@ def adapter_metadata(model: AdaptedSam, info: dict[str, Any] | None = None) -> d
         "info": json.dumps(info or {}, sort_keys=True, default=str),
         **segment_metadata(model),  # class head categories, automatic-mask calibration (when present)
     }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """The folder version of :func:`atomic_write`: yields an empty sibling folder to fill; when the
-    ``with`` block ends normally it is renamed to ``path`` (replacing a file or folder there), and on
-    any error it is deleted, so ``path`` is never left half-written. Callers decide whether an
-    existing ``path`` may be replaced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder the usual permissions
-    try:
-        yield tmp
-        if not (path.exists() or path.is_symlink()):
-            os.replace(tmp, path)
-            return
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        old.rmdir()  # a free name beside path: the old output moves there while the new one moves in
-        os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old, path)
-            raise
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_adapter(model: AdaptedSam, path: str | os.PathLike, **info: Any) -> Path:

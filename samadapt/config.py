@@ -88,6 +88,9 @@ class TrainConfig:
                                  "background (RITM keeps training clicks off the boundary)")
     point_share: float = option(0.5, "with --train-prompts box point: the share of instances whose first prompt is "
                                 "the click (SAM: 0.5)")
+    first_round_weight: float | None = option(None, "with --click-rounds: the share of the loss given to the first "
+                                              "prediction, the corrective rounds sharing the rest (default: every "
+                                              "round weighs the same, as in SAM and micro-sam)")
     click_rounds: int = option(0, "corrective clicks after the first prediction: each round adds a click from the error "
                               "region and feeds the previous low-res logits as the mask prompt, as SAM was trained")
     classify: bool = option(False, "add a class head on the mask decoder's output token that predicts each instance's "
@@ -144,6 +147,10 @@ class TrainConfig:
                 or not 0 < self.point_share < 1:
             raise ConfigError(f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
                               f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts")
+        if self.first_round_weight is not None and (isinstance(self.first_round_weight, bool) or not isinstance(
+                self.first_round_weight, (int, float)) or not 0 < self.first_round_weight < 1):
+            raise ConfigError(f"`first_round_weight` should be a fraction strictly between 0 and 1, or none for equal "
+                              f"rounds, got {self.first_round_weight!r}")
         if isinstance(self.click_rounds, bool) or not isinstance(self.click_rounds, int) or self.click_rounds < 0:
             raise ConfigError(f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}")
         if self.classify and (list(self.train_prompts) != ["box"] or self.click_rounds):

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from .adapted import AdaptedSam
-from .adapter_io import atomic_write, load_adapter, read_adapter_metadata, save_adapter
+from .adapter_io import load_adapter, read_adapter_metadata, save_adapter
+from .files import atomic_write
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, UnknownNameError
 from .models.checkpoints import OFFICIAL_CHECKPOINTS, file_sha256, official_checkpoint
 from .models.registry import MODEL_TYPES, build_sam, get_model_card, model_type_for_tag

@@ -114,6 +114,25 @@ def test_the_iou_head_can_be_trained_on_every_candidate():
     assert every.dice.item() == pytest.approx(only_best.dice.item())  # the masks' loss is the same
 
 
+def test_round_weights_of_the_loss():
+    from samadapt.training.interactive import _combine
+    from samadapt.training.losses import LossOutput
+
+    def out(v):
+        t = torch.tensor(float(v))
+        return LossOutput(t, t, t, t, torch.zeros(0, dtype=torch.long))
+
+    # round 0: 3 box prompts (loss 1) + 1 click (loss 5); rounds 1 and 2: all 4 prompts at 2 and 4
+    parts = [(out(1), 3, 0), (out(5), 1, 0), (out(2), 4, 1), (out(4), 4, 2)]
+    best = torch.zeros(4, dtype=torch.long)
+    assert _combine(parts, best, 2, None).loss.item() == pytest.approx((3 + 5 + 8 + 16) / 12)
+    # first_round_weight 0.5: half on round 0's mean (2), half on the corrective rounds' mean (3)
+    assert _combine(parts, best, 2, 0.5).loss.item() == pytest.approx(0.5 * 2 + 0.5 * 3)
+    assert _combine(parts[:2], best, 0, 0.5).loss.item() == pytest.approx(2)  # no rounds: the mean
+    with pytest.raises(ConfigError, match="`first_round_weight` should be a fraction strictly between 0 and 1"):
+        TrainConfig(first_round_weight=1.0)
+
+
 # ============================================================================ one step
 class Spy(nn.Module):
     """Records the keyword arguments of every forward call of the wrapped model."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapted import AdaptedSam
-from ..adapter_io import atomic_directory, atomic_write
+from ..files import atomic_directory, atomic_write
 from ..errors import ConfigError, ExportError, UnknownNameError
 
 METADATA_FILE = "samadapt.json"

@@ -11,7 +11,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from ..adapted import AdaptedSam
-from ..adapter_io import DECODER_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, atomic_write
+from ..adapter_io import DECODER_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS
+from ..files import atomic_write
 from ..errors import ExportError
 
 

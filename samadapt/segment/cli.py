@@ -187,7 +187,7 @@ def run_segment(args: argparse.Namespace) -> int:
                   f"{f' [{_pct(iv[0])}, {_pct(iv[1])}]' if iv else ''}  AP50 {_pct(m['AP50'])}  AP75 {_pct(m['AP75'])}  "
                   f"AR@100 {_pct(m['AR100'])}  ({m['images']} images, {m['instances']} instances)")
     if args.annotation_file or args.metrics:
-        from ..adapter_io import atomic_write
+        from ..files import atomic_write
 
         path = Path(args.metrics) if args.metrics else out.with_name(out.name.removesuffix(".json") + ".metrics.json")
         text = json.dumps(summary, indent=2, default=str)

@@ -50,7 +50,7 @@ def coco_results(image_id: int, segments: Sequence[Mapping[str, Any]], *, file_n
 
 def write_results(path: str | os.PathLike, results: Sequence[Mapping[str, Any]]) -> Path:
     """Write a results list as JSON, atomically."""
-    from ..adapter_io import atomic_write
+    from ..files import atomic_write
 
     path = Path(path)
     text = json.dumps(list(results), separators=(",", ":"))

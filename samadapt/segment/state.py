@@ -97,7 +97,8 @@ def store_calibration(path: str | os.PathLike, calibration) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from ..adapter_io import atomic_write, read_adapter_metadata
+    from ..adapter_io import read_adapter_metadata
+    from ..files import atomic_write
 
     path = Path(path)
     read_adapter_metadata(path)  # a samadapt adapter, readable

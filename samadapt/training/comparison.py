@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..adapter_io import atomic_write
+from ..files import atomic_write
 from ..errors import ConfigError
 from .evaluate import EvalRecords, evaluate_records, summarize_records
 from .uncertainty import Interval, bootstrap_interval, t_interval

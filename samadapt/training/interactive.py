@@ -166,12 +166,20 @@ def _groups(batch: Mapping[str, Any], gt: torch.Tensor, cfg: TrainConfig, genera
     return groups
 
 
-def _combine(parts: Sequence[tuple[LossOutput, int]], best_index: torch.Tensor) -> LossOutput:
-    """The mean over every (instance, round) of several :class:`LossOutput` of ``count`` prompts each."""
-    total = sum(c for _, c in parts)
+def _combine(parts: Sequence[tuple[LossOutput, int, int]], best_index: torch.Tensor, rounds: int,
+             first_round_weight: float | None) -> LossOutput:
+    """Several :class:`LossOutput` (each of ``count`` prompts in round ``r``) as one: the mean over
+    every (instance, round), or with ``first_round_weight`` f, f times the first round's mean over
+    instances plus (1 - f) times the corrective rounds' mean."""
+    weights = {}
+    for r in range(1 + rounds):
+        n = sum(c for _, c, rr in parts if rr == r)
+        share = (1 / (1 + rounds) if first_round_weight is None or rounds == 0 else
+                 first_round_weight if r == 0 else (1 - first_round_weight) / rounds)
+        weights[r] = share / n
 
     def mean(name: str) -> torch.Tensor:
-        return sum(getattr(lo, name) * c for lo, c in parts) / total
+        return sum(getattr(lo, name) * c * weights[r] for lo, c, r in parts)
 
     return LossOutput(loss=mean("loss"), focal=mean("focal"), dice=mean("dice"), iou_mse=mean("iou_mse"),
                       best_index=best_index)
@@ -189,13 +197,15 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
             (:func:`training_prompt_config`), ``gt_masks``, ``index`` and ``input_size``.
         gt: (N, S/4, S/4) the batch's low-res targets, concatenated over images, on the model's device.
         loss_fn: SAM's loss.
-        cfg: ``train_prompts``, ``point_share``, ``click_rounds``, ``multimask`` (for box prompts), ``seed``.
+        cfg: ``train_prompts``, ``point_share``, ``click_rounds``, ``first_round_weight``, ``multimask``
+            (for box prompts), ``seed``.
         image_embeddings: (B, C, S/16, S/16) from the embedding cache (frozen encoders).
         epoch: seeds the prompt kinds and clicks with the batch's dataset indices.
 
     Returns:
         :class:`~samadapt.training.losses.LossOutput`; ``loss`` is the mean over instances and over
-        the ``1 + click_rounds`` rounds; ``best_index`` is the first round's supervised mask of each
+        the ``1 + click_rounds`` rounds (or, with ``cfg.first_round_weight`` f, f times the first
+        round's mean plus 1 - f times the corrective rounds' mean); ``best_index`` is the first round's supervised mask of each
         instance, in the batch's instance order.
     """
     source = {"images": batch.get("images")} if image_embeddings is None else {"image_embeddings": image_embeddings}
@@ -207,7 +217,7 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
 
     generator = _step_generator(cfg, epoch, batch["index"].tolist())
     groups = _groups(batch, gt, cfg, generator)
-    parts: list[tuple[LossOutput, int]] = []
+    parts: list[tuple[LossOutput, int, int]] = []
     best_index = torch.zeros(gt.shape[0], dtype=torch.long, device=gt.device)
     for round_ in range(1 + cfg.click_rounds):
         for g in groups:
@@ -218,7 +228,7 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
             source = {"image_embeddings": out.image_embeddings}  # encode once per step
             # the IoU head ranks the three candidates at inference: train it on all of them
             lo = loss_fn(out.low_res_logits, out.iou_predictions, g.gt, supervise_all_iou=multimask)
-            parts.append((lo, g.n))
+            parts.append((lo, g.n, round_))
             if round_ == 0:
                 best_index[g.index.to(gt.device)] = lo.best_index
             rows = torch.arange(g.n, device=lo.best_index.device)
@@ -227,4 +237,4 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
         if round_ < cfg.click_rounds:
             for g in groups:
                 g.add_clicks(*corrective_points(g.prev_logits[:, 0], g.gt, generator, g.valid))
-    return _combine(parts, best_index)
+    return _combine(parts, best_index, cfg.click_rounds, cfg.first_round_weight)

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..adapted import AdaptedSam, adapt
-from ..adapter_io import atomic_write, save_adapter
+from ..adapter_io import save_adapter
+from ..files import atomic_write
 from ..config import TrainConfig
 from ..errors import TrainingError, TrainingInterrupted
 from ..hub import publish_adapter, samadapt_home

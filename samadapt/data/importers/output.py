@@ -4,7 +4,7 @@ manifest that makes a re-run a no-op.
 An import builds each top-level folder of its output (``instance_version/``, ``train/``, ...) under a
 temporary name beside it and renames it into place when complete, then writes
 ``samadapt_import.json`` (the manifest: source, options, counts, report) last, each file through
-:func:`~samadapt.adapter_io.atomic_write`. So an interrupted import leaves no half-written folder
+:func:`~samadapt.files.atomic_write`. So an interrupted import leaves no half-written folder
 under its final name, and a folder with a manifest is complete.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ...adapter_io import atomic_write
+from ...files import atomic_write
 from ...errors import ConfigError, DataError
 
 __all__ = ["IMAGE_MODES", "MANIFEST", "CocoSplit", "OutputFolder", "annotation_record", "place_image"]
