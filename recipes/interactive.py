@@ -99,7 +99,9 @@ def section(stats: dict, args, command: str, started: str, machine: str, figure:
     pm, bounds = compare_page.pm, compare_page.bounds
     cols = [k for k in (1, 2, 3, 5, 10, 20) if k <= args.max_clicks]
     mixed_name = (f"`--train-prompts {' '.join(args.train_prompts)} --point-share {args.point_share} "
-                  f"--click-sampling {args.click_sampling} --click-rounds {args.click_rounds}`")
+                  f"--click-sampling {args.click_sampling} --click-rounds {args.click_rounds}"
+                  + (f" --first-round-weight {args.first_round_weight:g}" if args.first_round_weight is not None else "")
+                  + "`")
     where = "uniform" if args.click_sampling == "uniform" else \
         "interior (probability proportional to the distance to the background)"
     lines = [
@@ -113,8 +115,11 @@ def section(stats: dict, args, command: str, started: str, machine: str, figure:
         f"{args.seed}, the recipe's default optimiser; **box-trained** with box prompts only, **mixed-trained** with "
         f"{mixed_name}: each instance starts from its noisy box or (with probability {args.point_share}) one {where} "
         "click inside it (three multimask outputs, the lowest loss back-propagated, the IoU head trained on all "
-        "three), then {args.click_rounds} corrective click(s) from the error "
-        "region, each round fed the previous low-res logits as the mask prompt (docs/training.md). Training time: "
+        f"three), then {args.click_rounds} corrective click(s) from the error "
+        "region, each round fed the previous low-res logits as the mask prompt (docs/training.md)"
+        + (f"; the first prediction (box or click alone) carries {args.first_round_weight:g} of the loss, the "
+           "corrective rounds share the rest" if args.first_round_weight is not None else "")
+        + ". Training time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + " (training only).",
         "",
         "Evaluation on the validation images (mean IoU in %, ± the half-width of a 95% bootstrap interval over "
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-prompts", nargs="+", default=["box", "point"], help="the mixed run's prompt kinds")
     ap.add_argument("--click-rounds", type=int, default=3, help="the mixed run's corrective click rounds")
     ap.add_argument("--point-share", type=float, default=0.5, help="the mixed run's share of click-first instances")
+    ap.add_argument("--first-round-weight", type=float, default=None,
+                    help="the mixed run's share of the loss on the first prediction (default: every round alike)")
     ap.add_argument("--click-sampling", default="interior", choices=["uniform", "interior"],
                     help="the mixed run's training clicks: uniform over the object (SAM) or towards its middle")
     ap.add_argument("--max-clicks", type=int, default=10, help="clicks per instance in the click protocol")
@@ -200,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [compare.Run("box-trained", runs_dir / "box", _argv(args, data_root, runs_dir / "box", ["box"], 0)),
             compare.Run("mixed-trained", runs_dir / "mixed",
                         _argv(args, data_root, runs_dir / "mixed", args.train_prompts, args.click_rounds,
-                              ("--point-share", str(args.point_share), "--click-sampling", args.click_sampling)))]
+                              ("--point-share", str(args.point_share), "--click-sampling", args.click_sampling,
+                               *(("--first-round-weight", str(args.first_round_weight))
+                                 if args.first_round_weight is not None else ()))))]
     compare.run_all(runs, args.jobs, runs_dir / "logs")
 
     val = presets.demo(data_root, "val")

@@ -171,18 +171,25 @@ def _combine(parts: Sequence[tuple[LossOutput, int, int]], best_index: torch.Ten
     """Several :class:`LossOutput` (each of ``count`` prompts in round ``r``) as one: the mean over
     every (instance, round), or with ``first_round_weight`` f, f times the first round's mean over
     instances plus (1 - f) times the corrective rounds' mean."""
+    if first_round_weight is None or rounds == 0:  # every (instance, round) alike (the arithmetic of SAM's mean)
+        total = sum(c for _, c, _ in parts)
+
+        def mean(name: str) -> torch.Tensor:
+            return sum(getattr(lo, name) * c for lo, c, _ in parts) / total
+
+        return LossOutput(loss=mean("loss"), focal=mean("focal"), dice=mean("dice"), iou_mse=mean("iou_mse"),
+                          best_index=best_index)
     weights = {}
     for r in range(1 + rounds):
         n = sum(c for _, c, rr in parts if rr == r)
-        share = (1 / (1 + rounds) if first_round_weight is None or rounds == 0 else
-                 first_round_weight if r == 0 else (1 - first_round_weight) / rounds)
+        share = first_round_weight if r == 0 else (1 - first_round_weight) / rounds
         weights[r] = share / n
 
-    def mean(name: str) -> torch.Tensor:
+    def weighted(name: str) -> torch.Tensor:
         return sum(getattr(lo, name) * c * weights[r] for lo, c, r in parts)
 
-    return LossOutput(loss=mean("loss"), focal=mean("focal"), dice=mean("dice"), iou_mse=mean("iou_mse"),
-                      best_index=best_index)
+    return LossOutput(loss=weighted("loss"), focal=weighted("focal"), dice=weighted("dice"),
+                      iou_mse=weighted("iou_mse"), best_index=best_index)
 
 
 def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: SamLoss, cfg: TrainConfig, *,
