@@ -52,7 +52,6 @@ def cpu_model() -> str:
 
 def machine_info(device: str) -> dict[str, Any]:
     import psutil
-
     import segment_anything
 
     info: dict[str, Any] = {
@@ -371,11 +370,9 @@ def _json_default(x):
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain-text table of ``rows`` for the terminal."""
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    from samadapt.evaluation.report import text_table
+
+    return text_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
 
 
 def _fmt(v) -> str:

@@ -19,8 +19,9 @@ import safetensors
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
-import samadapt  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
+
+import samadapt  # noqa: E402
 from samadapt.sizes import strategy_size, written_adapter_size  # noqa: E402
 
 RESULTS = HERE / "results" / "adapter_sizes.json"

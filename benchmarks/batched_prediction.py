@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 import _common as C
+import torch
 
 
 def plan(mode: str, models: list[str]) -> dict[str, Any]:

@@ -7,9 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import _common as C
+import torch
 
 
 def plan(mode: str, models: list[str]) -> dict[str, Any]:

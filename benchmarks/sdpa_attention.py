@@ -10,10 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import _common as C
-
+import torch
 
 ATTENTION_MODES = {"upstream": "upstream Attention.forward", "sdpa": "SDPA, rel-pos as attn_mask (default)",
                    "sdpa_fold": "SDPA, rel-pos folded into q.k"}

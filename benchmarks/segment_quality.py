@@ -242,7 +242,7 @@ def figure(report_records: dict, eval_set, path: Path, n: int = 2) -> None:
     rows = []
     for i in range(min(n, len(eval_set))):
         s = eval_set[i]
-        from samadapt.training.metrics import encode_mask
+        from samadapt.evaluation.metrics import encode_mask
 
         gt = [{"segmentation": encode_mask(m), "bbox": [float(b[0]), float(b[1]), 0, 0], "score": 1.0,
                "area": int(m.sum()), "category_name": eval_set.categories[int(c)]}

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import _common as C
 import torch
 
-import _common as C
+#: options other than the strategy's defaults (none: every strategy is measured as registered)
+STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {}
 
 
-STRATEGY_OPTIONS = {"decoder": {}, "lora": {"rank": 4}, "adapter": {}}
+def registered_strategies() -> list[str]:
+    """Every strategy of the registry (``samadapt.STRATEGIES``), so a new one is measured too."""
+    import samadapt
+
+    return sorted(samadapt.STRATEGIES)
 
 
-def plan(mode: str, models: list[str]) -> dict[str, Any]:
+def plan(mode: str, models: list[str], strategies: list[str] | None = None) -> dict[str, Any]:
+    """The sizes of ``mode``; ``strategies`` (default: every registered one) chooses which to step."""
+    strategies = list(strategies or registered_strategies())
     if mode == "smoke":
-        return {"variants": [{"model_type": "mini"}], "strategies": ["decoder", "lora"], "batch": 1, "prompts": 2,
+        return {"variants": [{"model_type": "mini"}], "strategies": strategies, "batch": 1, "prompts": 2,
                 "warmup": 0, "reps": 1}
     if mode == "quick":
         # mini as it is; ViT-B's 12 blocks, widths and heads at 256 px (16x16 tokens)
         return {"variants": [{"model_type": "mini"}, {"model_type": "vit_b", "image_size": 256}],
-                "strategies": ["decoder", "lora", "adapter"], "batch": 2, "prompts": 8,
+                "strategies": strategies, "batch": 2, "prompts": 8,
                 "warmup": 1, "reps": 3, "reps_large": 2}
-    return {"variants": [{"model_type": m} for m in models], "strategies": ["decoder", "lora", "adapter"], "batch": 2,
+    return {"variants": [{"model_type": m} for m in models], "strategies": strategies, "batch": 2,
             "prompts": 8, "warmup": 3, "reps": 10, "reps_large": 10, "checkpointing": [False, True]}
 
 
@@ -61,7 +69,7 @@ def _train_step_config(spec: dict[str, Any]) -> dict[str, Any]:
                           global_attn_indexes=tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None,
                           device=dev)
     model = samadapt.adapt(sam, spec["strategy"], sdpa_attention=spec.get("sdpa", True),
-                           **STRATEGY_OPTIONS[spec["strategy"]])
+                           **STRATEGY_OPTIONS.get(spec["strategy"], {}))
     C.randomise_zero_inits(model.sam)
     model.set_fast_paths(activation_checkpointing=spec.get("checkpointing", False))
     model.train()
@@ -113,6 +121,14 @@ def _train_step_config(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _encoder_trains(strategy: str) -> bool:
+    """Whether a backward pass of ``strategy`` (with this benchmark's options) goes through the encoder."""
+    from samadapt.strategies import get_strategy
+
+    strat = get_strategy(strategy)
+    return strat.uses_image_encoder_gradients(strat.make_config(**STRATEGY_OPTIONS.get(strategy, {})))
+
+
 def run(args, cfg) -> C.Bench:
     from samadapt.sizes import strategy_size
 
@@ -127,7 +143,7 @@ def run(args, cfg) -> C.Bench:
         large = v["model_type"] != "mini"
         for strategy in cfg["strategies"]:
             for ckpt in cfg.get("checkpointing", [False]):
-                if ckpt and strategy == "decoder":
+                if ckpt and not _encoder_trains(strategy):
                     continue  # no gradient through the encoder: nothing to checkpoint
                 configs.append({"variant": v, "strategy": strategy, "checkpointing": ckpt,
                                 "reps": cfg["reps_large"] if large else cfg["reps"]})
@@ -136,7 +152,7 @@ def run(args, cfg) -> C.Bench:
     rows = []
     for c, r in zip(configs, results):
         v, strategy, ckpt = c["variant"], c["strategy"], c["checkpointing"]
-        size = strategy_size(v["model_type"], strategy, **STRATEGY_OPTIONS[strategy])
+        size = strategy_size(v["model_type"], strategy, **STRATEGY_OPTIONS.get(strategy, {}))
         if "oom" in r:
             rows.append({"model": C.describe_variant(**v)["what"], "strategy": strategy, "checkpointing": ckpt,
                          "batch": cfg["batch"], "step_s": "out of memory", "trainable_params": None,

@@ -11,7 +11,7 @@ registered strategy for each of ``--seeds`` on a seeded subset of the official t
 (the best epoch chosen on held-out training frames), evaluates zero-shot and every run on a seeded
 subset of the official val frames under four prompt kinds, retrains the decoder and the best
 encoder strategy on 10% and 25% of the training frames, and reports means with 95% bootstrap
-intervals (samadapt.training.uncertainty). Finished runs with the same options are reused. Each
+intervals (samadapt.evaluation.uncertainty). Finished runs with the same options are reused. Each
 section of the page names its command, machine and date; every number in it comes from that run.
 """
 
@@ -126,8 +126,8 @@ def _train_argv(args, strategy: str, seed: int, run_dir: Path, data_root: Path) 
 def run_demo(args, command: str, started: str) -> int:
     import samadapt
     from samadapt.data import presets
-    from samadapt.training.evaluate import evaluate
-    from samadapt.training.plots import plot_bars, plot_examples
+    from samadapt.evaluation.evaluate import evaluate
+    from samadapt.evaluation.plots import plot_bars, plot_examples
 
     runs_dir = args.runs or (REPO / "outputs" / "compare")
     data_root = samadapt.samadapt_home() / "data" / "demo-waste"
@@ -159,7 +159,7 @@ def run_demo(args, command: str, started: str) -> int:
                                                           "runs": summaries, "clicks": clicks}, indent=2, default=str))
     page = compare_page.demo_section(summaries, args, command, figures, started, _machine(args.jobs))
     if clicks:  # the click protocol (--max-clicks): its table and figure close the section
-        from samadapt.training.clicks import click_markdown
+        from samadapt.evaluation.report import click_markdown
 
         page = page.rstrip("\n") + "\n" + "\n".join(click_markdown(clicks)) + \
             f"\n\n![mean IoU after each click]({os.path.relpath(fig_dir / 'strategies_clicks.png', args.out)})\n"
@@ -171,10 +171,11 @@ def run_demo(args, command: str, started: str) -> int:
 
 
 def demo_clicks(runs: list[Run], val, args, fig_dir: Path) -> dict:
-    """``--max-clicks K``: the click-by-click protocol (samadapt.training.clicks) for zero-shot and
+    """``--max-clicks K``: the click-by-click protocol (samadapt.evaluation.clicks) for zero-shot and
     every run; label -> ``metrics.json``-style metrics, and ``strategies_clicks.png``."""
     import samadapt
-    from samadapt.training.clicks import evaluate_clicks, plot_click_curves
+    from samadapt.evaluation.clicks import evaluate_clicks
+    from samadapt.evaluation.plots import plot_click_curves
 
     models = {"zero-shot": samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder")}
     models.update({r.key: samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint) for r in runs})
@@ -204,9 +205,9 @@ def run_trashcan(args, command: str, started: str) -> int:
 
     import samadapt
     from samadapt.data import presets
-    from samadapt.training import comparison as C
-    from samadapt.training.plots import plot_bars, plot_curves, plot_examples
-    from samadapt.training.uncertainty import bootstrap_interval
+    from samadapt.evaluation import comparison as C
+    from samadapt.evaluation.plots import plot_bars, plot_curves, plot_examples
+    from samadapt.evaluation.uncertainty import bootstrap_interval
 
     t_start = time.perf_counter()
     if not args.data_root:
@@ -301,7 +302,7 @@ def run_trashcan(args, command: str, started: str) -> int:
             "minutes": {"training": (t_trained - t_start) / 60, "evaluation": (t_evaluated - t_trained) / 60,
                         "efficiency": (t_end - t_evaluated) / 60, "total": (t_end - t_start) / 60},
             "test_frames": [test_all.file_image_info(i)["file_name"] for i in frames["test"]]}
-    from samadapt.training.comparison import intervals_to_json
+    from samadapt.evaluation.comparison import intervals_to_json
 
     (args.out / "strategies_trashcan.json").write_text(json.dumps(intervals_to_json({
         **info, "stats": stats, "prompts": prompts, "efficiency": {s: {str(f): v for f, v in e.items()}
@@ -320,7 +321,7 @@ def run_trashcan(args, command: str, started: str) -> int:
 def render_trashcan(args) -> int:
     """Rewrite the page's TrashCan section from the JSON an earlier run wrote (no training, no
     evaluation): for changes to the page's wording. The section keeps that run's command and date."""
-    from samadapt.training.uncertainty import Interval
+    from samadapt.evaluation.uncertainty import Interval
 
     def revive(x):
         if isinstance(x, dict) and {"mean", "low", "high", "level", "method"} == set(x):

@@ -7,8 +7,8 @@ Trains the same strategy twice with the same data, seed, epochs and optimiser (`
 each in its own process, reused when finished with the same options): once with box prompts only,
 once with ``--train-prompts box point --click-rounds K``. Then evaluates zero-shot and both adapters
 on the same validation images with exact boxes, the four extreme clicks (with their box), one random
-interior click, and the click-by-click protocol (samadapt.training.clicks: mIoU after each click,
-NoC@85 / NoC@90), with 95% bootstrap intervals over images (samadapt.training.uncertainty), and
+interior click, and the click-by-click protocol (samadapt.evaluation.clicks: mIoU after each click,
+NoC@85 / NoC@90), with 95% bootstrap intervals over images (samadapt.evaluation.uncertainty), and
 checks the issue's acceptance: mixed training keeps box mean IoU within 1.5 points of box-only
 training and raises one-click mean IoU by at least 3 points. The page section names the command,
 machine and date; every number in it comes from that run.
@@ -49,8 +49,8 @@ def _argv(args, data_root: Path, run_dir: Path, prompts: list[str], rounds: int,
 
 def evaluate_model(model, val, args) -> dict:
     """Every prompt kind on the validation images: EvalRecords per kind, ClickRecords for the clicks."""
-    from samadapt.training.clicks import evaluate_clicks
-    from samadapt.training.evaluate import evaluate
+    from samadapt.evaluation.clicks import evaluate_clicks
+    from samadapt.evaluation.evaluate import evaluate
 
     out = {kind: evaluate(model, val, prompt=kind, num_points=1, seed=args.seed, progress=False, coco=False).records
            for kind in ("box", "extreme", "points")}
@@ -60,7 +60,7 @@ def evaluate_model(model, val, args) -> dict:
 
 def summarize(results: dict[str, dict], args) -> dict:
     """Means with bootstrap intervals per model, the paired differences and the acceptance checks."""
-    from samadapt.training.uncertainty import bootstrap_interval
+    from samadapt.evaluation.uncertainty import bootstrap_interval
 
     def iv(records, reference=None):
         return bootstrap_interval(records, "iou", reference=reference, n_boot=args.bootstrap, seed=0)
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import samadapt
     from samadapt.data import presets
-    from samadapt.training.clicks import plot_click_curves
-    from samadapt.training.eval_run import zero_shot_model
+    from samadapt.evaluation.plots import plot_click_curves
+    from samadapt.evaluation.run import zero_shot_model
 
     runs_dir = args.runs or (REPO / "outputs" / "interactive")
     data_root = samadapt.samadapt_home() / "data" / "demo-waste"

@@ -27,8 +27,8 @@ import samadapt
 from samadapt.data import make_demo_dataset, presets
 from samadapt.data.prompts import PromptConfig
 from samadapt.data.sam_dataset import SamPromptDataset
-from samadapt.training.evaluate import evaluate
-from samadapt.training.plots import plot_training_curves
+from samadapt.evaluation.evaluate import evaluate
+from samadapt.evaluation.plots import plot_training_curves
 from samadapt.training.pretrain import PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,7 @@ Public API::
     masks, scores = model.predict(image, boxes=boxes)
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__ as __version__  # the package version (pyproject reads it)
 from .adapted import AdaptedSam, SamOutput, adapt
 from .adapter_io import import_peft, load_adapter, read_adapter_metadata, save_adapter
 from .errors import (
@@ -27,8 +26,9 @@ from .errors import (
 )
 from .exporters import export
 from .exporters.peft import export_peft
-from .hub import adapter_name, download_checkpoint, list_adapters, load, publish_adapter, samadapt_home
+from .hub import adapter_name, download_checkpoint, list_adapters, load, publish_adapter
 from .models import MODEL_TYPES, ModelCard, build_sam, get_model_card, register_model_type
+from .paths import samadapt_home
 from .strategies import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
 from .transforms import SamTransform
 

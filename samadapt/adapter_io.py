@@ -18,28 +18,23 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from segment_anything.modeling import Sam
 
+from ._version import __version__
 from .adapted import AdaptedSam, adapt
-from .files import atomic_write
 from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
+from .files import atomic_write
 from .models.registry import base_info, build_sam_architecture, get_model_card
-from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes
+from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes, with_calibration
 from .strategies.base import get_strategy
 
 FORMAT = "samadapt-adapter"
 FORMAT_VERSION = "1"
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def adapter_metadata(model: AdaptedSam, info: dict[str, Any] | None = None) -> dict[str, str]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "samadapt_version": _version(),
+        "samadapt_version": __version__,
         "strategy": model.strategy,
         "strategy_config": model.config.to_json(),
         "model_type": model.model_type,
@@ -97,6 +92,21 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise AdapterFileError(f"{str(path)!r} has corrupt samadapt metadata ({e})") from None
     meta["tensor_names"] = keys
     return meta
+
+
+def store_calibration(path: str | os.PathLike, calibration) -> Path:
+    """Write ``calibration`` (:class:`samadapt.segment.Calibration`) into the metadata of the adapter
+    file ``path`` (atomically; tensors and the rest of the metadata unchanged), so later runs of the
+    adapter use it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    read_adapter_metadata(path)  # a samadapt adapter, readable
+    with safe_open(str(path), framework="pt") as f:
+        meta = with_calibration(dict(f.metadata() or {}), calibration)
+    tensors = load_file(str(path))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
 
 
 def expected_tensors(model_type: str, strategy: str, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -170,7 +180,7 @@ def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from .strategies.lora import ADAPTER_NAME, TARGETS
+    from .strategies.lora import ADAPTER_NAME, SAM_PARTS, TARGETS, LoraStrategy
 
     directory = Path(directory)
     try:
@@ -184,7 +194,10 @@ def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
         raise AdapterFileError(f"{str(directory)!r} holds a {cfg.get('peft_type')!r} adapter; only LORA is supported")
     tm = cfg.get("target_modules")
     tm_text = tm if isinstance(tm, str) else " ".join(tm or [])
-    targets = [t for t in ("qkv", "proj", "mlp") if t in tm_text or (t == "mlp" and "lin" in tm_text)]
+    if isinstance(tm, list) and tm and all(str(t).split(".")[0] in SAM_PARTS for t in tm):
+        targets = list(tm)  # full module paths (written for module-path pattern targets): exact patterns
+    else:
+        targets = [t for t in ("qkv", "proj", "mlp") if t in tm_text or (t == "mlp" and "lin" in tm_text)]
     if not targets:
         raise AdapterMismatchError(f"peft target_modules {tm!r} name no image-encoder block layer ({sorted(TARGETS)})")
     decoder_file = directory / DECODER_WEIGHTS
@@ -195,13 +208,13 @@ def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
     stripped = {k.removeprefix("base_model.model."): v for k, v in lora_sd.items()}
     result = set_peft_model_state_dict(model.sam, stripped, adapter_name=ADAPTER_NAME)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if "lora_" in k]
+    missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if LoraStrategy.owns(k)]
     if unexpected or missing_lora:
         raise AdapterMismatchError(f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing_lora[:3]}")
     if decoder_file.is_file():
         dec = load_file(str(decoder_file))
         params = dict(model.sam.named_parameters())
-        want = {n for n in params if n.startswith("mask_decoder.")}
+        want = {n for n in params if n.startswith("mask_decoder.") and not LoraStrategy.owns(n)}
         if set(dec) != want:
             raise AdapterMismatchError(f"{decoder_file} does not hold exactly the mask decoder's parameters")
         with torch.no_grad():

@@ -40,9 +40,9 @@ class Subcommand:
 
 
 def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .evaluation.report import text_table
+
+    print(text_table(header, rows))
 
 
 def _millions(n: int) -> str:
@@ -130,7 +130,8 @@ def _main_metric(card: dict[str, Any]) -> str:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from .hub import adapters_dir, list_adapters
+    from .hub import list_adapters
+    from .paths import adapters_dir
 
     adapters = list_adapters()
     if args.json:
@@ -188,18 +189,6 @@ def _run_data_summary(args: argparse.Namespace) -> int:
                                **{k: v for k, v in sources.items() if v is not None}, **(args.dataset_options or {}))
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
-
-
-def _add_eval(parser: argparse.ArgumentParser) -> None:
-    from .training.eval_run import add_eval_arguments
-
-    add_eval_arguments(parser)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from .training.eval_run import run_eval
-
-    return run_eval(args)
 
 
 # ---------------------------------------------------------------------------- samadapt train
@@ -327,7 +316,8 @@ SUBCOMMANDS: list[Subcommand] = [
                _add_download, _run_download),
     Subcommand("data summary", "images, instances per category and split, sizes, and what was skipped and why",
                _add_data_summary, _run_data_summary),
-    Subcommand("eval", "evaluate zero-shot SAM and adapters on a dataset with the same prompts", _add_eval, _run_eval),
+    Subcommand("eval", "evaluate zero-shot SAM and adapters on a dataset with the same prompts",
+               _lazy("samadapt.evaluation.cli", "add_eval_arguments"), _lazy("samadapt.evaluation.cli", "run_eval")),
     Subcommand("data import-trashcan", "TrashCan 1.0's raw Supervise.ly frames to its official COCO layout", _lazy("samadapt.data.importers.commands", "add_import_trashcan"), _lazy("samadapt.data.importers.commands", "run_import_trashcan")),
     Subcommand("data import-supervisely", "a Supervise.ly project export to COCO, with a class mapping", _lazy("samadapt.data.importers.commands", "add_import_supervisely"), _lazy("samadapt.data.importers.commands", "run_import_supervisely")),
     Subcommand("segment", "masks for every image from a detector's boxes (COCO results) or automatically, with classes", _lazy("samadapt.segment.cli", "add_segment_arguments"), _lazy("samadapt.segment.cli", "run_segment")),
@@ -337,7 +327,7 @@ SUBCOMMANDS: list[Subcommand] = [
 
 # ---------------------------------------------------------------------------- parser and entry point
 def build_parser(subcommands: Sequence[Subcommand] | None = None) -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="samadapt", description="Adapt Segment Anything (SAM) to waste segmentation.")
     parser.add_argument("--version", action="version", version=f"samadapt {__version__}")

@@ -8,18 +8,16 @@ The recipe (``recipes/finetune.py``) turns command-line arguments and an optiona
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .options import option
-
-_f = option  # noqa: E305 (transitional alias)
+from .evaluation.config import EVAL_PROMPTS  # validation prompt kinds: one home, the evaluation's
+from .options import check_keys, option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam")
-EVAL_PROMPTS = ("box", "jitter", "loose", "points", "extreme")
 #: training prompt kinds, one drawn per instance (``train_prompts``): its noisy box or one positive click
 TRAIN_PROMPTS = ("box", "point")
 #: how training clicks are drawn inside the object (``click_sampling``)
@@ -103,14 +101,16 @@ class TrainConfig:
     min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
     mixed_precision: str | None = option(None, "default: what `accelerate launch --mixed_precision` says, else no",
                                          choices=MIXED_PRECISION)
-    gradient_checkpointing: bool = option(False, "checkpoint the image encoder's activations (less memory, slower)")
+    activation_checkpointing: bool = option(False, "recompute each image-encoder block's activations in backward "
+                                            "instead of keeping them (less memory, slower; lora, adapter, full, "
+                                            "bitfit): AdaptedSam.set_fast_paths(activation_checkpointing=True)")
     # speed
     cache_embeddings: bool = option(True, "frozen encoders: compute each image embedding once and cache it")
     cache_dir: str | None = option(None, "embedding cache folder (default SAMADAPT_HOME/cache)")
     num_workers: int = option(0, "DataLoader worker processes")
     # evaluation
     eval_prompt: str = option("box", "validation prompts: box (exact ground-truth boxes, the paper's protocol), "
-                                     "jitter, loose, points or extreme", choices=EVAL_PROMPTS)
+                                     "jitter, loose, points, center or extreme", choices=EVAL_PROMPTS)
     zero_shot: bool = option(True, "evaluate the un-tuned base first")
     num_examples: int = option(6, "images in examples.png")
     # bookkeeping
@@ -248,26 +248,20 @@ class TrainConfig:
     def dataset_tag(self) -> str:
         return self.dataset if self.dataset != "trashcan" else f"trashcan_{self.dataset_options.get('version', 'instance')}"
 
-    @property
-    def run_name(self) -> str:
-        from .hub import adapter_name
-
-        return self.name or adapter_name(self.dataset_tag, self.model, self.strategy)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("outputs") / self.run_name
-
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+        """The config of ``data`` (a ``config.yaml``'s keys); keys renamed since are read under their
+        new names (:data:`RENAMED_KEYS`), so the ``config.yaml`` of older runs still loads."""
+        data = dict(data)
+        for old, new in RENAMED_KEYS.items():
+            if old in data:
+                value = data.pop(old)
+                data.setdefault(new, value)  # the new name wins where both are given (command line over file)
+        check_keys(cls, data, what="config keys")
         return cls(**data)
 
     @classmethod
@@ -292,10 +286,13 @@ class TrainConfig:
         if changed:
             what = ", ".join(f"{k} {theirs.get(k)!r} -> {ours[k]!r}" for k in changed)
             raise ConfigError(
-                f"--resume: the run in {str(self.run_dir)!r} was started with other settings ({what}); resuming "
+                f"--resume: the run in {str(Path(saved_path).parent)!r} was started with other settings ({what}); resuming "
                 f"would not continue it. Resume with its own settings (`--config {saved_path} --resume`), or "
                 f"start a new run with another --output-dir / --name")
 
+
+# keys of older config.yaml files -> their names now (TrainConfig.from_dict reads both)
+RENAMED_KEYS = {"gradient_checkpointing": "activation_checkpointing"}
 
 # settings a resumed run may change: none of them changes what is computed
 RESUME_MAY_CHANGE = frozenset({"resume", "progress", "num_workers", "log_with", "publish", "cache_dir", "name",

@@ -1,6 +1,6 @@
 """Named adapters under ``SAMADAPT_HOME`` and the base checkpoints they need.
 
-Layout::
+Layout (the folders are :mod:`samadapt.paths`)::
 
     $SAMADAPT_HOME/                       (default ~/.cache/samadapt)
         adapters/<name>/adapter.safetensors
@@ -27,27 +27,16 @@ import torch
 
 from .adapted import AdaptedSam
 from .adapter_io import load_adapter, read_adapter_metadata, save_adapter
-from .files import atomic_write
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError, UnknownNameError
+from .files import atomic_write
 from .models.checkpoints import OFFICIAL_CHECKPOINTS, file_sha256, official_checkpoint
 from .models.registry import MODEL_TYPES, build_sam, get_model_card, model_type_for_tag
+from .paths import adapters_dir, checkpoints_dir
 from .strategies.base import STRATEGIES
 
 ADAPTER_FILE = "adapter.safetensors"
 CARD_FILE = "card.json"
 DEFAULT_STRATEGY = "decoder"
-
-
-def samadapt_home() -> Path:
-    return Path(os.environ.get("SAMADAPT_HOME") or Path.home() / ".cache" / "samadapt")
-
-
-def adapters_dir() -> Path:
-    return samadapt_home() / "adapters"
-
-
-def checkpoints_dir() -> Path:
-    return samadapt_home() / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -220,21 +209,21 @@ def download_checkpoint(model_type: str, *, url: str | None = None, directory: s
     dest = Path(directory or checkpoints_dir()) / official.filename
     if dest.is_file() and file_sha256(dest) == want:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url) as resp, open(part, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=official.filename, disable=not progress) as bar:
-                for chunk in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:
-        part.unlink(missing_ok=True)
-        raise CheckpointError(f"downloading {url} failed ({e}); check the network or download it by hand to {dest}") from None
-    got = file_sha256(part, use_cache=False)
-    if got != want:
-        part.unlink(missing_ok=True)
-        raise CheckpointError(f"{url} downloaded with sha256 {got}, expected {want}: the download is corrupt; try again")
-    os.replace(part, dest)
+
+    def fetch(tmp: str) -> None:  # into a temporary file beside dest; renamed only once its sha256 is right
+        try:
+            with urllib.request.urlopen(url) as resp, open(tmp, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=official.filename, disable=not progress) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as e:
+            raise CheckpointError(
+                f"downloading {url} failed ({e}); check the network or download it by hand to {dest}") from None
+        got = file_sha256(tmp, use_cache=False)
+        if got != want:
+            raise CheckpointError(f"{url} downloaded with sha256 {got}, expected {want}: the download is corrupt; try again")
+
+    atomic_write(dest, fetch)
     return dest

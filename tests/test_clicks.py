@@ -1,4 +1,4 @@
-"""The click-by-click protocol (samadapt.training.clicks) and extreme-point prompts.
+"""The click-by-click protocol (samadapt.evaluation.clicks) and extreme-point prompts.
 
 Click positions are checked on hand-made masks whose distance-transform maxima are known; the
 protocol's loop is checked on a stand-in model whose masks follow the clicks it is given (so the
@@ -18,15 +18,15 @@ import samadapt
 from samadapt.adapted import SamOutput
 from samadapt.data.prompts import boxes_from_masks, extreme_points
 from samadapt.errors import ConfigError
-from samadapt.training.clicks import (
+from samadapt.evaluation.clicks import (
     ClickRecords,
     click_summary,
     evaluate_clicks,
     first_click,
-    format_click_table,
     next_click,
     number_of_clicks,
 )
+from samadapt.evaluation.report import format_click_table
 from samadapt.transforms import SamTransform
 
 
@@ -107,7 +107,7 @@ def test_click_records_merge_and_metrics():
     assert m["prompt"] == "clicks" and m["num_images"] == 3 and m["num_instances"] == 3
     assert m["clicks"]["noc85"] == pytest.approx((2 + 1 + 2) / 3)
     assert m["clicks"]["noc90"] == pytest.approx((2 + 2 + 2) / 3)
-    # one click's IoUs as evaluation records (for the bootstrap intervals of samadapt.training.uncertainty)
+    # one click's IoUs as evaluation records (for the bootstrap intervals of samadapt.evaluation.uncertainty)
     first = merged.after(1)
     assert first.iou.tolist() == [0.2, 0.86, 0.1] and [im["id"] for im in first.images] == [1, 5, 2]
     with pytest.raises(ConfigError, match=r"clicks must be in 1..2, got 3"):
@@ -257,7 +257,7 @@ def test_extreme_points_on_a_hand_made_mask():
 
 
 def test_extreme_prompt_is_the_box_plus_four_clicks(mini_checkpoint, rgb_image):
-    from samadapt.training.evaluate import evaluate
+    from samadapt.evaluation.evaluate import evaluate
 
     model = samadapt.adapt(samadapt.build_sam("mini", mini_checkpoint), "decoder").eval()
     masks = np.zeros((2, 90, 120), bool)

@@ -1,5 +1,5 @@
-"""The real-data strategy comparison: its statistics (samadapt.training.uncertainty), its pieces
-(samadapt.training.comparison, the centre-point prompt, the page sections) and a shortened
+"""The real-data strategy comparison: its statistics (samadapt.evaluation.uncertainty), its pieces
+(samadapt.evaluation.comparison, the centre-point prompt, the page sections) and a shortened
 `recipes/compare.py --dataset trashcan` on real TrashCan frames."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 
 from samadapt.data.prompts import center_points
 from samadapt.errors import ConfigError
-from samadapt.training.comparison import box_fill_baseline, choose_frames
-from samadapt.training.evaluate import EvalRecords
-from samadapt.training.uncertainty import bootstrap_interval, t_interval, t_quantile
+from samadapt.evaluation.comparison import box_fill_baseline, choose_frames
+from samadapt.evaluation.evaluate import EvalRecords
+from samadapt.evaluation.uncertainty import bootstrap_interval, t_interval, t_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 TRASHCAN = REPO.parent / "shared" / "realdata" / "trashcan"

@@ -13,10 +13,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import batched_mask_to_box
 
-from samadapt.errors import ConfigError, DataError, UnknownNameError
-from samadapt.data.coco import CocoInstances, annotation_area, load_coco_json
 from samadapt.data import presets
+from samadapt.data.coco import CocoInstances
+from samadapt.data.coco_file import annotation_area, load_coco_json
 from samadapt.data.skips import REASONS
+from samadapt.errors import ConfigError, DataError, UnknownNameError
 
 H, W = 48, 64
 CATS = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "bottle"}, {"id": 2, "name": "can"}]

@@ -121,10 +121,9 @@ def test_points_fallbacks_and_padding():
 
 def test_prompt_config_validation_and_eval():
     assert PromptConfig().box_noise == 0.1 and PromptConfig().box_noise_max_px == 20.0
-    ev = PromptConfig.eval()
-    assert ev.box_noise == 0.0 and ev.loose_margin == 0.0 and ev.use_boxes
+    ev = PromptConfig(box_noise=0.0)  # exact boxes, as evaluation's "box" prompts
+    assert ev.box_noise == 0.0 and ev.loose_margin == 0.0 and ev.use_boxes and ev.points == "sampled"
     cfg = PromptConfig(box_noise=0.2, loose_margin=0.1, num_points=2)
-    assert cfg.without_noise() == PromptConfig(box_noise=0.0, loose_margin=0.0, num_points=2)
     assert PromptConfig.from_dict(cfg.to_dict()) == cfg
     for bad, match in [({"box_noise": -0.1}, "box_noise must be a finite number >= 0, got -0.1"),
                        ({"box_noise_max_px": float("inf")}, "box_noise_max_px"),
@@ -168,7 +167,8 @@ def instances(tmp_path_factory):
 
 def test_sample_shapes(instances):
     tf = SamTransform(64)
-    ds = SamPromptDataset(instances, tf, PromptConfig(num_points=2, num_negative_points=1), max_instances=8)
+    ds = SamPromptDataset(instances, tf, PromptConfig(num_points=2, num_negative_points=1), max_instances=8,
+                          image_keys=True)
     s = ds[0]
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert s["boxes"].shape == (8, 4) and s["boxes"].dtype == torch.float32
@@ -184,7 +184,7 @@ def test_sample_shapes(instances):
 
 def test_exact_boxes_for_eval(instances):
     tf = SamTransform(64)
-    ds = SamPromptDataset(instances, tf, PromptConfig.eval(), max_instances=None)
+    ds = SamPromptDataset(instances, tf, PromptConfig(box_noise=0.0), max_instances=None)
     s = ds[2]
     assert s["boxes"].shape == (1, 4)  # the empty-after-decode annotation is dropped
     expected = tf.apply_boxes(np.array([[10, 10, 39, 29]], np.float32), (H, W))
@@ -220,7 +220,7 @@ def test_determinism_across_instances_and_epochs(instances):
 
 
 def test_collate_and_dataloader(instances):
-    ds = SamPromptDataset(instances, SamTransform(64), PromptConfig(), max_instances=4)
+    ds = SamPromptDataset(instances, SamTransform(64), PromptConfig(), max_instances=4, image_keys=True)
     batch = collate_sam([ds[0], ds[1], ds[2]])
     assert batch["images"].shape == (3, 3, 64, 64)
     assert batch["image_id"].tolist() == [1, 2, 3] and batch["index"].tolist() == [0, 1, 2]

@@ -18,10 +18,10 @@ from pycocotools.coco import COCO
 
 from samadapt.data import presets
 from samadapt.data.coco import CocoInstances
+from samadapt.data.importers import decode_bitmap, import_trashcan, object_mask
 from samadapt.data.prompts import PromptConfig
 from samadapt.data.sam_dataset import SamPromptDataset, check_dataset
 from samadapt.data.summary import format_summary, summarize, summarize_preset
-from samadapt.data.importers import decode_bitmap, import_trashcan, object_mask
 from samadapt.transforms import SamTransform
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"

@@ -16,7 +16,6 @@ from samadapt.data.images import read_image, resolve_image_path
 from samadapt.errors import DataError
 from samadapt.transforms import SamTransform
 
-
 # --- read_image -----------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import samadapt
 from samadapt.errors import ConfigError
-from samadapt.training import (
+from samadapt.evaluation import (
     EvalRecords,
     evaluate,
     evaluate_records,

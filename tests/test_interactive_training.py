@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import _tiny_config, _train
 from torch import nn
 
 import samadapt
@@ -20,7 +21,6 @@ from samadapt.errors import ConfigError
 from samadapt.strategies import STRATEGIES
 from samadapt.training.interactive import corrective_points, training_loss, training_prompt_config
 from samadapt.training.losses import SamLoss
-from test_training import _tiny_config, _train
 
 REPO = Path(__file__).resolve().parents[1]
 

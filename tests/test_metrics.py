@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from samadapt.errors import ConfigError
-from samadapt.training import metrics as M
-from samadapt.training.metrics import MetricAccumulator, coco_mask_ap, instance_metrics, summarize
+from samadapt.evaluation import metrics as M
+from samadapt.evaluation.evaluate import EvalRecords
+from samadapt.evaluation.metrics import coco_mask_ap, instance_metrics, summarize
 
 
 def block(h, w, y0, y1, x0, x1):
@@ -97,9 +98,7 @@ def test_mean_is_per_instance_not_pixel_pooled():
     # A: 10x10 GT predicted perfectly (IoU 1); B: 2x2 GT, empty prediction (IoU 0)
     gt = np.stack([block(20, 20, 0, 10, 0, 10), block(20, 20, 15, 17, 15, 17)])
     pred = np.stack([gt[0], np.zeros((20, 20), bool)])
-    acc = MetricAccumulator({1: "bottle"})
-    acc.update(pred, gt, [1, 1])
-    s = acc.compute()
+    s = _summary(_eval_records(pred, gt, [1, 1]), {1: "bottle"})
     assert s["mean_iou"] == pytest.approx(0.5)  # pixel-pooled would be 100 / 104
     assert s["mean_precision"] == pytest.approx(0.5)
     assert s["mean_f1"] == pytest.approx(0.5)
@@ -139,24 +138,33 @@ def test_empty_summary_is_nan():
     assert s["per_size"]["small"]["num_instances"] == 0
 
 
-def test_accumulator_default_areas_and_merge():
+def _eval_records(pred, gt, cats, image_id=0):
+    """The per-instance store of these instances (as evaluate_records fills it)."""
+    m = instance_metrics(pred, gt)
+    return EvalRecords(iou=m["iou"], precision=m["precision"], recall=m["recall"], f1=m["f1"],
+                       category_ids=np.asarray(cats, dtype=np.int64), areas=m["gt_area"].astype(np.float64),
+                       image_ids=np.full(len(cats), image_id, dtype=np.int64),
+                       images=[{"id": image_id, "num_instances": len(cats)}])
+
+
+def _summary(rec, categories):
+    return summarize(rec.iou, rec.precision, rec.recall, rec.f1, rec.category_ids, rec.areas, categories)
+
+
+def test_records_areas_and_merge():
     gt = np.stack([block(128, 128, 0, 100, 0, 100), block(128, 128, 0, 4, 120, 124)])
     pred = np.stack([block(128, 128, 0, 100, 0, 50), block(128, 128, 0, 4, 120, 124)])
-    a, b = MetricAccumulator({1: "a"}), MetricAccumulator({1: "a"})
-    a.update(pred[:1], gt[:1], [1])
-    b.update(pred[1:], gt[1:], [1])
-    whole = MetricAccumulator({1: "a"})
-    whole.update(pred, gt, [1, 1])
-    merged = MetricAccumulator({1: "a"}).merge([a.state(), b.state()])
-    assert json.dumps(merged.compute()) == json.dumps(whole.compute())  # (nan for the empty medium size)
-    s = whole.compute()
+    a, b = _eval_records(pred[:1], gt[:1], [1], 1), _eval_records(pred[1:], gt[1:], [1], 2)
+    whole = _eval_records(pred, gt, [1, 1])
+    merged = EvalRecords.merge([a, b])
+    assert json.dumps(_summary(merged, {1: "a"})) == json.dumps(_summary(whole, {1: "a"}))  # (nan: empty medium)
+    s = _summary(whole, {1: "a"})
     assert s["per_size"]["large"]["mean_iou"] == pytest.approx(0.5)  # 10000 px GT
     assert s["per_size"]["small"]["mean_iou"] == 1.0  # 16 px GT
-    assert len(whole) == 2
-    st = whole.state()
-    assert st["areas"].tolist() == [10000, 16] and st["category_ids"].dtype == np.int64
-    with pytest.raises(ConfigError, match="category ids"):
-        whole.update(pred, gt, [1])
+    assert merged.num_instances == 2 and merged.image_ids.tolist() == [1, 2]
+    assert merged.areas.tolist() == [10000, 16] and merged.category_ids.dtype == np.int64
+    with pytest.raises(ConfigError, match="differ in length"):
+        summarize(whole.iou, whole.precision, whole.recall, whole.f1, [1], whole.areas)
 
 
 # ---------------------------------------------------------------------------- COCO mask AP

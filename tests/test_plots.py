@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 
 import samadapt
-from samadapt.training import evaluate, plot_examples, plot_training_curves
-from samadapt.training.metrics import instance_metrics
-from samadapt.training.plots import examples_figure, training_curves_figure
+from samadapt.evaluation.evaluate import evaluate
+from samadapt.evaluation.metrics import instance_metrics
+from samadapt.evaluation.plots import (
+    examples_figure,
+    plot_examples,
+    plot_training_curves,
+    training_curves_figure,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -3,7 +3,6 @@ wins part of it back; `recipes/compare.py` regenerates the comparison page."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess

@@ -415,7 +415,7 @@ def test_evaluate_parser_is_reusable():
     """``samadapt eval`` builds its parser from the same function."""
     import argparse
 
-    from samadapt.training.eval_run import add_eval_arguments
+    from samadapt.evaluation.cli import add_eval_arguments
 
     parser = argparse.ArgumentParser(prog="samadapt eval")
     add_eval_arguments(parser)

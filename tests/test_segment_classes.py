@@ -71,6 +71,26 @@ def test_an_adapter_missing_its_head_tensors_is_refused(tmp_path):
         samadapt.load_adapter(path, samadapt.build_sam("mini"))
 
 
+def test_the_head_reads_the_token_and_the_features_pooled_under_its_mask(mini_batch):
+    model = _with_head()
+    images, boxes = mini_batch
+    with MaskTokenCapture(model.sam) as cap:
+        out = model(images, boxes=boxes)
+    head = class_head_of(model)
+    assert head.pool_dim == cap.src[0].shape[1] == model.sam.mask_decoder.transformer_dim
+    prob = torch.sigmoid(out.low_res_logits[:, 0])  # the prompt's own single-mask output, (N, 4h, 4w)
+    torch.testing.assert_close(cap.masks(), prob)
+    src = torch.cat(cap.src)  # (N, C, h, w) the decoder's image tokens
+    n, c, h, w = src.shape
+    weight = prob.reshape(n, h, 4, w, 4).mean((2, 4)).reshape(n, 1, h * w)  # the mask on the tokens' grid
+    want = (src.reshape(n, c, h * w) * weight).sum(-1) / weight.sum(-1)
+    torch.testing.assert_close(cap.pooled(), want)
+    torch.testing.assert_close(cap.features(head), torch.cat([cap.tokens(), want], 1))
+    # a token-only head (adapter files written before the pooled features) reads the token alone
+    legacy = ClassHead(head.token_dim, head.categories)
+    assert legacy.pool_dim == 0 and cap.features(legacy).shape == cap.tokens().shape
+
+
 def test_the_class_loss_is_cross_entropy_beside_the_mask_loss(mini_batch):
     from samadapt.training.losses import SamLoss
 
@@ -90,7 +110,8 @@ def test_the_class_loss_is_cross_entropy_beside_the_mask_loss(mini_batch):
     plain = step()
     with MaskTokenCapture(model.sam) as cap:
         model(images, boxes=boxes)
-    want = torch.nn.functional.cross_entropy(class_head_of(model)(cap.tokens()), torch.tensor([2, 0, 4]))
+    head = class_head_of(model)
+    want = torch.nn.functional.cross_entropy(head(cap.features(head)), torch.tensor([2, 0, 4]))
     lo = loss_with_class_head(model, batch, step)
     torch.testing.assert_close(lo.loss, plain.loss + want)
     lo.loss.backward()

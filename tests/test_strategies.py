@@ -45,6 +45,7 @@ BOX_PROMPT_UNUSED = re.compile(r"prompt_encoder\.(mask_downscaling\.|point_embed
 VARIANTS = [(s, {}) for s in sorted(STRATEGIES)] + [
     ("lora", {"train_decoder": False}),
     ("lora", {"targets": ("qkv", "proj", "mlp"), "rank": 2}),
+    ("lora", {"targets": ("mask_decoder.transformer.*_proj",), "train_decoder": False}),
     ("adapter", {"prompt_generator": True}),
     ("adapter", {"placement": ("mlp",), "train_decoder": False}),
     ("adapter", {"placement": (), "prompt_generator": True}),
@@ -163,10 +164,132 @@ def test_adapted_model_starts_identical_to_the_base(strategy, options, make_mini
     assert torch.equal(out.iou_predictions, reference.iou_predictions)
 
 
-def test_encoder_is_frozen_only_where_no_gradient_reaches_it(make_mini):
-    assert samadapt.adapt(make_mini(), "decoder").encoder_is_frozen
-    for strategy in ("lora", "adapter", "full"):
-        assert not samadapt.adapt(make_mini(), strategy).encoder_is_frozen
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_encoder_is_frozen_only_where_no_gradient_reaches_it(strategy, make_mini):
+    model = samadapt.adapt(make_mini(), strategy)
+    assert model.encoder_is_frozen == (not any(n.startswith("image_encoder.") for n in _trainable(model)))
+
+
+# ---------------------------------------------------------------------------- declared prefixes
+@pytest.mark.parametrize("model_type", sorted(samadapt.MODEL_TYPES))
+@pytest.mark.parametrize("strategy, options", VARIANTS, ids=VARIANT_IDS)
+def test_the_declared_prefix_names_exactly_the_inserted_parameters(strategy, options, model_type):
+    """What a strategy adds to SAM is what its ``prefix`` names (no parameter of SAM itself carries
+    it), so marking trainable, saving and loading can filter by it."""
+    with torch.device("meta"):
+        base = {n for n, _ in samadapt.build_sam(model_type, pretrained=False).named_parameters()}
+        model = samadapt.adapt(samadapt.build_sam(model_type, pretrained=False), strategy, **options)
+    cls = type(STRATEGIES[strategy])
+    names = {n for n, _ in model.sam.named_parameters()}
+    assert not any(cls.owns(n) for n in base)
+    added = {n for n in names if cls.owns(n)}
+    assert added <= _trainable(model)
+    # peft keeps the wrapped layer's own weight as ``<layer>.base_layer.weight``: renamed, not added
+    renamed = {n.replace(".base_layer.", ".") for n in names - base - added}
+    assert renamed <= base
+    assert bool(added) == (cls.prefix is not None)
+
+
+def test_a_prefix_is_checked_when_registered():
+    @dataclass
+    class Cfg(StrategyConfig):
+        pass
+
+    class Prefixed(Strategy):
+        name = "prefixed_test"
+        config_class = Cfg
+
+        def apply(self, sam, config):  # pragma: no cover
+            pass
+
+    for bad, words in [("Lora-", "'Lora-'"), ((), "()"), (("ok_", 3), "3"), ("lora_x", "overlaps"),
+                       ("adapter", "overlaps")]:
+        Prefixed.prefix = bad
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            register_strategy(Prefixed)
+    assert "prefixed_test" not in STRATEGIES
+
+
+# ---------------------------------------------------------------------------- LoRA targets
+DECODER_ATTENTION = "mask_decoder.transformer.*_proj"
+
+
+def _decoder_attention_lora(depth: int) -> set[str]:
+    """The LoRA weights of every attention projection of the decoder's two-way transformer,
+    written out from upstream's module layout (segment_anything/modeling/transformer.py)."""
+    attentions = [f"layers.{i}.{a}" for i in range(depth)
+                  for a in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")]
+    return {f"mask_decoder.transformer.{a}.{proj}.lora_{ab}.default.weight"
+            for a in attentions + ["final_attn_token_to_image"] for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
+            for ab in "AB"}
+
+
+def test_lora_on_the_mask_decoder_is_a_target_pattern(make_mini, mini_batch, tmp_path):
+    """LoRA on the decoder's attention: a module-path pattern trains exactly those LoRA weights,
+    and the adapter file loads back strictly to the same numbers."""
+    from samadapt.strategies.lora import LoraConfig
+
+    model = samadapt.adapt(make_mini(), "lora", targets=(DECODER_ATTENTION,), train_decoder=False, rank=2)
+    depth = len(model.sam.mask_decoder.transformer.layers)
+    assert _trainable(model) == _decoder_attention_lora(depth)
+    assert model.encoder_is_frozen  # no LoRA in the encoder: its embeddings may be cached
+    images, boxes = mini_batch
+    _loss(model, images, boxes).backward()
+    assert _with_grad(model) == _decoder_attention_lora(depth)
+    with torch.no_grad():
+        for _, p in model.trainable_named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = samadapt.save_adapter(model, tmp_path / "decoder-lora.safetensors")
+    loaded = samadapt.load_adapter(path, make_mini())
+    assert loaded.config == LoraConfig(targets=(DECODER_ATTENTION,), train_decoder=False, rank=2)
+    with torch.no_grad():
+        ours, theirs = model(images, boxes=boxes), loaded(images, boxes=boxes)
+        base = samadapt.adapt(make_mini(), "decoder")(images, boxes=boxes)
+    assert torch.equal(ours.low_res_logits, theirs.low_res_logits)
+    assert not torch.equal(ours.low_res_logits, base.low_res_logits)
+
+
+def test_short_target_names_select_the_modules_they_always_did(make_mini):
+    """``qkv`` / ``proj`` / ``mlp`` keep their modules and their peft regex (so earlier adapter files
+    and peft exports stay as they were); the same layers written as a pattern train the same names."""
+    from samadapt.strategies.lora import LoraConfig
+
+    assert LoraConfig(targets=("qkv", "mlp")).to_peft().target_modules == \
+        r"image_encoder\.blocks\.\d+\.(attn\.qkv|mlp\.lin[12])"
+    short = samadapt.adapt(make_mini(), "lora", targets=("qkv", "mlp"))
+    pattern = samadapt.adapt(make_mini(), "lora", targets=("image_encoder.blocks.*.attn.qkv",
+                                                          "image_encoder.blocks.*.mlp.lin?"))
+    assert _trainable(short) == _trainable(pattern)
+
+
+@pytest.mark.parametrize("targets, words", [
+    (("mask_decoder.nothing_here*",), ["'mask_decoder.nothing_here*'", "no nn.Linear", "mask_decoder.transformer"]),
+    (("prompt_encoder.*",), ["'prompt_encoder.*'", "no nn.Linear"]),
+])
+def test_a_pattern_that_selects_no_linear_layer_is_refused_before_anything_changes(targets, words, make_mini):
+    sam = make_mini()
+    snapshot = _untouched_snapshot(sam)
+    with pytest.raises(ConfigError) as e:
+        samadapt.adapt(sam, "lora", targets=targets)
+    for word in words:
+        assert word in str(e.value)
+    assert_untouched(sam, snapshot)
+
+
+@pytest.mark.parametrize("train_decoder", [False, True])
+def test_decoder_lora_round_trips_through_a_peft_folder(train_decoder, make_mini, tmp_path):
+    import peft
+
+    model = samadapt.adapt(make_mini(), "lora", targets=(DECODER_ATTENTION,), train_decoder=train_decoder)
+    with torch.no_grad():
+        for _, p in model.trainable_named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = samadapt.export(model, to="peft", out=tmp_path / "peft")
+    config = peft.PeftConfig.from_pretrained(str(folder))
+    assert set(config.target_modules) == {n.rsplit(".lora_", 1)[0] for n in _decoder_attention_lora(2)}
+    back = samadapt.import_peft(folder, make_mini())
+    ours, theirs = model.trainable_state_dict(), back.trainable_state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 # ---------------------------------------------------------------------------- options and failures
@@ -199,7 +322,9 @@ def assert_untouched(sam, snapshot):
         ("lora", {"dropout": 1.0}, ["`dropout`", "1.0"]),
         ("lora", {"targets": ()}, ["`targets`", "[]", "mlp", "proj", "qkv"]),
         ("lora", {"targets": ("q",)}, ["`targets`", "'q'", "qkv"]),
-        ("lora", {"rnak": 4}, ["rnak", "rank", "valid options"]),
+        ("lora", {"rnak": 4}, ["rnak", "did you mean 'rank'", "valid options"]),
+        ("lora", {"targets": ("decoder.q_proj",)}, ["`targets`", "'decoder.q_proj'", "mask_decoder"]),
+        ("lora", {"targets": ("qkv", "qkv")}, ["`targets`", "['qkv', 'qkv']"]),
         ("adapter", {"placement": ("foo",)}, ["`placement`", "'foo'", "attn", "mlp"]),
         ("adapter", {"placement": ("mlp", "mlp")}, ["`placement`"]),
         ("adapter", {"placement": (), "prompt_generator": False}, ["adapts nothing"]),

@@ -26,8 +26,9 @@ import samadapt
 from samadapt.adapted import AdaptedSam
 from samadapt.config import TrainConfig
 from samadapt.errors import ConfigError, TrainingError
-from samadapt.training import evaluate
+from samadapt.evaluation.evaluate import evaluate
 from samadapt.training.cache import EmbeddingCache
+from samadapt.training.preflight import run_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,7 +260,7 @@ def test_mixed_precision_defaults_to_the_launchers_choice(tmp_path, demo_data_ro
     assert cfg.mixed_precision is None
     _train(cfg)
     assert "mixed precision bf16" in capsys.readouterr().out
-    assert TrainConfig.from_yaml(cfg.run_dir / "config.yaml").mixed_precision == "bf16"
+    assert TrainConfig.from_yaml(run_folder(cfg) / "config.yaml").mixed_precision == "bf16"
 
 
 def test_resume_accepts_only_settings_that_change_nothing_computed(tmp_path):
@@ -299,8 +300,8 @@ def test_nan_loss_stops_without_writing_an_adapter(tmp_path, demo_data_root, min
     message = str(err.value)
     assert "non-finite (NaN or inf) at epoch 2, step 4" in message  # what happened, where
     assert "mixed precision 'no'" in message and "Lower the learning rate" in message  # what to do
-    assert str(cfg.run_dir / "checkpoints") in message  # where the last good state is
-    run_dir = cfg.run_dir
+    assert str(run_folder(cfg) / "checkpoints") in message  # where the last good state is
+    run_dir = run_folder(cfg)
     assert not (run_dir / "adapter.safetensors").exists()
     assert not (samadapt_home_dir / "adapters").exists()
     # Kept on purpose: the best adapter of epoch 1, validated before the NaN, and epoch 1's state
@@ -387,8 +388,8 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
     """`accelerate launch --multi_gpu --num_processes 2` on a CPU (gloo): the ranks end training with identical weights,
     and evaluation counts every validation image and instance exactly once."""
     from samadapt.data import presets
-    from samadapt.training.eval_run import zero_shot_model
-    from samadapt.training.evaluate import evaluate
+    from samadapt.evaluation.evaluate import evaluate
+    from samadapt.evaluation.run import zero_shot_model
 
     # Each rank saves its trainable tensors as training ends (before the best epoch's adapter is
     # loaded back from disk, which would make them equal anyway).

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ConfigError, DataError, UnknownNameError
-from .coco import CocoInstances, _ignore_predicate
+from .coco import CocoInstances
+from .coco_file import ignore_predicate as _ignore_predicate
 
 __all__ = ["DATASETS", "DATASET_CARDS", "DatasetCard", "get_dataset", "get_dataset_card", "taco", "zerowaste", "trashcan", "coco", "demo", "seeded_split",
            "read_split_file"]

@@ -16,17 +16,23 @@ at pixel centres (column + 0.5, row + 0.5); ``image_hw`` is (H, W).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import check_keys
 
-__all__ = ["PromptConfig", "boxes_from_masks", "center_points", "distance_to_background", "extreme_points", "jitter_boxes", "loosen_boxes", "sample_points",
-           "as_generator"]
+__all__ = ["POINT_KINDS", "PromptConfig", "as_generator", "boxes_from_masks", "center_points", "distance_to_background",
+           "extreme_points", "jitter_boxes", "loosen_boxes", "make_prompts", "sample_points"]
 
 #: label of a padding point, ignored by SAM's prompt encoder
 PAD_LABEL = -1
+
+#: how a :class:`PromptConfig` places its clicks: drawn at random (:func:`sample_points`), one at the
+#: most interior pixel (:func:`center_points`), or the four extreme pixels (:func:`extreme_points`)
+POINT_KINDS = ("sampled", "center", "extreme")
 
 
 def as_generator(generator: np.random.Generator | int | None) -> np.random.Generator:
@@ -43,7 +49,7 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        raise ConfigError(f"masks must be (N, H, W), got shape {masks.shape}")
     n, h, w = masks.shape
     if n == 0:
         return np.zeros((0, 4), dtype=np.float32)
@@ -129,7 +135,7 @@ def center_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        raise ConfigError(f"masks must be (N, H, W), got shape {masks.shape}")
     n = masks.shape[0]
     coords = np.zeros((n, 1, 2), dtype=np.float32)
     labels = np.full((n, 1), PAD_LABEL, dtype=np.int64)
@@ -201,7 +207,7 @@ def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        raise ConfigError(f"masks must be (N, H, W), got shape {masks.shape}")
     if n_pos < 0 or n_neg < 0:
         raise ConfigError(f"point counts must be >= 0, got n_pos={n_pos}, n_neg={n_neg}")
     rng = as_generator(generator)
@@ -263,7 +269,7 @@ def extreme_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+        raise ConfigError(f"masks must be (N, H, W), got shape {masks.shape}")
     n = masks.shape[0]
     coords = np.zeros((n, 4, 2), dtype=np.float32)
     labels = np.full((n, 4), PAD_LABEL, dtype=np.int64)
@@ -284,17 +290,23 @@ def extreme_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """How training prompts are made from ground-truth masks.
+    """How prompts are made from ground-truth masks, for training and for evaluation
+    (:func:`make_prompts`; evaluation's prompt kinds are configs of exact boxes, see
+    :func:`samadapt.evaluation.evaluate.prompt_config`).
 
     Args:
         box_noise: std of the box-corner noise as a fraction of the box side (SAM: 0.1).
         box_noise_max_px: cap on that std, in pixels of the original image (SAM: 20).
         loose_margin: grow the box by this fraction of its side before the noise (0 = tight box).
-        num_points: positive clicks per instance.
-        num_negative_points: negative clicks per instance.
-        use_boxes: prompt with a box; at least a box or a positive point is needed.
+        num_points: positive clicks per instance (``points="sampled"``).
+        num_negative_points: negative clicks per instance (``points="sampled"``).
+        use_boxes: prompt with a box; at least a box or a click is needed.
         interior_points: draw the positive clicks towards the object's middle (probability
             proportional to the distance to the background) instead of uniformly.
+        points: how the clicks are placed (:data:`POINT_KINDS`): ``sampled`` (``num_points`` +
+            ``num_negative_points`` at random), ``center`` (one at the most interior pixel) or
+            ``extreme`` (the four extreme pixels; the box is then the tight box they span); the last
+            two are deterministic and leave ``num_points`` and ``num_negative_points`` at 0.
     """
 
     box_noise: float = 0.1
@@ -304,6 +316,7 @@ class PromptConfig:
     num_negative_points: int = 0
     use_boxes: bool = True
     interior_points: bool = False
+    points: str = "sampled"
 
     def __post_init__(self) -> None:
         for name in ("box_noise", "box_noise_max_px", "loose_margin"):
@@ -317,30 +330,82 @@ class PromptConfig:
         for name in ("use_boxes", "interior_points"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PromptConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        if not self.use_boxes and self.num_points == 0:
+        if self.points not in POINT_KINDS:
+            raise ConfigError(f"PromptConfig.points is {self.points!r}; choose one of {list(POINT_KINDS)}")
+        if self.points != "sampled" and (self.num_points or self.num_negative_points):
+            raise ConfigError(f"PromptConfig(points={self.points!r}) places its own clicks; leave num_points and "
+                              f"num_negative_points at 0 (got {self.num_points} and {self.num_negative_points})")
+        if not self.use_boxes and self.points_per_instance == 0:
             raise ConfigError("PromptConfig has no prompt: use_boxes=False and num_points=0; set use_boxes=True "
                               "or num_points >= 1")
 
     @property
     def points_per_instance(self) -> int:
-        return self.num_points + self.num_negative_points
-
-    @classmethod
-    def eval(cls, **overrides) -> "PromptConfig":
-        """The evaluation prompts: exact tight boxes, no noise, no margin (points if asked for)."""
-        return cls(**{"box_noise": 0.0, "loose_margin": 0.0, **overrides})
-
-    def without_noise(self) -> "PromptConfig":
-        """This config with exact boxes (no noise, no margin), the same prompt kinds."""
-        return replace(self, box_noise=0.0, loose_margin=0.0)
+        """P, the clicks per instance."""
+        return {"center": 1, "extreme": 4}.get(self.points, self.num_points + self.num_negative_points)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown PromptConfig keys {unknown}; valid keys are {sorted(known)}")
+        check_keys(cls, d, what="PromptConfig keys")
         return cls(**d)
+
+
+def make_prompts(masks: np.ndarray | Callable[[], np.ndarray], config: PromptConfig,
+                 generator: np.random.Generator | int | None, *, boxes: np.ndarray | None = None,
+                 image_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray | None]:
+    """The prompts of some instances as ``config`` says: the one prompt builder of training
+    (:class:`~samadapt.data.sam_dataset.SamPromptDataset`, one instance at a time) and evaluation
+    (:func:`~samadapt.evaluation.evaluate.evaluate_records`, one image at a time).
+
+    The box is the instance's (``boxes``, default its tight box; with ``points="extreme"`` always the
+    tight box), grown by ``loose_margin``, then jittered by ``box_noise``. The noise is drawn whether
+    or not ``use_boxes``, so the clicks that follow from the same generator do not depend on it.
+
+    Args:
+        masks: bool (N, H, W) ground truth, or a function returning it, called only when the masks
+            are needed (clicks, or no ``boxes``): a caller holding RLEs decodes nothing for boxes.
+        config: the prompts to make.
+        generator: numpy Generator (or a seed) of the box noise and the sampled clicks.
+        boxes: (N, 4) XYXY tight boxes of the instances, in pixels.
+        image_hw: (H, W); default the masks' (required when ``masks`` is a function).
+
+    Returns:
+        ``boxes`` float32 (N, 4) XYXY or None (``use_boxes`` False); ``points`` float32 (N, P, 2) XY at
+        pixel centres and ``labels`` int64 (N, P), or both None when P is 0; in pixels of the image.
+    """
+    decoded: list[np.ndarray] = []
+
+    def get_masks() -> np.ndarray:
+        if not decoded:
+            m = np.asarray(masks() if callable(masks) else masks, dtype=bool)
+            if m.ndim != 3:
+                raise ConfigError(f"masks must be (N, H, W), got shape {m.shape}")
+            decoded.append(m)
+        return decoded[0]
+
+    if image_hw is None:
+        if callable(masks):
+            raise ConfigError("make_prompts: give image_hw when masks is a function")
+        image_hw = get_masks().shape[1:]
+    hw = (int(image_hw[0]), int(image_hw[1]))
+    rng = as_generator(generator)
+    if boxes is None or config.points == "extreme":
+        box = boxes_from_masks(get_masks())
+    else:
+        box = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if config.loose_margin:
+        box = loosen_boxes(box, config.loose_margin, hw)
+    if config.box_noise:
+        box = jitter_boxes(box, rng, std_ratio=config.box_noise, max_px=config.box_noise_max_px, image_hw=hw)
+    coords = labels = None
+    if config.points == "center":
+        coords, labels = center_points(get_masks())
+    elif config.points == "extreme":
+        coords, labels = extreme_points(get_masks())
+    elif config.points_per_instance:
+        coords, labels = sample_points(get_masks(), config.num_points, config.num_negative_points, rng,
+                                       interior=config.interior_points)
+    return {"boxes": box if config.use_boxes else None, "points": coords, "labels": labels}

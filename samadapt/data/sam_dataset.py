@@ -15,8 +15,9 @@ start of each epoch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +26,10 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..transforms import SamTransform
 from .coco import CocoInstances
-from .prompts import PromptConfig, boxes_from_masks, jitter_boxes, loosen_boxes, sample_points
+from .masks import decode_rle, rle_area, rle_box, rle_sampler
+from .prompts import PromptConfig, make_prompts
 
-__all__ = ["SamPromptDataset", "collate_sam", "check_dataset", "file_sha1"]
+__all__ = ["SamPromptDataset", "check_dataset", "collate_sam", "file_sha1"]
 
 
 def file_sha1(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -45,26 +47,32 @@ class SamPromptDataset(Dataset):
     Args:
         instances: the images and their instance annotations.
         transform: SAM preprocessing for the model's input size S.
-        prompts: how prompts are made (use ``PromptConfig.eval()`` for evaluation).
+        prompts: how prompts are made (:func:`~samadapt.data.prompts.make_prompts`).
         max_instances: at most this many instances per image (chosen at random, reproducibly); SAM's
             decoder runs once per prompt, so this bounds memory. None keeps all.
         seed: base seed of every random choice.
         load_image: False leaves out ``image`` (e.g. when image embeddings are cached); the image
             file is then only hashed, never decoded.
+        image_keys: put ``image_key`` (the sha1 of the image file, the embedding cache's key) in each
+            sample; default: only when ``load_image`` is False, i.e. when embeddings are read from a
+            cache; otherwise no image file is hashed (:meth:`image_key` still hashes on request).
 
     Item ``i`` is a dict (N instances, P = points per instance, S = input size):
         ``image``: float32 (3, S, S), only if ``load_image``;
-        ``image_key``: str, sha1 of the image file's bytes;
+        ``image_key``: str, sha1 of the image file's bytes, only if ``image_keys``;
         ``boxes``: float32 (N, 4) XYXY in the input frame, or None if ``prompts.use_boxes`` is False;
         ``points``: float32 (N, P, 2) XY in the input frame, or None if P == 0;
         ``point_labels``: int64 (N, P) (1 positive, 0 negative, -1 padding), or None;
-        ``gt_masks``: float32 (N, S/4, S/4) in {0, 1}, aligned with the decoder's low-res logits;
+        ``gt_masks``: float32 (N, S/4, S/4) in {0, 1}, aligned with the decoder's low-res logits
+        (``SamTransform.masks_to_low_res`` of the full mask, computed from the mask's RLE without a
+        full-resolution copy: see :meth:`~samadapt.transforms.SamTransform.sampled_to_low_res`);
         ``category_ids``: int64 (N,); ``image_id``: int; ``index``: int (= i);
         ``original_size``: int64 (2,) (H, W); ``input_size``: int64 (2,) (h, w) after resizing.
     """
 
     def __init__(self, instances: CocoInstances, transform: SamTransform, prompts: PromptConfig, *,
-                 max_instances: int | None = 16, seed: int = 0, load_image: bool = True) -> None:
+                 max_instances: int | None = 16, seed: int = 0, load_image: bool = True,
+                 image_keys: bool | None = None) -> None:
         if max_instances is not None and (not isinstance(max_instances, int) or max_instances < 1):
             raise ConfigError(f"max_instances must be a positive integer or None, got {max_instances!r}")
         if not isinstance(prompts, PromptConfig):
@@ -75,6 +83,7 @@ class SamPromptDataset(Dataset):
         self.max_instances = max_instances
         self.seed = int(seed)
         self.load_image = load_image
+        self.image_keys = (not load_image) if image_keys is None else bool(image_keys)
         self.epoch = 0
         self._sha1: dict[str, str] = {}
 
@@ -115,30 +124,28 @@ class SamPromptDataset(Dataset):
         p = pc.points_per_instance
         s4 = tf.low_res_size
 
-        # One instance at a time: a 6000x5312 TACO image with 16 full-size masks would need 510 MB.
+        # One instance at a time, from its RLE: the box and the low-res target never need the
+        # full-resolution mask (a 6000x5312 TACO mask is 32 MB as bool, 127 MB as float32); only
+        # click prompts decode it (as bool).
         boxes, points, labels, targets, cats = [], [], [], [], []
-        for ann in anns:
-            mask = ds.decode_masks(index, [ann])  # (1, H, W)
-            if not mask.any():
-                continue  # counted as empty_mask by decode_masks
-            box = boxes_from_masks(mask)
-            if pc.loose_margin:
-                box = loosen_boxes(box, pc.loose_margin, hw)
-            if pc.box_noise:
-                box = jitter_boxes(box, rng, std_ratio=pc.box_noise, max_px=pc.box_noise_max_px, image_hw=hw)
-            boxes.append(box)
+        for ann, rle in zip(anns, ds.annotation_rles(index, anns)):
+            if rle_area(rle) == 0:
+                continue  # counted as empty_mask by annotation_rles
+            tight = rle_box(rle)
+            prompt = make_prompts(lambda rle=rle: decode_rle(rle)[None], pc, rng, boxes=tight[None], image_hw=hw)
+            boxes.append(prompt["boxes"])
             if p:
-                c, lab = sample_points(mask, pc.num_points, pc.num_negative_points, rng, interior=pc.interior_points)
-                points.append(c)
-                labels.append(lab)
-            targets.append(tf.masks_to_low_res(mask, hw))
+                points.append(prompt["points"])
+                labels.append(prompt["labels"])
+            targets.append(tf.sampled_to_low_res(rle_sampler(rle), tuple(int(v) for v in tight), hw))
             cats.append(ann["category_id"])
 
         n = len(targets)
         sample: dict[str, Any] = {}
         if self.load_image:
             sample["image"] = tf.preprocess_image(ds.load_image(index))
-        sample["image_key"] = self.image_key(index)
+        if self.image_keys:
+            sample["image_key"] = self.image_key(index)
         if pc.use_boxes:
             b = np.concatenate(boxes) if n else np.zeros((0, 4), np.float32)
             sample["boxes"] = tf.apply_boxes(b, hw)

@@ -2,7 +2,7 @@
 
 Everything comes from the annotation index: no image is read and no mask rasterised, so a summary
 of a large dataset takes seconds. Object areas are polygon areas (shoelace) or exact RLE pixel
-counts (:func:`samadapt.data.coco.annotation_area`), binned with COCO's thresholds: small < 32^2,
+counts (:func:`samadapt.data.coco_file.annotation_area`), binned with COCO's thresholds: small < 32^2,
 medium < 96^2, large otherwise.
 """
 
@@ -13,7 +13,8 @@ from collections import Counter
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .coco import CocoInstances, annotation_area
+from .coco import CocoInstances
+from .coco_file import annotation_area
 
 __all__ = ["summarize", "summarize_preset", "format_summary", "AREA_SMALL", "AREA_MEDIUM"]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..adapted import AdaptedSam
-from ..files import atomic_directory, atomic_write
 from ..errors import ConfigError, ExportError, UnknownNameError
+from ..files import atomic_directory, atomic_write
 
 METADATA_FILE = "samadapt.json"
 
@@ -69,7 +69,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 def export_metadata(model: AdaptedSam, fmt: str, source: Path | None = None) -> dict[str, Any]:
     """What an export records: the adapter's strategy and options, model type, base id and sha256,
     the dataset and metrics saved with the adapter, and the adapter file it came from."""
-    from .. import __version__
+    from .._version import __version__
     from ..models.checkpoints import file_sha256
 
     info = dict(getattr(model, "adapter_info", None) or {})

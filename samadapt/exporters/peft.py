@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from ..adapted import AdaptedSam
 from ..adapter_io import DECODER_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS
-from ..files import atomic_write
 from ..errors import ExportError
+from ..files import atomic_write
 
 
 def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -23,7 +23,7 @@ def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: di
     safetensors header under ``"samadapt"``."""
     from peft import get_peft_model_state_dict
 
-    from ..strategies.lora import ADAPTER_NAME
+    from ..strategies.lora import ADAPTER_NAME, LoraStrategy
 
     if model.strategy != "lora":
         raise ExportError(f"only 'lora' adapters have a peft format; this one is {model.strategy!r}")
@@ -32,7 +32,7 @@ def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: di
     header = {"format": "pt"}
     if metadata is not None:
         header["samadapt"] = json.dumps(metadata, sort_keys=True, default=str)
-    peft_cfg = model.config.to_peft()
+    peft_cfg = model.config.to_peft(model.sam)  # module-path pattern targets resolve on the model
     lora_sd = get_peft_model_state_dict(model.sam, adapter_name=ADAPTER_NAME)
     lora_sd = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in lora_sd.items()}
     atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(lora_sd, tmp, metadata=header))
@@ -42,7 +42,7 @@ def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: di
     cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
     atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2, default=str)))
     decoder = {n: t.cpu().contiguous() for n, t in model.trainable_state_dict().items()
-               if n.startswith("mask_decoder.")}
+               if n.startswith("mask_decoder.") and not LoraStrategy.owns(n)}  # LoRA's own are in PEFT_WEIGHTS
     if decoder:
         atomic_write(directory / DECODER_WEIGHTS, lambda tmp: save_file(decoder, tmp, metadata=header))
     return directory

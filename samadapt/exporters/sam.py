@@ -15,8 +15,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from ..adapted import AdaptedSam
-from ..models.checkpoints import load_state_strict
-from ..models.registry import build_sam_architecture
+from ..models.registry import build_sam_architecture, load_state_strict
 
 
 def merged_state_dict(model: AdaptedSam) -> dict[str, torch.Tensor]:

@@ -1,4 +1,9 @@
-"""SAM checkpoint files: the official ones, hashing, key remapping and strict loading."""
+"""SAM checkpoint files: the official ones, hashing, reading and key remapping.
+
+File I/O only: this module knows nothing of model types beyond the names of the official files
+(strict loading into a model, and guessing a file's model type, sit beside the registry in
+:mod:`samadapt.models.registry`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_write_text
+from ..paths import hash_cache_file
 
 # Full sha256 of the official files (the suffix of each file name is NOT a prefix of its sha256).
 # Values as published by several independent projects that verify these downloads.
@@ -56,19 +63,13 @@ def official_checkpoint(model_type: str) -> OfficialCheckpoint | None:
     return None
 
 
-def _hash_cache_path() -> Path:
-    from ..hub import samadapt_home
-
-    return samadapt_home() / "sha256-cache.json"
-
-
 def file_sha256(path: str | os.PathLike, *, use_cache: bool = True) -> str:
     """sha256 of a file, hex. Results are cached by (path, size, mtime) so a 2.5 GB ViT-H file
     is hashed once, not on every load."""
     path = Path(path).resolve()
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = _hash_cache_path() if use_cache else None
+    cache_file = hash_cache_file() if use_cache else None
     cache: dict[str, str] = {}
     if cache_file is not None and cache_file.is_file():
         try:
@@ -85,10 +86,7 @@ def file_sha256(path: str | os.PathLike, *, use_cache: bool = True) -> str:
     if cache_file is not None:
         cache[key] = digest
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cache))
-            os.replace(tmp, cache_file)
+            atomic_write_text(cache_file, json.dumps(cache))
         except OSError:
             pass  # the cache is an optimisation only
     return digest
@@ -130,45 +128,3 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict"
         )
     return remap_state_dict(state)
-
-
-def _guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
-    from .registry import MODEL_TYPES
-
-    pe = state.get("image_encoder.pos_embed")
-    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    if pe is None:
-        return None
-    for name, card in MODEL_TYPES.items():
-        if pe.shape[-1] == card.encoder_embed_dim and depth == card.encoder_depth:
-            return name
-    return None
-
-
-def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_type: str, source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what differs and what the file is."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or shapes:
-        guess = _guess_model_type(state)
-        hint = (
-            f" The file looks like a {guess!r} checkpoint: build with model_type={guess!r}."
-            if guess and guess != model_type
-            else " Check that the file is a SAM checkpoint of this model type."
-        )
-
-        def few(xs: list[str]) -> str:
-            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
-
-        raise CheckpointError(
-            f"checkpoint {source!r} does not fit model type {model_type!r}: "
-            f"{len(missing)} missing keys [{few(missing)}], {len(unexpected)} unexpected keys "
-            f"[{few(unexpected)}], {len(shapes)} shape mismatches [{few(shapes)}].{hint}"
-        )
-    module.load_state_dict(state, strict=True)

@@ -25,6 +25,8 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
+
 __all__ = [
     "CheckpointedBlock", "REL_POS_MODES", "SdpaAttention", "decomposed_rel_pos_bias", "disable_activation_checkpointing",
     "disable_sdpa_attention", "enable_activation_checkpointing", "enable_sdpa_attention",
@@ -168,7 +170,7 @@ def enable_sdpa_attention(sam: nn.Module, *, rel_pos: str = "bias") -> int:
     SDPA. ``rel_pos``: ``"bias"`` or ``"fold"`` (see :class:`SdpaAttention`). Returns how many
     modules are on the SDPA path (modules of other classes are left alone)."""
     if rel_pos not in REL_POS_MODES:
-        raise ValueError(f"`rel_pos` should be one of {list(REL_POS_MODES)}, got {rel_pos!r}")
+        raise ConfigError(f"`rel_pos` should be one of {list(REL_POS_MODES)}, got {rel_pos!r}")
     enc = _encoder(sam)
     _swap(enc.modules(), Attention, SdpaAttention)
     for m in enc.modules():
@@ -200,7 +202,7 @@ def enable_activation_checkpointing(sam: nn.Module, every: int = 1) -> int:
     Gradients are those of the plain blocks (see :class:`CheckpointedBlock` for hooks).
     """
     if not isinstance(every, int) or every < 1:
-        raise ValueError(f"`every` should be a positive integer, got {every!r}")
+        raise ConfigError(f"`every` should be a positive integer, got {every!r}")
     blocks = [m for m in _encoder(sam).modules() if isinstance(m, Block)]
     _swap(blocks, CheckpointedBlock, Block)
     _swap(blocks[::every], Block, CheckpointedBlock)

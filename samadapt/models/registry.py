@@ -2,7 +2,9 @@
 
 The official architectures (``vit_b``, ``vit_l``, ``vit_h``) and the small ``mini`` model are all
 built from upstream ``segment_anything.modeling`` modules; they differ only in the numbers on their
-card (as upstream's ``build_sam_vit_*`` differ only in four sizes).
+card (as upstream's ``build_sam_vit_*`` differ only in four sizes). Weights are loaded strictly
+(:func:`load_state_strict`), with an error that names the model type a mismatched file looks like;
+reading and hashing the files is :mod:`samadapt.models.checkpoints`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..errors import CheckpointError, ConfigError, UnknownNameError
-from .checkpoints import OFFICIAL_CHECKPOINTS, file_sha256, load_state_strict, official_checkpoint, read_checkpoint
+from .checkpoints import OFFICIAL_CHECKPOINTS, file_sha256, read_checkpoint
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,46 @@ def infer_model_type(sam: Sam) -> str:
         "this Sam does not match any registered model type; register a ModelCard for it "
         f"(known: {sorted(MODEL_TYPES)})"
     )
+
+
+def _guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
+    pe = state.get("image_encoder.pos_embed")
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    if pe is None:
+        return None
+    for name, card in MODEL_TYPES.items():
+        if pe.shape[-1] == card.encoder_embed_dim and depth == card.encoder_depth:
+            return name
+    return None
+
+
+def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_type: str, source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists what differs and what the file is."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        guess = _guess_model_type(state)
+        hint = (
+            f" The file looks like a {guess!r} checkpoint: build with model_type={guess!r}."
+            if guess and guess != model_type
+            else " Check that the file is a SAM checkpoint of this model type."
+        )
+
+        def few(xs: list[str]) -> str:
+            return ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")
+
+        raise CheckpointError(
+            f"checkpoint {source!r} does not fit model type {model_type!r}: "
+            f"{len(missing)} missing keys [{few(missing)}], {len(unexpected)} unexpected keys "
+            f"[{few(unexpected)}], {len(shapes)} shape mismatches [{few(shapes)}].{hint}"
+        )
+    module.load_state_dict(state, strict=True)
 
 
 def build_sam_architecture(card: ModelCard) -> Sam:

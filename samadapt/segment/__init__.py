@@ -10,7 +10,7 @@ grid, labelled by a class head, written as COCO results (docs/segment.md).
 - :mod:`.class_head`: the head on the decoder's mask token, its loss and capture.
 
 The names are imported on first use (``samadapt.adapter_io`` imports :mod:`.state`, and this package's
-API imports the rest of samadapt).
+API imports the rest of samadapt); ``store_calibration`` is ``samadapt.adapter_io.store_calibration``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _EXPORTS = {
     "DetectionSet": "detections", "read_detections": "detections",
     "coco_results": "results", "evaluate_results": "results", "write_results": "results",
     "segment": "api", "segment_images": "api",
-    "store_calibration": "state",
+    "store_calibration": "..adapter_io",
 }
 
 __all__ = ["AutoConfig", "Calibration", "ClassHead", "DetectionSet", "Proposals", "SAM_DEFAULTS", "attach_class_head",
@@ -36,4 +36,5 @@ __all__ = ["AutoConfig", "Calibration", "ClassHead", "DetectionSet", "Proposals"
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if module.startswith(".") else f".{module}", __name__), name)

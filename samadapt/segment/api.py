@@ -98,7 +98,7 @@ def _from_prompts(model, embedding: torch.Tensor, image_size: tuple[int, int], *
     best = out.iou_predictions.argmax(1)
     low, iou = out.low_res_logits[rows, best].float(), out.iou_predictions[rows, best].float()
     masks = tf.postprocess_masks(low, image_size, model.sam.mask_threshold)
-    return masks, iou.cpu().numpy(), (cap.tokens() if want_tokens else None)
+    return masks, iou.cpu().numpy(), (cap.features(require_class_head(model)) if want_tokens else None)
 
 
 @torch.no_grad()
@@ -106,7 +106,7 @@ def segment_embedded(model, embedding: torch.Tensor, image_size: tuple[int, int]
                      category_ids: Sequence[int | None] | None = None, points=None, point_labels=None,
                      auto: AutoConfig | None = None, calibration=None, classify: bool = False) -> list[dict]:
     """:func:`segment` for an image whose embedding (C, h, w) is computed already."""
-    from ..training.metrics import encode_mask
+    from ..evaluation.metrics import encode_mask
 
     head = require_class_head(model) if classify else None
     image_size = (int(image_size[0]), int(image_size[1]))

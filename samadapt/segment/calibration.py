@@ -187,7 +187,7 @@ def calibrate(model, instances, *, max_images: int | None = 8, points_per_side: 
     from pycocotools import mask as mask_utils
     from tqdm.auto import tqdm
 
-    from ..training.metrics import encode_mask
+    from ..evaluation.metrics import encode_mask
 
     if not 0 < match_iou <= 1:
         raise ConfigError(f"`match_iou` should be in (0, 1], got {match_iou!r}")

@@ -46,7 +46,7 @@ class ClassHead(nn.Module):
     """
 
     def __init__(self, token_dim: int, categories: Mapping[int, str], *, hidden_dim: int | None = None,
-                 num_layers: int = 2) -> None:
+                 num_layers: int = 2, pool_dim: int = 0) -> None:
         super().__init__()
         if not categories:
             raise ConfigError("a class head needs at least one category; the dataset has none")
@@ -54,10 +54,13 @@ class ClassHead(nn.Module):
             raise ConfigError(f"`num_layers` of the class head should be a positive integer, got {num_layers!r}")
         self.category_ids = [int(k) for k in categories]
         self.category_names = [str(categories[k]) for k in categories]
+        if isinstance(pool_dim, bool) or not isinstance(pool_dim, int) or pool_dim < 0:
+            raise ConfigError(f"`pool_dim` of the class head should be an integer >= 0, got {pool_dim!r}")
         self.token_dim = int(token_dim)
+        self.pool_dim = pool_dim
         self.hidden_dim = int(hidden_dim or token_dim)
         self.num_layers = num_layers
-        self.mlp = MLP(self.token_dim, self.hidden_dim, len(self.category_ids), num_layers)
+        self.mlp = MLP(self.token_dim + pool_dim, self.hidden_dim, len(self.category_ids), num_layers)
         self._index = {c: i for i, c in enumerate(self.category_ids)}
 
     @property
@@ -65,7 +68,8 @@ class ClassHead(nn.Module):
         return dict(zip(self.category_ids, self.category_names))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (N, C) -> logits (N, K), computed in the head's dtype (fp32 under mixed precision)."""
+        """Features (N, C [+ P]) of :meth:`MaskTokenCapture.features` -> logits (N, K), computed in
+        the head's dtype (fp32 under mixed precision)."""
         return self.mlp(tokens.to(self.mlp.layers[0].weight.dtype))
 
     def targets(self, category_ids: torch.Tensor) -> torch.Tensor:
@@ -78,7 +82,8 @@ class ClassHead(nn.Module):
         return torch.tensor([self._index[c] for c in ids], dtype=torch.int64, device=category_ids.device)
 
     def extra_repr(self) -> str:
-        return f"{self.token_dim} -> {len(self.category_ids)} categories"
+        pooled = f" + {self.pool_dim} mask-pooled" if self.pool_dim else ""
+        return f"{self.token_dim}{pooled} -> {len(self.category_ids)} categories"
 
 
 def class_head_of(model) -> ClassHead | None:
@@ -98,6 +103,12 @@ def require_class_head(model, what: str = "labels") -> ClassHead:
     return head
 
 
+def pooled_dim(sam) -> int:
+    """Channels of the image features the head pools under the object's mask: the decoder's image
+    tokens after its two-way transformer (``transformer_dim``), the input of its upscaling."""
+    return int(sam.mask_decoder.transformer_dim)
+
+
 def attach_class_head(model, categories: Mapping[int, str], **kwargs: Any) -> ClassHead:
     """Give ``model`` (an ``AdaptedSam``) a new, trainable class head for ``categories`` ({id: name}).
 
@@ -106,6 +117,7 @@ def attach_class_head(model, categories: Mapping[int, str], **kwargs: Any) -> Cl
     sam = model.sam
     if class_head_of(model) is not None:
         raise ConfigError("this model has a class head already")
+    kwargs.setdefault("pool_dim", pooled_dim(sam))
     head = ClassHead(sam.mask_decoder.transformer_dim, categories, **kwargs)
     head.to(device=sam.pixel_mean.device)
     sam.add_module(CLASS_HEAD, head)
@@ -113,27 +125,61 @@ def attach_class_head(model, categories: Mapping[int, str], **kwargs: Any) -> Cl
 
 
 class MaskTokenCapture:
-    """``with MaskTokenCapture(sam) as cap:`` records the decoder's mask token :data:`TOKEN_INDEX`
-    of every prompt decoded inside the block; ``cap.tokens()`` is then (N, C), in decoding order
-    (chunks and images concatenated as the decoder saw them), still attached to the graph."""
+    """``with MaskTokenCapture(sam) as cap:`` records, for every prompt decoded inside the block (in
+    decoding order: chunks and images concatenated as the decoder saw them, still attached to the
+    graph), the decoder's mask token :data:`TOKEN_INDEX` and what the head pools with it: the
+    decoder's image tokens after its two-way transformer (the input of ``output_upscaling``), the
+    upscaled features and the token's hypernetwork output, whose product is the token's mask. Hooks
+    on upstream modules (``output_hypernetworks_mlps[0]``, ``output_upscaling``) serve upstream's
+    ``MaskDecoder`` and samadapt's batched decoding alike."""
 
     def __init__(self, sam) -> None:
         self.mlp = sam.mask_decoder.output_hypernetworks_mlps[TOKEN_INDEX]
+        self.upscaling = sam.mask_decoder.output_upscaling
         self.parts: list[torch.Tensor] = []
-        self._handle = None
+        self.hyper: list[torch.Tensor] = []
+        self.src: list[torch.Tensor] = []
+        self.upscaled: list[torch.Tensor] = []
+        self._handles: list = []
 
     def __enter__(self) -> "MaskTokenCapture":
-        self.parts = []
-        self._handle = self.mlp.register_forward_pre_hook(lambda _module, args: self.parts.append(args[0]))
+        self.parts, self.hyper, self.src, self.upscaled = [], [], [], []
+        self._handles = [
+            self.mlp.register_forward_pre_hook(lambda _module, args: self.parts.append(args[0])),
+            self.mlp.register_forward_hook(lambda _module, _args, out: self.hyper.append(out)),
+            self.upscaling.register_forward_pre_hook(lambda _module, args: self.src.append(args[0])),
+            self.upscaling.register_forward_hook(lambda _module, _args, out: self.upscaled.append(out)),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for h in self._handles:
+            h.remove()
 
     def tokens(self) -> torch.Tensor:
+        """(N, C) the mask tokens."""
         if not self.parts:
             return torch.zeros(0, self.mlp.layers[0].in_features)
         return torch.cat(self.parts)
+
+    def masks(self) -> torch.Tensor:
+        """(N, 4h, 4w) each prompt's single-mask probability (the sigmoid of its low-res logits)."""
+        return torch.cat([torch.sigmoid(torch.einsum("np,nphw->nhw", hyper, up))
+                          for hyper, up in zip(self.hyper, self.upscaled)])
+
+    def pooled(self) -> torch.Tensor:
+        """(N, C) the decoder's image tokens averaged under each prompt's own mask (pooled to their
+        h x w grid, and held constant so that the class loss does not reshape the masks): what the
+        object looks like, beside what the token says about it."""
+        if not self.parts:
+            return torch.zeros(0, self.mlp.layers[0].in_features)
+        src = torch.cat(self.src)  # (N, C, h, w)
+        weight = F.adaptive_avg_pool2d(self.masks().detach()[:, None], src.shape[-2:]).flatten(1)  # (N, hw)
+        return torch.einsum("nh,nch->nc", weight, src.flatten(2)) / weight.sum(-1, keepdim=True).clamp_min(1e-6)
+
+    def features(self, head: "ClassHead") -> torch.Tensor:
+        """The input ``head`` reads: the tokens, with the mask-pooled features when it has ``pool_dim``."""
+        return torch.cat([self.tokens(), self.pooled()], dim=1) if head.pool_dim else self.tokens()
 
 
 @torch.no_grad()
@@ -154,7 +200,7 @@ def classify_boxes(model, image_embeddings: torch.Tensor, boxes: Sequence[torch.
         return [torch.zeros(n, len(head.category_ids)) for n in counts]
     with MaskTokenCapture(model.sam) as cap:
         model.decode(image_embeddings, boxes=list(boxes))
-    probs = head(cap.tokens()).float().softmax(-1).cpu()
+    probs = head(cap.features(head)).float().softmax(-1).cpu()
     return list(probs.split(counts))
 
 
@@ -168,7 +214,7 @@ def loss_with_class_head(model, batch: Mapping[str, Any], step: Callable[[], Any
         return step()
     with MaskTokenCapture(model.sam) as cap:
         lo = step()
-    tokens = cap.tokens()
+    tokens = cap.features(head)
     cats = [c.reshape(-1) for c in batch["category_ids"]]
     target = torch.cat(cats) if cats else torch.zeros(0, dtype=torch.int64)
     if tokens.shape[0] != target.shape[0]:

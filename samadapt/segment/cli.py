@@ -90,8 +90,8 @@ def _check(args: argparse.Namespace) -> None:
 def _model(args: argparse.Namespace):
     import torch
 
+    from ..evaluation.run import zero_shot_model
     from ..hub import load
-    from ..training.eval_run import zero_shot_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.adapter:
@@ -113,8 +113,8 @@ def _auto_config(args: argparse.Namespace, model, progress: bool):
                         points_per_side=args.points_per_side or 16, progress=progress)
         model.auto_calibration = cal
         if args.save_calibration:
+            from ..adapter_io import store_calibration
             from ..hub import resolve_adapter
-            from .state import store_calibration
 
             print(f"stored the calibration in {store_calibration(resolve_adapter(args.adapter), cal)}")
     if cal is not None:

@@ -1,5 +1,5 @@
 """Example figures of prompt-free segmentation: each image beside its masks, labelled with their
-category and score (the drawing helpers of :mod:`samadapt.training.plots`: Agg canvas, atomic save)."""
+category and score (the drawing helpers of :mod:`samadapt.evaluation.plots`: Agg canvas, atomic save)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def plot_segments(rows: Sequence[Mapping], path: str | os.PathLike, *, max_masks
     """
     from pycocotools import mask as mask_utils
 
-    from ..training.plots import _colors, _figure, _overlay, _save
+    from ..evaluation.plots import _colors, _figure, _overlay, _save
 
     n_cols = 1 + max(len(r["panels"]) for r in rows)
     fig = _figure(3.2 * n_cols, 2.3 * len(rows) + (0.3 if title else 0))

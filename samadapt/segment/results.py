@@ -138,8 +138,9 @@ def evaluate_results(gt, results: Sequence[Mapping[str, Any]], *, image_ids: Seq
         (nan where COCOeval has nothing to score), ``per_category`` {name: AP}, ``images``,
         ``instances``, ``results``, and ``interval`` when ``bootstrap`` > 0.
     """
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
+
+    from ..evaluation.metrics import coco_index
 
     dataset = _gt_dataset(gt)
     if class_agnostic:
@@ -154,9 +155,7 @@ def evaluate_results(gt, results: Sequence[Mapping[str, Any]], *, image_ids: Seq
     if n_gt == 0:
         return out | {k: float("nan") for k in _STAT_KEYS} | {"per_category": {}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco_gt = COCO()
-        coco_gt.dataset = copy.copy(dataset)
-        coco_gt.createIndex()
+        coco_gt = coco_index(copy.copy(dataset))
         if not results:  # loadRes cannot read an empty list: nothing found scores 0 where there is ground truth
             return out | {k: 0.0 for k in _STAT_KEYS} | {
                 "per_category": {c["name"]: 0.0 for c in dataset["categories"]}}

@@ -6,15 +6,14 @@ saved with the others; this entry says how to rebuild the head they belong to, s
 (:func:`samadapt.load_adapter`) knows the names and shapes to expect before it changes the model.
 An adapter without the entry is a plain adapter, byte for byte as before.
 
-This module is imported by ``samadapt.adapter_io``: it imports nothing of samadapt at module level
-but the errors and the class head.
+This module is imported by ``samadapt.adapter_io`` (which also writes a calibration into an existing
+adapter file, ``store_calibration``, with :func:`with_calibration`): it imports nothing of samadapt
+but the errors and this package's class head and calibration, never the adapter files' reader.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,7 +22,7 @@ from ..errors import AdapterFileError
 from .class_head import CLASS_HEAD, ClassHead, attach_class_head, class_head_of
 
 __all__ = ["SEGMENT_KEY", "parse_segment_metadata", "restore_segment_state", "segment_metadata",
-           "segment_tensor_shapes", "store_calibration"]
+           "segment_tensor_shapes", "with_calibration"]
 
 SEGMENT_KEY = "segment"
 
@@ -36,7 +35,8 @@ def segment_metadata(model) -> dict[str, str]:
     data: dict[str, Any] = {}
     if head is not None:
         data["class_head"] = {"categories": [{"id": i, "name": n} for i, n in head.categories.items()],
-                              "hidden_dim": head.hidden_dim, "num_layers": head.num_layers, "token": 0}
+                              "hidden_dim": head.hidden_dim, "num_layers": head.num_layers, "token": 0,
+                              "pool_dim": head.pool_dim}
     if cal is not None:
         data["auto_calibration"] = cal.to_dict()
     return {SEGMENT_KEY: json.dumps(data, sort_keys=True)} if data else {}
@@ -62,8 +62,9 @@ def parse_segment_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _build_head(sam, spec: Mapping[str, Any]) -> ClassHead:
+    # files written before the mask-pooled features hold a token-only head (pool_dim 0)
     return ClassHead(sam.mask_decoder.transformer_dim, spec["categories"], hidden_dim=spec.get("hidden_dim"),
-                     num_layers=int(spec.get("num_layers", 2)))
+                     num_layers=int(spec.get("num_layers", 2)), pool_dim=int(spec.get("pool_dim", 0)))
 
 
 def segment_tensor_shapes(meta: Mapping[str, Any], sam) -> dict[str, tuple[int, ...]]:
@@ -86,30 +87,17 @@ def restore_segment_state(model, meta: Mapping[str, Any]) -> None:
     spec = data.get("class_head")
     if spec is not None:
         attach_class_head(model, spec["categories"], hidden_dim=spec.get("hidden_dim"),
-                          num_layers=int(spec.get("num_layers", 2)))
+                          num_layers=int(spec.get("num_layers", 2)), pool_dim=int(spec.get("pool_dim", 0)))
     if data.get("auto_calibration") is not None:
         model.auto_calibration = Calibration.from_dict(data["auto_calibration"])
 
 
-def store_calibration(path: str | os.PathLike, calibration) -> Path:
-    """Write ``calibration`` into the metadata of the adapter file ``path`` (atomically; tensors and
-    the rest of the metadata unchanged), so later runs of the adapter use it."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from ..adapter_io import read_adapter_metadata
-    from ..files import atomic_write
-
-    path = Path(path)
-    read_adapter_metadata(path)  # a samadapt adapter, readable
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    tensors = load_file(str(path))
+def with_calibration(meta: Mapping[str, str], calibration) -> dict[str, str]:
+    """An adapter file's raw metadata (``safe_open(...).metadata()``) with its ``segment`` entry
+    recording ``calibration``; the class head's entry and every other key are kept as they are."""
     data = parse_segment_metadata(meta)
     if "class_head" in data:
         data["class_head"] = {**data["class_head"],
                               "categories": [{"id": i, "name": n} for i, n in data["class_head"]["categories"].items()]}
     data["auto_calibration"] = calibration.to_dict()
-    meta[SEGMENT_KEY] = json.dumps(data, sort_keys=True)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    return path
+    return {**meta, SEGMENT_KEY: json.dumps(data, sort_keys=True)}

@@ -144,6 +144,9 @@ class AdapterStrategy(Strategy):
     name = "adapter"
     config_class = AdapterConfig
     description = "SAM-Adapter bottlenecks in every encoder block (+ optional high-frequency prompts); decoder trainable"
+    # image_encoder.blocks.N.adapter_{attn,mlp}.* and image_encoder.prompt_generator.* (the names of
+    # every adapter file written so far)
+    prefix = ("adapter_", "prompt_generator")
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         assert isinstance(config, AdapterConfig)
@@ -167,7 +170,4 @@ class AdapterStrategy(Strategy):
             enc.patch_embed.register_forward_hook(_prompt_prepare_hook(gen))
             for i, block in enumerate(enc.blocks):
                 block.register_forward_pre_hook(_prompt_add_hook(gen, i))
-        for name, p in sam.named_parameters():
-            p.requires_grad_(".adapter_" in name or "prompt_generator." in name)
-        if config.train_decoder:
-            self.unfreeze(sam.mask_decoder)
+        self.train_own(sam, train_decoder=config.train_decoder)

@@ -2,9 +2,13 @@
 
 A strategy is one module holding a config dataclass and an ``apply`` function that changes an
 upstream ``Sam`` in place: it freezes every parameter, inserts its own modules (if any) and marks
-trainable exactly the parameters it adapts. Everything else is generic and lives elsewhere:
-trainable parameters are those with ``requires_grad``; the adapter file holds exactly those tensors
-(``samadapt.adapter_io``). Adding a strategy is one new file plus one ``@register_strategy`` line.
+trainable exactly the parameters it adapts. The modules a strategy inserts are named with the
+strategy's declared ``prefix`` (as peft names LoRA's ``lora_``): :meth:`Strategy.owns` is the one
+filter that tells its parameters from SAM's, used to mark them trainable (:meth:`Strategy.train_own`),
+by the exporters (which of them fold into SAM's weights) and by the peft import. Everything else is
+generic and lives elsewhere: trainable parameters are those with ``requires_grad``; the adapter file
+holds exactly those tensors (``samadapt.adapter_io``). Adding a strategy is one new file plus one
+``@register_strategy`` line.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, ClassVar
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError, UnknownNameError
-from ..options import option
+from ..options import check_keys, option
 
 
 @dataclass
@@ -36,20 +40,46 @@ class StrategyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StrategyConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown options {unknown} for {cls.__name__}; valid options: {sorted(names)}")
+        check_keys(cls, data, what="options", owner=cls.__name__)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
 
 
 class Strategy(ABC):
-    """One way of adapting SAM. Subclasses set ``name`` and ``config_class`` and implement ``apply``."""
+    """One way of adapting SAM. Subclasses set ``name`` and ``config_class`` and implement ``apply``.
+
+    ``prefix``: how the modules the strategy inserts are named (a name, or a tuple of names, that a
+    component of their parameters' paths starts with, e.g. ``"lora_"`` for
+    ``image_encoder.blocks.0.attn.qkv.lora_A.default.weight``); None for a strategy that inserts
+    nothing and trains some of SAM's own parameters (``decoder``, ``full``, ``bitfit``).
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]]
     description: ClassVar[str] = ""
+    prefix: ClassVar[str | tuple[str, ...] | None] = None
+
+    @classmethod
+    def prefixes(cls) -> tuple[str, ...]:
+        """``prefix`` as a tuple (empty for None)."""
+        if cls.prefix is None:
+            return ()
+        return (cls.prefix,) if isinstance(cls.prefix, str) else tuple(cls.prefix)
+
+    @classmethod
+    def owns(cls, name: str) -> bool:
+        """True when parameter (or module) ``name``, a path in the ``Sam``, belongs to a module this
+        strategy inserted: one of its dotted components starts with the strategy's prefix."""
+        prefixes = cls.prefixes()
+        return bool(prefixes) and any(part.startswith(prefixes) for part in name.split("."))
+
+    def train_own(self, sam: Sam, *, train_decoder: bool) -> None:
+        """Mark trainable exactly the parameters this strategy inserted (:meth:`owns`), and the mask
+        decoder's too with ``train_decoder``."""
+        for name, p in sam.named_parameters():
+            p.requires_grad_(self.owns(name))
+        if train_decoder:
+            self.unfreeze(sam.mask_decoder)
 
     def make_config(self, **options: Any) -> StrategyConfig:
         return self.config_class.from_dict(options)
@@ -84,6 +114,17 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
         raise ConfigError(f"strategy {name!r} is registered already")
     if not (isinstance(cls.config_class, type) and issubclass(cls.config_class, StrategyConfig)):
         raise ConfigError(f"strategy {name!r}: config_class must subclass StrategyConfig")
+    prefix = cls.prefix
+    parts = (prefix,) if isinstance(prefix, str) else prefix
+    if prefix is not None and not (isinstance(parts, tuple) and parts and all(
+            isinstance(p, str) and re.fullmatch(r"[a-z][a-z0-9_]*", p) for p in parts)):
+        raise ConfigError(f"strategy {name!r}: prefix {prefix!r} must be None, a lower-case name such as 'lora_', "
+                          "or a tuple of such names")
+    taken = {p: other.name for other in STRATEGIES.values() for p in other.prefixes()}
+    clash = sorted(p for p in cls.prefixes() for q in taken if p.startswith(q) or q.startswith(p))
+    if clash:
+        raise ConfigError(f"strategy {name!r}: prefix {clash[0]!r} overlaps a registered strategy's (prefixes "
+                          f"taken: {taken}); choose a prefix of its own")
     STRATEGIES[name] = cls()
     return cls
 

@@ -1,16 +1,26 @@
-"""LoRA on the image encoder's attention, through ``peft`` (SAMed, micro-sam, Medical-SAM-Adapter).
+"""LoRA through ``peft`` (SAMed, micro-sam, Medical-SAM-Adapter), on any ``nn.Linear`` layers of SAM.
 
-peft inserts low-rank A, B matrices beside the chosen ``nn.Linear`` layers of every ViT block
-(``image_encoder.blocks.N.attn.qkv`` by default); B starts at zero, so the adapted model starts
-identical to SAM. The mask decoder trains too unless ``train_decoder=False``.
+peft inserts low-rank A, B matrices beside the chosen ``nn.Linear`` layers; B starts at zero, so the
+adapted model starts identical to SAM. The mask decoder trains too unless ``train_decoder=False``.
+
+``targets`` chooses the layers. A short name selects a layer of every image-encoder block, as the
+papers do: ``qkv`` (``image_encoder.blocks.N.attn.qkv``, the default), ``proj`` (``attn.proj``),
+``mlp`` (``mlp.lin1`` and ``mlp.lin2``). A target holding a ``.`` is a module-path pattern
+(``fnmatch``: ``*`` matches any characters, dots included) over the full module names of the
+``Sam``, and selects every ``nn.Linear`` whose path it matches, so LoRA on the mask decoder is an
+option, not another strategy: ``targets=("mask_decoder.transformer.*_proj",)`` puts it on every
+attention projection of the decoder's two-way transformer.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from segment_anything.modeling import Sam
+from torch import nn
 
 from ..errors import ConfigError
 from ..options import option
@@ -19,13 +29,43 @@ from .base import Strategy, StrategyConfig, register_strategy
 if TYPE_CHECKING:  # peft imports transformers (seconds): only when a LoRA model is built
     from peft import LoraConfig as PeftLoraConfig
 
-# Which Linear layers of an upstream ViT block each target name selects.
+# Which Linear layers of an upstream ViT block each short target name selects.
 TARGETS = {
     "qkv": r"attn\.qkv",
     "proj": r"attn\.proj",
     "mlp": r"mlp\.lin[12]",
 }
 ADAPTER_NAME = "default"
+PREFIX = "lora_"
+#: the first component of every module path of an upstream ``Sam``
+SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+
+def is_pattern(target: str) -> bool:
+    """True for a module-path pattern, False for a short name (``qkv``, ``proj``, ``mlp``)."""
+    return "." in target
+
+
+def _short_regex(targets) -> str:
+    """The peft ``target_modules`` regex of short target names (what every adapter before
+    module-path patterns was made with, so their peft exports stay the same)."""
+    return r"image_encoder\.blocks\.\d+\.(" + "|".join(TARGETS[t] for t in targets) + ")"
+
+
+def linear_paths(sam: Sam) -> list[str]:
+    """The module paths of ``sam``'s ``nn.Linear`` layers that LoRA can target, before or after
+    LoRA is inserted: a layer peft has wrapped counts under its own path (not as its ``base_layer``),
+    and LoRA's own A and B layers do not count."""
+    from peft.tuners.lora import LoraLayer
+
+    paths = []
+    for name, module in sam.named_modules():
+        parts = name.split(".")
+        if any(p.startswith(PREFIX) for p in parts) or parts[-1] == "base_layer":
+            continue
+        if isinstance(module, (nn.Linear, LoraLayer)):
+            paths.append(name)
+    return paths
 
 
 @dataclass
@@ -33,31 +73,67 @@ class LoraConfig(StrategyConfig):
     rank: int = option(4, "rank r of the low-rank update B @ A")
     alpha: float = option(4.0, "LoRA scaling: the update is multiplied by alpha / rank")
     dropout: float = option(0.0, "dropout on the LoRA branch's input")
-    targets: tuple[str, ...] = option(("qkv",), "names of the encoder Linear layers that get LoRA (qkv, proj, "
-                                                "lin1, lin2)")
+    targets: tuple[str, ...] = option(("qkv",), "the Linear layers that get LoRA: qkv, proj, mlp (those layers of "
+                                                "every image-encoder block), or module-path patterns such as "
+                                                "mask_decoder.transformer.*_proj (fnmatch over the Sam's module "
+                                                "names; every nn.Linear matched)")
     train_decoder: bool = option(True, "also train the mask decoder")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank <= 0:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise ConfigError(f"LoRA `rank` should be a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
             raise ConfigError(f"LoRA `alpha` should be positive, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LoRA `dropout` should be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
         self.targets = tuple(self.targets)
-        bad = [t for t in self.targets if t not in TARGETS]
-        if bad or not self.targets:
-            raise ConfigError(f"LoRA `targets` {list(self.targets)} invalid; choose a non-empty subset of {sorted(TARGETS)}")
+        bad = [t for t in self.targets if not isinstance(t, str)
+               or (not is_pattern(t) and t not in TARGETS)
+               or (is_pattern(t) and not (t.split(".")[0] in SAM_PARTS or t[0] in "*?["))]
+        if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ConfigError(
+                f"LoRA `targets` {list(self.targets)} invalid; choose a non-empty set of short names from "
+                f"{sorted(TARGETS)} and module-path patterns starting with one of {list(SAM_PARTS)} (e.g. "
+                f"'mask_decoder.transformer.*_proj')" + (f"; bad: {bad}" if bad else ""))
 
-    def to_peft(self) -> PeftLoraConfig:
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if is_pattern(t))
+
+    def target_paths(self, sam: Sam) -> list[str]:
+        """The module paths of the Linear layers of ``sam`` that the targets select, in module order.
+        Raises :class:`ConfigError` when a pattern selects none (naming some it could match)."""
+        paths = linear_paths(sam)
+        short = re.compile(_short_regex([t for t in self.targets if not is_pattern(t)]))
+        has_short = any(not is_pattern(t) for t in self.targets)
+        for pattern in self.patterns:
+            if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
+                near = [p for p in paths if p.split(".")[0] == pattern.split(".")[0]] or paths
+                raise ConfigError(f"LoRA target pattern {pattern!r} matches no nn.Linear layer of this Sam; its "
+                                  f"Linear layers are named like {near[:3] + near[-2:]}")
+        return [p for p in paths if (has_short and short.fullmatch(p))
+                or any(fnmatch.fnmatchcase(p, pattern) for pattern in self.patterns)]
+
+    def to_peft(self, sam: Sam | None = None) -> PeftLoraConfig:
+        """The peft config of these options. Short names give a ``target_modules`` regex (as peft
+        matches it); module-path patterns are resolved against ``sam`` (needed then, adapted or
+        not) to the list of the layers' full names, which peft matches exactly."""
         from peft import LoraConfig as PeftLoraConfig
 
-        pattern = r"image_encoder\.blocks\.\d+\.(" + "|".join(TARGETS[t] for t in self.targets) + ")"
+        if not self.patterns:
+            target_modules = _short_regex(self.targets)
+        elif sam is None:
+            raise ConfigError(f"LoRA targets {list(self.patterns)} are module-path patterns: to_peft needs the Sam "
+                              "they select layers of (to_peft(sam))")
+        else:
+            target_modules = self.target_paths(sam)
         return PeftLoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=pattern,
+            target_modules=target_modules,
             bias="none",
         )
 
@@ -67,14 +143,19 @@ class LoraStrategy(Strategy):
     name = "lora"
     config_class = LoraConfig
     description = "LoRA (peft) on image-encoder attention; mask decoder trainable"
+    prefix = PREFIX
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         from peft import inject_adapter_in_model
 
         assert isinstance(config, LoraConfig)
+        peft_config = config.to_peft(sam)  # resolves (and checks) patterns before anything changes
         self.freeze_all(sam)
-        inject_adapter_in_model(config.to_peft(), sam, adapter_name=ADAPTER_NAME)
-        for name, p in sam.named_parameters():
-            p.requires_grad_("lora_" in name)
-        if config.train_decoder:
-            self.unfreeze(sam.mask_decoder)
+        inject_adapter_in_model(peft_config, sam, adapter_name=ADAPTER_NAME)
+        self.train_own(sam, train_decoder=config.train_decoder)
+
+    def uses_image_encoder_gradients(self, config: StrategyConfig) -> bool:
+        """False when every target lies outside the image encoder (LoRA on the decoder only): the
+        encoder then stays frozen and its embeddings may be cached, as for ``decoder``."""
+        assert isinstance(config, LoraConfig)
+        return any(not is_pattern(t) or not t.startswith(("mask_decoder.", "prompt_encoder.")) for t in config.targets)

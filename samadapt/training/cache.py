@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 PREPROCESSING_VERSION = "resize-longest-side+normalize+pad-br/v1"
 _DTYPES = {torch.bfloat16: ("bf16", np.uint16), torch.float16: ("fp16", np.float16), torch.float32: ("fp32", np.float32)}
 
@@ -52,7 +54,7 @@ class EmbeddingCache:
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
-            raise ValueError(f"cache dtype must be torch.bfloat16, torch.float16 or torch.float32, got {self.dtype}")
+            raise ConfigError(f"cache dtype must be torch.bfloat16, torch.float16 or torch.float32, got {self.dtype}")
         self.directory = Path(self.directory)
         self.path.mkdir(parents=True, exist_ok=True)
         info = self.path / "namespace.json"

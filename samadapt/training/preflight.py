@@ -1,6 +1,7 @@
-"""Checks and data of a run, before its first step: every name, path and option is checked
-before anything is read (``TrainConfig.check_files``, :func:`check_output_dir`), and the data
-loaders before training (:func:`check_loaders`), so that a mistake costs seconds, not an epoch."""
+"""Checks and data of a run, before its first step: the run's name and folder (:func:`run_name`,
+:func:`run_folder`); every name, path and option is checked before anything is read
+(``TrainConfig.check_files``, :func:`check_output_dir`), and the data loaders before training
+(:func:`check_loaders`), so that a mistake costs seconds, not an epoch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
-from ..hub import samadapt_home
+from ..hub import adapter_name
+from ..paths import samadapt_home
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """``--name``, else the adapter's registered name, e.g. ``trashcan_instance-mini-adapter``."""
+    return cfg.name or adapter_name(cfg.dataset_tag, cfg.model, cfg.strategy)
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    """``--output-dir``, else ``outputs/<run name>``."""
+    return Path(cfg.output_dir) if cfg.output_dir else Path("outputs") / run_name(cfg)
 
 
 def build_datasets(cfg: TrainConfig):
@@ -48,12 +60,12 @@ def check_loaders(cfg: TrainConfig, train_instances, val_instances) -> None:
 def check_output_dir(cfg: TrainConfig) -> None:
     """A run folder that holds anything is continued (``--resume``) or cleared (``--overwrite``),
     never mixed with a new run: its old epoch states would outlive the new ones."""
-    run_dir = cfg.run_dir
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--output-dir {str(run_dir)!r} is a file, not a folder")
-    if cfg.resume or cfg.overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+    folder = run_folder(cfg)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output-dir {str(folder)!r} is a file, not a folder")
+    if cfg.resume or cfg.overwrite or not folder.is_dir() or not any(folder.iterdir()):
         return
-    raise ConfigError(f"the run folder {str(run_dir)!r} is not empty (a run was started there). Continue it with "
+    raise ConfigError(f"the run folder {str(folder)!r} is not empty (a run was started there). Continue it with "
                       f"--resume, delete it and start afresh with --overwrite, or choose another --output-dir")
 
 

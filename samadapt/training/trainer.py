@@ -26,16 +26,33 @@ from torch.utils.data import DataLoader
 
 from ..adapted import AdaptedSam, adapt
 from ..adapter_io import save_adapter
-from ..files import atomic_write
 from ..config import TrainConfig
 from ..errors import TrainingError, TrainingInterrupted
-from ..hub import publish_adapter, samadapt_home
+from ..files import atomic_write
+from ..hub import publish_adapter
 from ..models.registry import build_sam
+from ..paths import samadapt_home
 from .cache import EmbeddingCache
-from .preflight import build_datasets, check_loaders, check_output_dir, data_card, launched_processes, num_val_images
-from .state import STATE_DIR, EpochShuffled, TrainProgress, interrupted_message, latest_state, save_state
+from .preflight import (
+    build_datasets,
+    check_loaders,
+    check_output_dir,
+    data_card,
+    launched_processes,
+    num_val_images,
+    run_folder,
+    run_name,
+)
+from .state import (
+    STATE_DIR,
+    EpochShuffled,
+    TrainProgress,
+    interrupted_message,
+    latest_state,
+    register_trainable_only_state,
+    save_state,
+)
 from .state import load_trainable as _load_trainable  # (a module global: tests wrap it)
-from .state import register_trainable_only_state
 
 logger = logging.getLogger("samadapt.training")
 
@@ -116,7 +133,7 @@ def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, 
     -> cached image embedding (frozen encoders), as in ``evaluate_records``."""
     from accelerate.utils import gather_object
 
-    from .evaluate import evaluate_records, summarize_records
+    from ..evaluation.evaluate import evaluate_records, summarize_records
 
     model.eval()
     with accelerator.split_between_processes(list(range(num_val_images(dataset, cfg)))) as mine:
@@ -137,7 +154,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         return _train(cfg)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(interrupted_message(cfg.run_dir)) from None
+        raise TrainingInterrupted(interrupted_message(run_folder(cfg))) from None
 
 
 def _train(cfg: TrainConfig) -> TrainResult:
@@ -147,13 +164,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     from ..data.sam_dataset import collate_sam
+    from ..evaluation.plots import plot_training_curves
     from ..segment.class_head import attach_class_head, loss_with_class_head
     from .interactive import training_loss
     from .losses import SamLoss
-    from .plots import plot_training_curves
 
     # --- every name, path and option is checked before anything is read or written
-    run_dir = cfg.run_dir
+    run_dir = run_folder(cfg)
     cfg.check_files()
     check_output_dir(cfg)
     sam = build_sam(cfg.model, cfg.checkpoint)  # a checkpoint of another model type fails here
@@ -197,7 +214,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         check_loaders(cfg, train_instances, val_instances)
     if cfg.classify:  # a head on the decoder's mask token, trained beside it (samadapt.segment.class_head)
         attach_class_head(model, train_instances.categories)
-    if cfg.gradient_checkpointing and hasattr(model, "set_fast_paths"):
+    if cfg.activation_checkpointing:
         model.set_fast_paths(activation_checkpointing=True)
     model.to(accelerator.device)
     use_cache = cfg.cache_embeddings and model.encoder_is_frozen
@@ -266,7 +283,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     unwrapped: AdaptedSam = accelerator.unwrap_model(model)
     loss_fn = SamLoss(focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight, iou_weight=cfg.iou_weight)
     if cfg.log_with:
-        accelerator.init_trackers(cfg.run_name, config=_flat(cfg.to_dict()))
+        accelerator.init_trackers(run_name(cfg), config=_flat(cfg.to_dict()))
 
     # --- epochs
     for epoch in range(progress.epoch, cfg.epochs):
@@ -357,10 +374,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
             publish_adapter(unwrapped, cfg.dataset_tag, name=cfg.name, card={
                 "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
                 "data": data_card(cfg, train_instances, val_instances), "training": training})
-            published = cfg.run_name
+            published = run_name(cfg)
         _write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
         summary = {
-            "name": cfg.run_name, "strategy": cfg.strategy, "model": cfg.model, "dataset": cfg.dataset_tag,
+            "name": run_name(cfg), "strategy": cfg.strategy, "model": cfg.model, "dataset": cfg.dataset_tag,
             "trainable_parameters": unwrapped.num_parameters(True), "total_parameters": unwrapped.num_parameters(),
             "adapter_bytes": adapter_path.stat().st_size, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
             "seconds_per_epoch": progress.train_seconds / max(1, len(progress.history)),
@@ -414,7 +431,7 @@ def _non_finite(cfg: TrainConfig, progress: TrainProgress, epoch: int, state_roo
 
 def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, final: dict, zs_examples, ft_examples,
                    plot_training_curves) -> None:
-    from .evaluate import write_report
+    from ..evaluation.report import write_report
 
     results = {"fine-tuned": final} if progress.zero_shot is None else {"zero-shot": progress.zero_shot, "fine-tuned": final}
     examples = {"zero-shot": zs_examples, "fine-tuned": ft_examples} if zs_examples else {"fine-tuned": ft_examples}
@@ -428,7 +445,7 @@ def _summary(cfg, model: AdaptedSam, progress: TrainProgress, final, cache, adap
     n_t, n = model.num_parameters(True), model.num_parameters()
     lines = [
         "",
-        f"== samadapt: {cfg.run_name} ({cfg.strategy} on {cfg.model}, dataset {cfg.dataset_tag}) ==",
+        f"== samadapt: {run_name(cfg)} ({cfg.strategy} on {cfg.model}, dataset {cfg.dataset_tag}) ==",
         f"trainable parameters  {n_t:,} of {n:,} ({100 * n_t / n:.2f}%)",
         f"epochs                {progress.epoch} run, best {progress.best_epoch}"
         f"{', stopped early' if progress.stopped_early else ''}; {progress.global_step} steps, "

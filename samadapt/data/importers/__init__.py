@@ -8,8 +8,8 @@
 - :mod:`.commands`: the ``samadapt data import-trashcan`` / ``import-supervisely`` options and runs.
 """
 
-from .supervisely import ImportReport, decode_bitmap, frame_instances, object_mask, read_annotation
 from .project import import_supervisely, read_mapping
+from .supervisely import ImportReport, decode_bitmap, frame_instances, object_mask, read_annotation
 from .trashcan import import_trashcan, trashcan_category
 
 __all__ = ["ImportReport", "decode_bitmap", "frame_instances", "import_supervisely", "import_trashcan", "object_mask",

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ...files import atomic_write
 from ...errors import ConfigError, DataError
+from ...files import atomic_write
 
 __all__ = ["IMAGE_MODES", "MANIFEST", "CocoSplit", "OutputFolder", "annotation_record", "place_image"]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError, DataError
+from ...files import atomic_directory
 from . import generic, waste
 from .canvas import DemoSample
 
@@ -140,19 +139,13 @@ def make_demo_dataset(
             f"make_demo_dataset); pass a new or empty directory"
         )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_directory(root) as tmp:  # replaces an old demo dataset there only once this one is complete
         counts = {}
         with tqdm(total=n_train + n_val, desc=f"demo {domain} data", unit="img", disable=not progress) as bar:
             for split, n in (("train", n_train), ("val", n_val)):
                 counts[split] = _write_split(tmp / split, domain, split, n, seed, image_size, bar)
         manifest = {"generator": _GENERATOR, "version": DEMO_VERSION, "params": params, "counts": counts}
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 
@@ -186,18 +179,6 @@ def _is_cached(root: Path, params: dict) -> bool:
         if sum(1 for _ in (root / split / "images").glob("*.jpg")) != n:
             return False
     return True
-
-
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    """Rename the finished ``tmp`` to ``root``, replacing an old dataset there."""
-    old = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        old.rmdir()
-        os.replace(root, old)
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_split(

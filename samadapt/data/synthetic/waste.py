@@ -14,8 +14,24 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .canvas import (DemoSample, Frame, Painter, Scene, Shape, blur_rgb, crumple, erode, finish, fractal_noise, hsv,
-                     linear_ramp, object_side, scale_to, signed_area, smooth_noise)
+from .canvas import (
+    DemoSample,
+    Frame,
+    Painter,
+    Scene,
+    Shape,
+    blur_rgb,
+    crumple,
+    erode,
+    finish,
+    fractal_noise,
+    hsv,
+    linear_ramp,
+    object_side,
+    scale_to,
+    signed_area,
+    smooth_noise,
+)
 
 # ids 1-4 are ZeroWaste-f's; 5 stands for TACO's paper classes.
 CATEGORIES = (

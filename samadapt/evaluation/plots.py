@@ -1,8 +1,9 @@
-"""Figures for reports: example predictions, training curves, grouped bars.
+"""Figures for reports: example predictions, training curves, grouped bars, curves with bands
+(mIoU per click).
 
 Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), never
 through ``pyplot``: no display is needed, no global figure state is touched, and it is safe in
-worker processes. Each file is written to a temporary name in the same folder and renamed, so a
+worker processes. Each file is written atomically (:func:`samadapt.files.atomic_write`), so a
 reader never sees half a PNG.
 """
 
@@ -15,8 +16,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["examples_figure", "image_mean_iou", "plot_bars", "plot_curves", "plot_examples", "plot_training_curves",
-           "training_curves_figure"]
+from ..files import atomic_write
+
+__all__ = ["examples_figure", "image_mean_iou", "plot_bars", "plot_click_curves", "plot_curves", "plot_examples",
+           "plot_training_curves", "training_curves_figure"]
 
 #: history keys read by plot_training_curves, first match wins
 TRAIN_LOSS_KEYS = ("train_loss", "loss")
@@ -34,17 +37,10 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Save to a temporary file beside ``path`` and rename it into place."""
+    """Save ``fig`` to ``path`` atomically, in the format its suffix names (default PNG)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.{fmt}")
-    try:
-        fig.savefig(tmp, format=fmt, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, bbox_inches="tight"))
     return path
 
 
@@ -370,3 +366,22 @@ def plot_curves(curves: Mapping[str, Mapping[float, tuple[float, float, float]]]
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_click_curves(clicks_by_model: Mapping[str, Mapping[str, Any]], path, *, title: str = "",
+                      bands: Mapping[str, Sequence[tuple[float, float]]] | None = None):
+    """The figure of mIoU (%) against the number of clicks, one line per model, NoC in the legend.
+
+    Args:
+        clicks_by_model: label -> a ``clicks`` dict (:func:`~samadapt.evaluation.clicks.click_summary`).
+        path: the image file.
+        bands: label -> one (low, high) interval per click (e.g. bootstrap intervals), drawn as a
+            band; without it the lines have none.
+    """
+    curves = {}
+    for label, c in clicks_by_model.items():
+        band = (bands or {}).get(label) or [(v, v) for v in c["miou_at"]]
+        name = f"{label} (NoC@85 {c['noc85']:.2f}, NoC@90 {c['noc90']:.2f})"
+        curves[name] = {k + 1: (v, band[k][0], band[k][1]) for k, v in enumerate(c["miou_at"])}
+    return plot_curves(curves, path, xlabel="clicks", ylabel="mean IoU (%)", scale=100,
+                       title=title or "mean IoU after each click")

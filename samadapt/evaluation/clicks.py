@@ -19,14 +19,16 @@ instance needs to reach that IoU, counted as K where it never does (RITM's ``com
 An instance predicted without error gets no further clicks; its IoU (1) stays.
 
 Clicks are chosen at full image resolution; the prompts are the clicks' pixel centres, mapped into
-the model's input frame like every other prompt.
+the model's input frame like every other prompt. The tables and the figure of these numbers are
+:func:`samadapt.evaluation.report.format_click_table` / ``click_markdown`` and
+:func:`samadapt.evaluation.plots.plot_click_curves`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +36,8 @@ import torch
 from ..errors import ConfigError
 from .metrics import instance_metrics
 
-__all__ = ["NOC_THRESHOLDS", "ClickRecords", "click_markdown", "click_summary", "evaluate_clicks", "first_click",
-           "format_click_table", "next_click", "number_of_clicks", "plot_click_curves"]
+__all__ = ["NOC_THRESHOLDS", "ClickRecords", "click_summary", "evaluate_clicks", "first_click", "next_click",
+           "number_of_clicks"]
 
 #: the IoU targets of the NoC metrics (RITM and SAM report NoC@85 and NoC@90)
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -163,8 +165,8 @@ class ClickRecords:
                    np.concatenate([p.category_ids for p in parts]), [im for p in parts for im in p.images])
 
     def after(self, clicks: int):
-        """The IoUs after ``clicks`` clicks as :class:`~samadapt.training.evaluate.EvalRecords`
-        (``iou`` only), e.g. for :func:`~samadapt.training.uncertainty.bootstrap_interval`."""
+        """The IoUs after ``clicks`` clicks as :class:`~samadapt.evaluation.evaluate.EvalRecords`
+        (``iou`` only), e.g. for :func:`~samadapt.evaluation.uncertainty.bootstrap_interval`."""
         from .evaluate import EvalRecords
 
         if not 1 <= clicks <= self.iou.shape[1]:
@@ -291,62 +293,3 @@ def evaluate_clicks(
     if not ious:
         return ClickRecords(np.zeros((0, max_clicks)), images=images)
     return ClickRecords(np.concatenate(ious), np.concatenate(image_ids), np.concatenate(category_ids), images)
-
-
-# ---------------------------------------------------------------------------- reporting
-def format_click_table(metrics_by_model: Mapping[str, Mapping[str, Any]], at: Sequence[int] = (1, 2, 3, 5, 10, 20)
-                       ) -> str:
-    """A plain-text table, one row per model: mIoU (%) after some click counts, NoC@85, NoC@90."""
-    any_clicks = next(iter(m["clicks"] for m in metrics_by_model.values()))
-    cols = [k for k in at if k <= any_clicks["max_clicks"]]
-    rows = [["model", *(f"mIoU@{k}" for k in cols), "NoC@85", "NoC@90", "instances"]]
-    for label, m in metrics_by_model.items():
-        c = m["clicks"]
-        rows.append([label, *(f"{100 * c['miou_at'][k - 1]:.2f}" for k in cols), f"{c['noc85']:.2f}",
-                     f"{c['noc90']:.2f}", str(m["num_instances"])])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def click_markdown(metrics_by_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The click section of ``metrics.md`` (lines; none when no model has ``clicks``)."""
-    clicked = {k: m for k, m in metrics_by_model.items() if m.get("clicks")}
-    if not clicked:
-        return []
-    k = max(m["clicks"]["max_clicks"] for m in clicked.values())
-    cols = [c for c in (1, 2, 3, 5, 10, 20) if c <= k]
-    lines = ["", "## Clicks", "",
-             "The interactive protocol (RITM, SAM): first click at the object's most interior point, each next "
-             "one at the centre of the largest error region, the previous logits as the mask prompt. mIoU (%) "
-             f"after k clicks; NoC@85 / NoC@90: clicks to reach that IoU, counted as {k} where never reached.", "",
-             "| model | " + " | ".join(f"mIoU@{c}" for c in cols) + " | NoC@85 | NoC@90 | instances |",
-             "|---|" + "---:|" * (len(cols) + 3)]
-    for name, m in clicked.items():
-        c = m["clicks"]
-        at = [f"{100 * c['miou_at'][i - 1]:.2f}" if i <= len(c["miou_at"]) else "–" for i in cols]
-        lines.append(f"| {name} | " + " | ".join(at) + f" | {c['noc85']:.2f} | {c['noc90']:.2f} | "
-                     f"{m.get('num_instances', 0)} |")
-    return lines
-
-
-def plot_click_curves(clicks_by_model: Mapping[str, Mapping[str, Any]], path, *, title: str = "",
-                      bands: Mapping[str, Sequence[tuple[float, float]]] | None = None):
-    """The figure of mIoU (%) against the number of clicks, one line per model, NoC in the legend.
-
-    Args:
-        clicks_by_model: label -> a ``clicks`` dict (:func:`click_summary`).
-        path: the image file.
-        bands: label -> one (low, high) interval per click (e.g. bootstrap intervals), drawn as a
-            band; without it the lines have none.
-    """
-    from .plots import plot_curves
-
-    curves = {}
-    for label, c in clicks_by_model.items():
-        band = (bands or {}).get(label) or [(v, v) for v in c["miou_at"]]
-        name = f"{label} (NoC@85 {c['noc85']:.2f}, NoC@90 {c['noc90']:.2f})"
-        curves[name] = {k + 1: (v, band[k][0], band[k][1]) for k, v in enumerate(c["miou_at"])}
-    return plot_curves(curves, path, xlabel="clicks", ylabel="mean IoU (%)", scale=100,
-                       title=title or "mean IoU after each click")

@@ -8,7 +8,7 @@ The recipe trains every strategy for several seeds (and on shares of the trainin
   and test, and a TrashCan-layout folder holding just the training and selection frames;
 - :func:`evaluate_prompts`: one model on the test frames under several prompt kinds, the same
   prompts for every model;
-- :func:`compare_records`: means with 95% intervals (:mod:`samadapt.training.uncertainty`), gains
+- :func:`compare_records`: means with 95% intervals (:mod:`samadapt.evaluation.uncertainty`), gains
   over zero-shot, per-class means.
 """
 
@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..files import atomic_write
 from ..errors import ConfigError
+from ..files import atomic_write_text
 from .evaluate import EvalRecords, evaluate_records, summarize_records
 from .uncertainty import Interval, bootstrap_interval, t_interval
 
@@ -88,7 +88,7 @@ def write_trashcan_subset(root: str | os.PathLike, version: str, train_ids: Sequ
         text = json.dumps(sub)
         path = out / f"instances_{split}_trashcan.json"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+            atomic_write_text(path, text)
     return Path(dst)
 
 
@@ -133,7 +133,7 @@ def evaluate_prompts(model, dataset, kinds: Mapping[str, Mapping[str, Any]], *, 
                      ) -> dict[str, tuple[EvalRecords, dict]]:
     """Evaluate ``model`` on every image of ``dataset`` under each prompt kind.
 
-    Prompts are drawn from (seed, image id) (:func:`~samadapt.training.evaluate.evaluate_records`),
+    Prompts are drawn from (seed, image id) (:func:`~samadapt.evaluation.evaluate.evaluate_records`),
     so every model meets the same prompts. The images are encoded once (:func:`image_embeddings`).
 
     Args:
@@ -142,7 +142,7 @@ def evaluate_prompts(model, dataset, kinds: Mapping[str, Mapping[str, Any]], *, 
         coco_for: kinds whose mask AP is computed (it costs an RLE encoding per mask).
 
     Returns:
-        label -> (records, summary metrics of :func:`~samadapt.training.evaluate.summarize_records`).
+        label -> (records, summary metrics of :func:`~samadapt.evaluation.evaluate.summarize_records`).
     """
     embeddings = image_embeddings(model, dataset)
     out = {}

@@ -5,8 +5,9 @@ averaged over all instances of the dataset; pixels are never pooled across insta
 object weighs as much as a large one. See docs/metrics.md for the formulas and edge cases.
 
 Undefined summaries (a group with no instance, COCO AP without ground truth) are ``nan`` in memory so
-arithmetic and comparisons keep working; :func:`samadapt.training.evaluate.write_report` writes them
-as ``null`` in JSON.
+arithmetic and comparisons keep working; :func:`samadapt.evaluation.report.write_report` writes them
+as ``null`` in JSON. The per-instance numbers of a dataset are kept in one store,
+:class:`samadapt.evaluation.evaluate.EvalRecords` (mergeable across processes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = [
-    "METRIC_NAMES", "SIZE_RANGES", "MetricAccumulator", "build_coco_gt", "coco_mask_ap", "encode_mask",
+    "METRIC_NAMES", "SIZE_RANGES", "build_coco_gt", "coco_index", "coco_mask_ap", "encode_mask",
     "instance_metrics", "size_bucket", "summarize",
 ]
 
@@ -141,7 +142,8 @@ def _category_names(ids: Iterable[int], categories: Mapping[int, str] | None) ->
 
 def summarize(iou: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np.ndarray,
               category_ids: np.ndarray, areas: np.ndarray, categories: Mapping[int, str] | None = None) -> dict:
-    """The dataset summary from concatenated per-instance values (from every process).
+    """The dataset summary from concatenated per-instance values (from every process, e.g. an
+    :class:`~samadapt.evaluation.evaluate.EvalRecords`' arrays).
 
     Args:
         iou, precision, recall, f1: (K,) per-instance values in [0, 1].
@@ -168,73 +170,6 @@ def summarize(iou: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np
     buckets = size_bucket(areas)
     out["per_size"] = {s: _means(values, buckets == s) for s in SIZE_RANGES}
     return out
-
-
-class MetricAccumulator:
-    """Collects per-instance metrics image by image; mergeable across processes.
-
-    ``update`` computes the metrics of a batch of instances right away and keeps only the per-instance
-    numbers, so memory grows by a few numbers per instance whatever the image size.
-
-    Args:
-        categories: category id -> name, for ``per_category``.
-    """
-
-    _FIELDS = (*METRIC_NAMES, "category_ids", "areas")
-
-    def __init__(self, categories: Mapping[int, str] | None = None) -> None:
-        self.categories = dict(categories or {})
-        self._parts: dict[str, list[np.ndarray]] = {f: [] for f in self._FIELDS}
-
-    def __len__(self) -> int:
-        return sum(a.size for a in self._parts["iou"])
-
-    def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
-               category_ids: Sequence[int] | np.ndarray, areas: Sequence[float] | np.ndarray | None = None) -> dict:
-        """Add N instances: pred and gt (N, H, W) bool; category_ids (N,); areas (N,) ground-truth
-        areas in pixels for the size split (default: the pixel count of ``gt``). Returns this batch's
-        :func:`instance_metrics`."""
-        m = instance_metrics(pred, gt)
-        n = m["iou"].size
-        cats = np.asarray(category_ids, dtype=np.int64).reshape(-1)
-        areas = m["gt_area"] if areas is None else np.asarray(areas, dtype=np.float64).reshape(-1)
-        if cats.size != n or areas.size != n:
-            raise ConfigError(f"got {n} masks but {cats.size} category ids and {areas.size} areas")
-        self._add({**{k: m[k] for k in METRIC_NAMES}, "category_ids": cats, "areas": areas})
-        return m
-
-    def _add(self, state: Mapping[str, np.ndarray]) -> None:
-        missing = [f for f in self._FIELDS if f not in state]
-        if missing:
-            raise ConfigError(f"a metric state lacks {missing}; it needs {list(self._FIELDS)}")
-        for f in self._FIELDS:
-            v = state[f]
-            if isinstance(v, torch.Tensor):
-                v = v.detach().cpu().numpy()
-            self._parts[f].append(np.asarray(v).reshape(-1))
-
-    def state(self) -> dict[str, np.ndarray]:
-        """Per-instance arrays (K,): iou, precision, recall, f1 (float64), category_ids (int64),
-        areas (float64). Gather these across processes and :meth:`merge` them, or pass them to
-        :func:`summarize`."""
-        out = {}
-        for f in self._FIELDS:
-            dtype = np.int64 if f == "category_ids" else np.float64
-            parts = self._parts[f]
-            out[f] = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
-        return out
-
-    def merge(self, states: Iterable[Mapping[str, np.ndarray]]) -> "MetricAccumulator":
-        """Append the instances of other accumulators' :meth:`state` (e.g. from other processes)."""
-        for s in states:
-            self._add(s)
-        return self
-
-    def compute(self) -> dict:
-        """:func:`summarize` of every instance added so far."""
-        s = self.state()
-        return summarize(s["iou"], s["precision"], s["recall"], s["f1"], s["category_ids"], s["areas"],
-                         self.categories)
 
 
 # ---------------------------------------------------------------------------- COCO mask AP
@@ -287,6 +222,18 @@ def build_coco_gt(records: Sequence[Mapping[str, Any]], categories: Mapping[int,
             "categories": [{"id": int(i), "name": str(cats.get(i, i))} for i in ids]}
 
 
+def coco_index(gt: Mapping[str, Any]):
+    """A pycocotools ``COCO`` of the ground-truth dict ``gt`` (no file; its progress printing
+    silenced): the one place a ``COCO`` index is built from a dict."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = gt if isinstance(gt, dict) else dict(gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
 def _detections(predictions: Any) -> list[dict]:
     """COCO result dicts from a list of them or from {image_id: [(mask, score, category_id), ...]}."""
     if isinstance(predictions, Mapping):
@@ -321,7 +268,6 @@ def coco_mask_ap(gt: Mapping[str, Any] | Sequence[Mapping[str, Any]], prediction
         ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` as fractions; ``nan`` where COCOeval has
         nothing to score (it reports -1: no ground truth in that size range).
     """
-    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt_dict = dict(gt) if isinstance(gt, Mapping) else build_coco_gt(gt, categories)
@@ -332,9 +278,7 @@ def coco_mask_ap(gt: Mapping[str, Any] | Sequence[Mapping[str, Any]], prediction
     if not dets:  # COCO.loadRes fails on an empty list; no detection at all scores 0 where GT exists
         return {k: 0.0 for k in _AP_KEYS} | {k: v for k, v in _empty_ranges(gt_dict).items()}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_dict
-        coco_gt.createIndex()
+        coco_gt = coco_index(gt_dict)
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
         ev.evaluate()
