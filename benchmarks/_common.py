@@ -4,28 +4,17 @@ Timing. Every measured call is bracketed by ``torch.cuda.synchronize()`` on CUDA
 wall-clock minimum and median over the timed repetitions (after warm-up) and, on CPU, the process
 CPU time: on a shared CPU the minimum is the least disturbed estimate and ratios are taken from it.
 
-Peak memory, CPU, two measures of the same step, in a subprocess: (1) ``tensor_peak``: the peak of
-live tensor bytes allocated during the step, from ``torch.profiler``'s memory events (what the
-step's tensors need: activations kept for backward, gradients, temporaries); (2) ``rss``: the peak
-resident set (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs`` after
-``malloc_trim``) minus the resident set before the step: what the process really touched, including
-pages glibc keeps after tensors are freed, which blurs differences of a few hundred MiB. Ratios use
-the tensor peak. CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``,
-minus ``memory_allocated()`` before the step (tensor level already); and the total peak (weights
-included).
+Peak memory: ``benchmarks/_memory.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import datetime as _dt
-import gc
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -70,8 +59,12 @@ def machine_info(device: str) -> dict[str, Any]:
     }
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(device_name=p.name, device_memory_gib=round(p.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        info.update(
+            device_name=p.name,
+            device_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
         info["device_name"] = cpu_model()
     return info
@@ -93,8 +86,12 @@ def time_call(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
 
 
 def summarise(walls: list[float], cpus: list[float] | None = None) -> dict[str, Any]:
-    d = {"wall_s_min": min(walls), "wall_s_median": statistics.median(walls), "n": len(walls),
-         "wall_s_all": [round(w, 4) for w in walls]}
+    d = {
+        "wall_s_min": min(walls),
+        "wall_s_median": statistics.median(walls),
+        "n": len(walls),
+        "wall_s_all": [round(w, 4) for w in walls],
+    }
     if cpus:
         d["cpu_s_median"] = statistics.median(cpus)
     return d
@@ -111,7 +108,6 @@ def repeat(fn: Callable[[], Any], device: str, *, warmup: int, reps: int) -> dic
     return summarise(walls, cpus)
 
 
-
 def profile_table(title: str, fn: Callable[[], Any], device: str, rows: int = 15) -> dict[str, Any]:
     """torch.profiler's top ops of one call of ``fn`` (already warmed up by the caller)."""
     from torch.profiler import ProfilerActivity, profile
@@ -122,85 +118,15 @@ def profile_table(title: str, fn: Callable[[], Any], device: str, rows: int = 15
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     return {"title": title, "table": prof.key_averages().table(sort_by=key, row_limit=rows)}
 
-# ------------------------------------------------------------------------------------------ memory
-def _status_kib(field: str) -> int:
-    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(m.group(1)) if m else 0
-
-
-class PeakMemory:
-    """Peak memory of a region, in bytes (see the module docstring for what is counted)."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.method = ""
-        self.base = 0
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            self.method = "torch.cuda.max_memory_allocated() - memory_allocated() before"
-            return
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.method = "VmHWM (reset via /proc/self/clear_refs) - VmRSS before, after malloc_trim"
-        except OSError:
-            self.method = "VmHWM - VmRSS before (high-water mark could not be reset: includes earlier peaks)"
-        self.base = _status_kib("VmRSS") * 1024
-
-    def stop(self) -> dict[str, Any]:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-            return {"peak_step_bytes": peak - self.base, "peak_total_bytes": peak, "memory_method": self.method}
-        peak = _status_kib("VmHWM") * 1024
-        return {"peak_step_bytes": peak - self.base, "peak_total_bytes": peak, "memory_method": self.method}
-
-
-class TensorPeak:
-    """Peak bytes of live tensors allocated inside a ``with`` block (CPU: from torch.profiler's memory
-    events, which see every tensor allocation and free, not the allocator's retained pages).
-
-    Allocations are attributed to the op that made them, at its start: an op's internal temporaries
-    freed before it returns count at their full size.
-    """
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak = 0
-
-    def __enter__(self) -> "TensorPeak":
-        from torch.profiler import ProfilerActivity, profile
-
-        if self.device == "cpu":
-            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._prof.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device != "cpu":
-            return
-        self._prof.__exit__(*exc)
-        deltas = []
-        for e in self._prof.events():
-            d = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
-            if d:
-                deltas.append((e.time_range.start, d))
-        deltas.sort(key=lambda x: x[0])
-        cur = 0
-        for _, d in deltas:
-            cur += d
-            self.peak = max(self.peak, cur)
-
 
 # ------------------------------------------------------------------------------------------ models
-def variant_card(model_type: str, *, image_size: int | None = None, depth: int | None = None,
-                 global_attn_indexes: tuple[int, ...] | None = None):
+def variant_card(
+    model_type: str,
+    *,
+    image_size: int | None = None,
+    depth: int | None = None,
+    global_attn_indexes: tuple[int, ...] | None = None,
+):
     """The registered card of ``model_type`` with its input size or depth changed (for CPU runs)."""
     from samadapt.models.registry import get_model_card
 
@@ -210,13 +136,20 @@ def variant_card(model_type: str, *, image_size: int | None = None, depth: int |
         changes["image_size"] = image_size
     if depth is not None:
         changes["encoder_depth"] = depth
-        changes["encoder_global_attn_indexes"] = tuple(global_attn_indexes if global_attn_indexes is not None
-                                                       else [i for i in card.encoder_global_attn_indexes if i < depth])
+        changes["encoder_global_attn_indexes"] = tuple(
+            global_attn_indexes
+            if global_attn_indexes is not None
+            else [i for i in card.encoder_global_attn_indexes if i < depth]
+        )
     return dataclasses.replace(card, **changes) if changes else card
 
 
-def describe_variant(model_type: str, image_size: int | None = None, depth: int | None = None,
-                     global_attn_indexes: tuple[int, ...] | None = None) -> dict[str, Any]:
+def describe_variant(
+    model_type: str,
+    image_size: int | None = None,
+    depth: int | None = None,
+    global_attn_indexes: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     card = variant_card(model_type, image_size=image_size, depth=depth, global_attn_indexes=global_attn_indexes)
     from samadapt.models.registry import get_model_card
 
@@ -228,28 +161,43 @@ def describe_variant(model_type: str, image_size: int | None = None, depth: int 
         "encoder_depth": card.encoder_depth,
         "encoder_global_attn_indexes": list(card.encoder_global_attn_indexes),
         "official_architecture": not reduced,
-        "what": (f"{model_type} as registered" if not reduced else
-                 f"{model_type} widths/heads, {card.encoder_depth} of {full.encoder_depth} blocks "
-                 f"(global attention at {list(card.encoder_global_attn_indexes)}), {card.image_size} px input"),
+        "what": (
+            f"{model_type} as registered"
+            if not reduced
+            else f"{model_type} widths/heads, {card.encoder_depth} of {full.encoder_depth} blocks "
+            f"(global attention at {list(card.encoder_global_attn_indexes)}), {card.image_size} px input"
+        ),
     }
-
 
 
 def variant_kwargs(v: dict[str, Any]) -> dict[str, Any]:
     """The size changes of a plan's variant ``{"model_type": ..., "image_size": ..., ...}`` as keyword
     arguments of :func:`build_variant` / :func:`variant_card`."""
-    return {"image_size": v.get("image_size"), "depth": v.get("depth"),
-            "global_attn_indexes": tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None}
+    return {
+        "image_size": v.get("image_size"),
+        "depth": v.get("depth"),
+        "global_attn_indexes": tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None,
+    }
 
-def build_variant(model_type: str, *, image_size: int | None = None, depth: int | None = None,
-                  global_attn_indexes: tuple[int, ...] | None = None, seed: int = 0, device: str = "cpu"):
+
+def build_variant(
+    model_type: str,
+    *,
+    image_size: int | None = None,
+    depth: int | None = None,
+    global_attn_indexes: tuple[int, ...] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+):
     """A randomly initialised upstream ``Sam`` of a (possibly reduced) registered architecture."""
     from samadapt.models.registry import BaseInfo, build_sam_architecture
 
     torch.manual_seed(seed)
     card = variant_card(model_type, image_size=image_size, depth=depth, global_attn_indexes=global_attn_indexes)
     sam = build_sam_architecture(card).to(device).eval()
-    sam.samadapt_base = BaseInfo(model_type, f"random:{model_type}@{card.image_size}px/{card.encoder_depth}blocks", None)
+    sam.samadapt_base = BaseInfo(
+        model_type, f"random:{model_type}@{card.image_size}px/{card.encoder_depth}blocks", None
+    )
     return sam
 
 
@@ -309,10 +257,10 @@ def random_images(n: int, *, seed: int = 0, sizes=((480, 640), (640, 480), (512,
     return images, boxes
 
 
-
 def predict_inputs(cfg: dict[str, Any], seed: int = 0):
     """``cfg["images"]`` images with ``cfg["boxes"]`` boxes each (:func:`random_images`)."""
     return random_images(cfg["images"], seed=seed, boxes_per_image=cfg["boxes"])
+
 
 # ------------------------------------------------------------------------------------------ subprocesses
 def run_worker(spec: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
@@ -323,9 +271,8 @@ def run_worker(spec: dict[str, Any], *, timeout: float = 900) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
+            return json.loads(line[len(RESULT_TAG) :])
     raise RuntimeError(f"worker {spec.get('kind')} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-
 
 
 def worker_spec(args, **kw) -> dict[str, Any]:
@@ -338,6 +285,7 @@ def setup_worker(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     torch.manual_seed(spec.get("seed", 0))
+
 
 def emit(result: dict[str, Any]) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -403,18 +351,30 @@ class Bench:
         self.name, self.args, self.mode = name, args, mode
         self.t0 = time.perf_counter()
         self.data: dict[str, Any] = {
-            "benchmark": name, "mode": mode, "device": args.device, "dtype": args.dtype,
+            "benchmark": name,
+            "mode": mode,
+            "device": args.device,
+            "dtype": args.dtype,
             "machine": machine_info(args.device),
             "measurement": {"timing": _TIMING, "memory": _MEMORY[args.device], "threads_note": args.threads_note},
-            "setup": {}, "tables": [], "summary": {}, "checks": [], "targets": [], "notes": [], "not_run": {},
+            "setup": {},
+            "tables": [],
+            "summary": {},
+            "checks": [],
+            "targets": [],
+            "notes": [],
+            "not_run": {},
         }
 
     def describe_setup(self, cfg: dict[str, Any], **explained: str) -> list[dict[str, Any]]:
         """``setup``: the plan's sizes with each of its ``variants`` described, then ``explained``; the
         plan's ``not_run`` goes to ``not_run``. Returns the variant descriptions."""
         descs = [describe_variant(**v) for v in cfg["variants"]]
-        self.data["setup"] = {**{k: v for k, v in cfg.items() if k not in ("variants", "not_run")}, "variants": descs,
-                              **explained}
+        self.data["setup"] = {
+            **{k: v for k, v in cfg.items() if k not in ("variants", "not_run")},
+            "variants": descs,
+            **explained,
+        }
         self.data["not_run"].update(cfg.get("not_run", {}))
         return descs
 
@@ -442,16 +402,22 @@ class Bench:
         return all(c["passed"] for c in self.data["checks"])
 
 
-_TIMING = ("wall-clock per call with torch.cuda.synchronize() around it on CUDA; min and median over the "
-           "timed repetitions (after warm-up where stated); ratios use the minimum (least disturbed on a "
-           "shared machine); cpu_s is process CPU time")
+_TIMING = (
+    "wall-clock per call with torch.cuda.synchronize() around it on CUDA; min and median over the "
+    "timed repetitions (after warm-up where stated); ratios use the minimum (least disturbed on a "
+    "shared machine); cpu_s is process CPU time"
+)
 _MEMORY = {
-    "cpu": ("tensor_peak: peak of live tensor bytes allocated during the measured step, from torch.profiler "
-            "memory events (activations kept for backward, gradients, temporaries; ratios use it). rss_peak: "
-            "peak resident set during the step (VmHWM of /proc/self/status, reset through /proc/self/clear_refs "
-            "after malloc_trim) minus the resident set just before it; it also counts pages glibc keeps after "
-            "tensors are freed. peak_total: the resident-set peak itself (weights, libraries, everything). "
-            "Configurations run in a subprocess, one after the other, each with a fresh model"),
-    "cuda": ("torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus memory_allocated() "
-             "before the step (peak_step); peak_total is max_memory_allocated() itself (weights included)"),
+    "cpu": (
+        "tensor_peak: peak of live tensor bytes allocated during the measured step, from torch.profiler "
+        "memory events (activations kept for backward, gradients, temporaries; ratios use it). rss_peak: "
+        "peak resident set during the step (VmHWM of /proc/self/status, reset through /proc/self/clear_refs "
+        "after malloc_trim) minus the resident set just before it; it also counts pages glibc keeps after "
+        "tensors are freed. peak_total: the resident-set peak itself (weights, libraries, everything). "
+        "Configurations run in a subprocess, one after the other, each with a fresh model"
+    ),
+    "cuda": (
+        "torch.cuda.max_memory_allocated() after reset_peak_memory_stats(), minus memory_allocated() "
+        "before the step (peak_step); peak_total is max_memory_allocated() itself (weights included)"
+    ),
 }

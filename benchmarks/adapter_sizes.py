@@ -37,16 +37,18 @@ def measure(verify_below_mb: float) -> list[dict]:
                 written = written_adapter_size(model_type, strategy)
                 if written != size.adapter_bytes:
                     raise SystemExit(f"{model_type}/{strategy}: computed {size.adapter_bytes} B, written {written} B")
-            rows.append({
-                "model_type": model_type,
-                "strategy": strategy,
-                "base_parameters": size.base,
-                "total_parameters": size.total,
-                "trainable_parameters": size.trainable,
-                "trainable_percent": round(size.trainable_percent, 3),
-                "adapter_bytes": size.adapter_bytes,
-                "verified_by_writing": verified,
-            })
+            rows.append(
+                {
+                    "model_type": model_type,
+                    "strategy": strategy,
+                    "base_parameters": size.base,
+                    "total_parameters": size.total,
+                    "trainable_parameters": size.trainable,
+                    "trainable_percent": round(size.trainable_percent, 3),
+                    "adapter_bytes": size.adapter_bytes,
+                    "verified_by_writing": verified,
+                }
+            )
     return rows
 
 
@@ -70,8 +72,13 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
-    parser.add_argument("--verify-below", type=float, default=200.0, metavar="MB",
-                        help="write files up to this size for real to check the computed size (default 200)")
+    parser.add_argument(
+        "--verify-below",
+        type=float,
+        default=200.0,
+        metavar="MB",
+        help="write files up to this size for real to check the computed size (default 200)",
+    )
     args = parser.parse_args(argv)
 
     rows = measure(args.verify_below)

@@ -61,22 +61,34 @@ def accuracy(predicted, truth, *, n_boot: int, seed: int = 0) -> dict:
         gains.append((hits[k].sum() - major[k].sum()) / n[k].sum())
     pairs = [(p, t) for ps, ts in zip(predicted, truth) for p, t in zip(ps, ts)]
     recall = {int(c): float(np.mean([p == t for p, t in pairs if t == c])) for c in values}
-    return {"instances": int(n.sum()), "images": len(n), "accuracy": hits.sum() / n.sum(),
-            "majority_category": majority, "majority_accuracy": major.sum() / n.sum(),
-            "gain": (hits.sum() - major.sum()) / n.sum(), "gain_interval": np.percentile(gains, [2.5, 97.5]).tolist(),
-            "balanced_accuracy": float(np.mean(list(recall.values()))), "balanced_majority": 1 / len(values),
-            "per_category_recall": recall}
+    return {
+        "instances": int(n.sum()),
+        "images": len(n),
+        "accuracy": hits.sum() / n.sum(),
+        "majority_category": majority,
+        "majority_accuracy": major.sum() / n.sum(),
+        "gain": (hits.sum() - major.sum()) / n.sum(),
+        "gain_interval": np.percentile(gains, [2.5, 97.5]).tolist(),
+        "balanced_accuracy": float(np.mean(list(recall.values()))),
+        "balanced_majority": 1 / len(values),
+        "per_category_recall": recall,
+    }
 
 
 def markdown(report: dict) -> str:
     names = report["categories"]
-    rows = ["| strategy (`--classify`) | accuracy | majority class | gain (pp, 95% CI) | balanced accuracy | "
-            "balanced, majority |", "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| strategy (`--classify`) | accuracy | majority class | gain (pp, 95% CI) | balanced accuracy | "
+        "balanced, majority |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s, r in report["strategies"].items():
         lo, hi = r["gain_interval"]
-        rows.append(f"| {s} | {100 * r['accuracy']:.1f}% | {100 * r['majority_accuracy']:.1f}% "
-                    f"({names[str(r['majority_category'])]}) | {100 * r['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
-                    f"{100 * r['balanced_accuracy']:.1f}% | {100 * r['balanced_majority']:.1f}% |")
+        rows.append(
+            f"| {s} | {100 * r['accuracy']:.1f}% | {100 * r['majority_accuracy']:.1f}% "
+            f"({names[str(r['majority_category'])]}) | {100 * r['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+            f"{100 * r['balanced_accuracy']:.1f}% | {100 * r['balanced_majority']:.1f}% |"
+        )
     return "\n".join(rows)
 
 
@@ -101,22 +113,60 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data_root = args.runs / "demo-data"  # its own copy: other sizes never touch the shared demo set
-    runs = [compare.Run(s, args.runs / s, [
-        "--strategy", s, "--dataset", "demo", "--model", "mini", "--epochs", str(args.epochs), "--seed", str(args.seed),
-        "--output-dir", str(args.runs / s), "--data-root", str(data_root), "--patience", str(args.epochs),
-        "--classify", "--no-progress", "--no-publish", "--no-zero-shot", "--num-examples", "0",
-        "--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)])
-        for s in args.strategies]
+    runs = [
+        compare.Run(
+            s,
+            args.runs / s,
+            [
+                "--strategy",
+                s,
+                "--dataset",
+                "demo",
+                "--model",
+                "mini",
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(args.seed),
+                "--output-dir",
+                str(args.runs / s),
+                "--data-root",
+                str(data_root),
+                "--patience",
+                str(args.epochs),
+                "--classify",
+                "--no-progress",
+                "--no-publish",
+                "--no-zero-shot",
+                "--num-examples",
+                "0",
+                "--demo-train-images",
+                str(args.demo_train_images),
+                "--demo-val-images",
+                str(args.demo_val_images),
+            ],
+        )
+        for s in args.strategies
+    ]
     compare.run_all(runs, args.jobs, args.runs / "logs")
     val = presets.demo(data_root, "val")
-    report = {"benchmark": "class_head", "command": "python benchmarks/class_head.py " + " ".join(argv or sys.argv[1:]),
-              "machine": machine_info("cpu"), "epochs": args.epochs, "seed": args.seed,
-              "train_images": args.demo_train_images, "val_images": args.demo_val_images,
-              "categories": {str(k): v for k, v in val.categories.items()}, "strategies": {}}
+    report = {
+        "benchmark": "class_head",
+        "command": "python benchmarks/class_head.py " + " ".join(argv or sys.argv[1:]),
+        "machine": machine_info("cpu"),
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "train_images": args.demo_train_images,
+        "val_images": args.demo_val_images,
+        "categories": {str(k): v for k, v in val.categories.items()},
+        "strategies": {},
+    }
     for r in runs:
         predicted, truth = labels(r.run_dir / "adapter.safetensors", val)
-        report["strategies"][r.key] = {**accuracy(predicted, truth, n_boot=args.bootstrap, seed=args.seed),
-                                       "train_seconds": r.summary()["seconds_per_epoch"] * r.summary()["epochs_run"]}
+        report["strategies"][r.key] = {
+            **accuracy(predicted, truth, n_boot=args.bootstrap, seed=args.seed),
+            "train_seconds": r.summary()["seconds_per_epoch"] * r.summary()["epochs_run"],
+        }
     report["seconds"] = time.perf_counter() - t0
     write_json(args.out, report)
     print(markdown(report))

@@ -51,7 +51,7 @@ def border_colour_baseline(image: np.ndarray, box_xywh, threshold: float, ring: 
     x0, y0, bw, bh = (int(round(v)) for v in box_xywh)
     x1, y1 = x0 + bw, y0 + bh
     outer = np.zeros((h, w), bool)
-    outer[max(0, y0 - ring):min(h, y1 + ring), max(0, x0 - ring):min(w, x1 + ring)] = True
+    outer[max(0, y0 - ring) : min(h, y1 + ring), max(0, x0 - ring) : min(w, x1 + ring)] = True
     outer[y0:y1, x0:x1] = False
     if not outer.any():  # the box is the whole image: use its outermost pixels
         outer[:] = True
@@ -107,9 +107,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-val", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "demo_data_baseline.json"
-    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo_data_baseline.json")
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]  # the machine may be shared: say how busy
 
@@ -139,8 +137,11 @@ def main() -> None:
         "command": "python benchmarks/demo_data_baseline.py "
         f"--n-train {args.n_train} --n-val {args.n_val} --seed {args.seed}",
         "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
             "load_average_at_start": load_at_start,
         },
         "demo_version": DEMO_VERSION,
@@ -154,11 +155,15 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for domain, r in results.items():
         n = r["counts"]
-        print(f"{domain:8s} generated {n['train']['images']}+{n['val']['images']} images in "
-              f"{r['generation_s']:.1f} s wall, {r['generation_cpu_s']:.1f} s CPU "
-              f"(cached call {r['cached_call_s'] * 1000:.1f} ms)")
-        print(f"         baseline mIoU at t={THRESHOLDS[best]:.0f}: {summary[domain]:.3f} over "
-              f"{r['val']['n_annotations']} objects (whole box: {r['val']['box_fill_miou']:.3f})")
+        print(
+            f"{domain:8s} generated {n['train']['images']}+{n['val']['images']} images in "
+            f"{r['generation_s']:.1f} s wall, {r['generation_cpu_s']:.1f} s CPU "
+            f"(cached call {r['cached_call_s'] * 1000:.1f} ms)"
+        )
+        print(
+            f"         baseline mIoU at t={THRESHOLDS[best]:.0f}: {summary[domain]:.3f} over "
+            f"{r['val']['n_annotations']} objects (whole box: {r['val']['box_fill_miou']:.3f})"
+        )
         for scene, s in r["val"]["per_scene"].items():
             print(f"    {scene:11s} n={s['n']:4d}  mIoU {s['miou'][best]:.3f}")
     print(f"waste at its own best threshold: {best_waste:.3f}")

@@ -48,8 +48,13 @@ from samadapt.exporters.onnx import dynamic_crop_decoder  # noqa: E402
 from samadapt.exporters.sam import plain_sam  # noqa: E402
 
 PLANS = {
-    "full": {"models": ["mini", "vit_b"], "warmup": 1, "reps": {"mini": 20, "vit_b": 2}, "decoder_reps": 20,
-             "val_images": 30},
+    "full": {
+        "models": ["mini", "vit_b"],
+        "warmup": 1,
+        "reps": {"mini": 20, "vit_b": 2},
+        "decoder_reps": 20,
+        "val_images": 30,
+    },
     "smoke": {"models": ["mini"], "warmup": 1, "reps": {"mini": 2}, "decoder_reps": 2, "val_images": 4},
 }
 
@@ -79,9 +84,14 @@ def _decoder_feed(model, box: np.ndarray, size: tuple[int, int], *, pad: bool) -
     if pad:
         coords, labels = np.concatenate([coords, [[0.0, 0.0]]]), np.append(labels, -1.0)
     low = model.card.low_res_size
-    return {"image_embeddings": None, "point_coords": coords[None].astype(np.float32),
-            "point_labels": labels[None].astype(np.float32), "mask_input": np.zeros((1, 1, low, low), np.float32),
-            "has_mask_input": np.zeros(1, np.float32), "orig_im_size": np.array(size, np.float32)}
+    return {
+        "image_embeddings": None,
+        "point_coords": coords[None].astype(np.float32),
+        "point_labels": labels[None].astype(np.float32),
+        "mask_input": np.zeros((1, 1, low, low), np.float32),
+        "has_mask_input": np.zeros(1, np.float32),
+        "orig_im_size": np.array(size, np.float32),
+    }
 
 
 def interleaved(calls: dict[str, Any], *, warmup: int, reps: int) -> dict[str, dict[str, Any]]:
@@ -106,20 +116,32 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
     sample = render_demo_image("waste", seed=0, split="val", index=0)
     size = sample.image.shape[:2]
     x = model.transform.preprocess_image(sample.image)[None]
-    sessions = {q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
-                for q in ("", "_int8")}
+    sessions = {
+        q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
+        for q in ("", "_int8")
+    }
     feed_image = {"image": x.numpy()}
 
     with torch.no_grad():
-        encoder = interleaved({"torch": lambda: model.encode(x),
-                               "fp32": lambda: sessions[""][0].run(None, feed_image),
-                               "int8": lambda: sessions["_int8"][0].run(None, feed_image)},
-                              warmup=plan["warmup"], reps=plan["reps"][model_type])
+        encoder = interleaved(
+            {
+                "torch": lambda: model.encode(x),
+                "fp32": lambda: sessions[""][0].run(None, feed_image),
+                "int8": lambda: sessions["_int8"][0].run(None, feed_image),
+            },
+            warmup=plan["warmup"],
+            reps=plan["reps"][model_type],
+        )
         embeddings = model.encode(x).numpy()
     theirs = sessions[""][0].run(None, feed_image)[0]
     rel = float(np.abs(theirs - embeddings).max() / np.abs(embeddings).max())
-    bench["checks"].append({"name": f"{model_type}: encoder.onnx embeddings within 1e-4 relative of torch",
-                            "passed": rel <= 1e-4, "max_rel_diff": rel})
+    bench["checks"].append(
+        {
+            "name": f"{model_type}: encoder.onnx embeddings within 1e-4 relative of torch",
+            "passed": rel <= 1e-4,
+            "max_rel_diff": rel,
+        }
+    )
 
     ys, xs = sample.masks[0].nonzero()  # the first object's tight box
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
@@ -127,10 +149,15 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
     torch_decoder = dynamic_crop_decoder(plain_sam(model))
     torch_feed = {k: torch.from_numpy(v) for k, v in feed.items()}
     with torch.no_grad():
-        decoder = interleaved({"torch": lambda: torch_decoder(**torch_feed),
-                               "fp32": lambda: sessions[""][1].run(None, feed),
-                               "int8": lambda: sessions["_int8"][1].run(None, feed)},
-                              warmup=plan["warmup"], reps=plan["decoder_reps"])
+        decoder = interleaved(
+            {
+                "torch": lambda: torch_decoder(**torch_feed),
+                "fp32": lambda: sessions[""][1].run(None, feed),
+                "int8": lambda: sessions["_int8"][1].run(None, feed),
+            },
+            warmup=plan["warmup"],
+            reps=plan["decoder_reps"],
+        )
         torch_masks = torch_decoder(**torch_feed)[0].numpy()
     same = bool(np.array_equal(sessions[""][1].run(None, feed)[0] > 0, torch_masks > 0))
     bench["checks"].append({"name": f"{model_type}: decoder.onnx masks equal the torch module's", "passed": same})
@@ -139,15 +166,21 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
     what = C.describe_variant(model_type)["what"] + weights
     rows = []
     for part, t in (("encoder", encoder), ("decoder", decoder)):
-        rows.append({
-            "model": what, "part": part, "torch_s": round(t["torch"]["wall_s_min"], 4),
-            "onnxruntime_s": round(t["fp32"]["wall_s_min"], 4), "int8_s": round(t["int8"]["wall_s_min"], 4),
-            "torch/onnxruntime": round(t["torch"]["wall_s_min"] / t["fp32"]["wall_s_min"], 2),
-            "torch/int8": round(t["torch"]["wall_s_min"] / t["int8"]["wall_s_min"], 2),
-            "torch_s_median": round(t["torch"]["wall_s_median"], 4),
-            "onnxruntime_s_median": round(t["fp32"]["wall_s_median"], 4),
-            "int8_s_median": round(t["int8"]["wall_s_median"], 4), "reps": t["torch"]["n"],
-        })
+        rows.append(
+            {
+                "model": what,
+                "part": part,
+                "torch_s": round(t["torch"]["wall_s_min"], 4),
+                "onnxruntime_s": round(t["fp32"]["wall_s_min"], 4),
+                "int8_s": round(t["int8"]["wall_s_min"], 4),
+                "torch/onnxruntime": round(t["torch"]["wall_s_min"] / t["fp32"]["wall_s_min"], 2),
+                "torch/int8": round(t["torch"]["wall_s_min"] / t["int8"]["wall_s_min"], 2),
+                "torch_s_median": round(t["torch"]["wall_s_median"], 4),
+                "onnxruntime_s_median": round(t["fp32"]["wall_s_median"], 4),
+                "int8_s_median": round(t["int8"]["wall_s_median"], 4),
+                "reps": t["torch"]["n"],
+            }
+        )
     sizes = {f.name: f.stat().st_size for f in sorted(folder.glob("*.onnx"))}
     bench["exports"][model_type] = {"export_s": round(export_s, 1), "file_bytes": sizes}
     return rows
@@ -170,8 +203,10 @@ def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict]
     """mini on the generated waste validation images: mean IoU to the ground truth, fp32 vs int8."""
     model = _model("mini")
     folder = work / "mini"
-    sessions = {q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
-                for q in ("", "_int8")}
+    sessions = {
+        q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
+        for q in ("", "_int8")
+    }
     ious: dict[str, list[float]] = {"torch": [], "fp32": [], "int8": [], "int8_vs_fp32": []}
     image_of: list[int] = []
     for index in range(plan["val_images"]):
@@ -191,22 +226,37 @@ def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict]
                 feed = {**_decoder_feed(model, box, size, pad=True), "image_embeddings": emb[q]}
                 masks[q] = dec.run(None, feed)[0][0, 0] > 0
             image_of.append(index)
-            for key, pred, ref in (("torch", ours, gt), ("fp32", masks[""], gt), ("int8", masks["_int8"], gt),
-                                   ("int8_vs_fp32", masks["_int8"], masks[""])):
+            for key, pred, ref in (
+                ("torch", ours, gt),
+                ("fp32", masks[""], gt),
+                ("int8", masks["_int8"], gt),
+                ("int8_vs_fp32", masks["_int8"], masks[""]),
+            ):
                 ious[key].append(float((pred & ref).sum() / max(1, (pred | ref).sum())))
     arrays = {k: np.array(v) for k, v in ious.items()}
     image_of = np.array(image_of)
-    rows = [{"runtime": name, "compared_with": "ground truth" if key != "int8_vs_fp32" else "fp32 ONNX masks",
-             "mean_iou": round(float(arrays[key].mean()), 4), "ci95": _bootstrap_mean(arrays[key], image_of),
-             "objects": int(arrays[key].size)}
-            for key, name in (("torch", "torch AdaptedSam.predict (box, single mask)"),
-                              ("fp32", "onnxruntime fp32 (box + padding point)"),
-                              ("int8", "onnxruntime int8 (box + padding point)"),
-                              ("int8_vs_fp32", "onnxruntime int8 vs fp32"))]
+    rows = [
+        {
+            "runtime": name,
+            "compared_with": "ground truth" if key != "int8_vs_fp32" else "fp32 ONNX masks",
+            "mean_iou": round(float(arrays[key].mean()), 4),
+            "ci95": _bootstrap_mean(arrays[key], image_of),
+            "objects": int(arrays[key].size),
+        }
+        for key, name in (
+            ("torch", "torch AdaptedSam.predict (box, single mask)"),
+            ("fp32", "onnxruntime fp32 (box + padding point)"),
+            ("int8", "onnxruntime int8 (box + padding point)"),
+            ("int8_vs_fp32", "onnxruntime int8 vs fp32"),
+        )
+    ]
     diff = arrays["int8"] - arrays["fp32"]
-    summary = {"int8_minus_fp32_mean_iou": round(float(diff.mean()), 4),
-               "int8_minus_fp32_ci95": _bootstrap_mean(diff, image_of), "images": plan["val_images"],
-               "objects": int(diff.size)}
+    summary = {
+        "int8_minus_fp32_mean_iou": round(float(diff.mean()), 4),
+        "int8_minus_fp32_ci95": _bootstrap_mean(diff, image_of),
+        "images": plan["val_images"],
+        "objects": int(diff.size),
+    }
     return rows, summary
 
 
@@ -224,30 +274,49 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     bench: dict[str, Any] = {
-        "benchmark": "export_latency", "mode": mode, "device": "cpu", "dtype": "fp32",
-        "command": "python benchmarks/export_latency.py" + (" --smoke" if args.smoke else "")
-                   + (f" --threads {threads}" if threads != 1 else ""),
-        "machine": {**C.machine_info("cpu"), "onnxruntime": onnxruntime.__version__,
-                    "onnxruntime_threads": threads},  # machine_info's torch_threads is the same number
-        "setup": {"plan": plan,
-                  "timing": "min (and median) wall-clock over the repetitions after the warm-up calls; torch, "
-                            "onnxruntime fp32 and int8 take turns call by call",
-                  "demo_data": "render_demo_image('waste', seed=0, split='val', index=i): the images and exact "
-                               "masks make_demo_dataset(seed=0) writes (before JPEG)"},
-        "tables": [], "checks": [], "exports": {}, "summary": {},
+        "benchmark": "export_latency",
+        "mode": mode,
+        "device": "cpu",
+        "dtype": "fp32",
+        "command": "python benchmarks/export_latency.py"
+        + (" --smoke" if args.smoke else "")
+        + (f" --threads {threads}" if threads != 1 else ""),
+        "machine": {
+            **C.machine_info("cpu"),
+            "onnxruntime": onnxruntime.__version__,
+            "onnxruntime_threads": threads,
+        },  # machine_info's torch_threads is the same number
+        "setup": {
+            "plan": plan,
+            "timing": "min (and median) wall-clock over the repetitions after the warm-up calls; torch, "
+            "onnxruntime fp32 and int8 take turns call by call",
+            "demo_data": "render_demo_image('waste', seed=0, split='val', index=i): the images and exact "
+            "masks make_demo_dataset(seed=0) writes (before JPEG)",
+        },
+        "tables": [],
+        "checks": [],
+        "exports": {},
+        "summary": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for model_type in plan["models"]:
             rows += latency(model_type, plan, threads, Path(tmp), bench)
-        bench["tables"].append({
-            "title": "latency per call, seconds (torch / onnxruntime: above 1 means onnxruntime is faster)",
-            "columns": ["model", "part", "torch_s", "onnxruntime_s", "int8_s", "torch/onnxruntime", "torch/int8"],
-            "rows": rows})
+        bench["tables"].append(
+            {
+                "title": "latency per call, seconds (torch / onnxruntime: above 1 means onnxruntime is faster)",
+                "columns": ["model", "part", "torch_s", "onnxruntime_s", "int8_s", "torch/onnxruntime", "torch/int8"],
+                "rows": rows,
+            }
+        )
         acc_rows, bench["summary"] = accuracy(plan, threads, Path(tmp))
-        bench["tables"].append({
-            "title": "mini on generated waste validation images: mean IoU (bootstrap 95% interval)",
-            "columns": ["runtime", "compared_with", "mean_iou", "ci95", "objects"], "rows": acc_rows})
+        bench["tables"].append(
+            {
+                "title": "mini on generated waste validation images: mean IoU (bootstrap 95% interval)",
+                "columns": ["runtime", "compared_with", "mean_iou", "ci95", "objects"],
+                "rows": acc_rows,
+            }
+        )
     bench["machine"]["loadavg_at_end"] = list(os.getloadavg())
     bench["elapsed_s"] = round(time.perf_counter() - t0, 1)
     for t in bench["tables"]:
@@ -255,8 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     for c in bench["checks"]:
         print(f"check {c['name']}: {'passed' if c['passed'] else 'FAILED'}")
     print(bench["summary"])
-    path = C.write_json(Path(args.out) / "export_latency-cpu.json" if mode == "full" else
-                        Path(args.out) / "export_latency-cpu-smoke.json", bench)
+    path = C.write_json(
+        Path(args.out) / "export_latency-cpu.json"
+        if mode == "full"
+        else Path(args.out) / "export_latency-cpu-smoke.json",
+        bench,
+    )
     print(f"-> {path} ({bench['elapsed_s']} s)")
     return 0 if all(c["passed"] for c in bench["checks"]) else 1
 

@@ -38,7 +38,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
-from _common import PeakMemory, machine_info, mib, write_json
+from _common import machine_info, mib, write_json  # noqa: E402
+from _memory import PeakMemory
 
 RESULTS = HERE / "results" / "mask_memory-cpu.json"
 H, W = 6000, 5312  # TACO's largest photo (HxW)
@@ -65,10 +66,22 @@ def make_coco(folder: Path, n_objects: int = N_OBJECTS, seed: int = 0) -> Path:
         if k % 2:  # stored as compressed RLE
             rle = mask_utils.merge(mask_utils.frPyObjects([poly], H, W))
             seg = {"size": [H, W], "counts": rle["counts"].decode("ascii")}
-        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": seg, "iscrowd": 0,
-                     "bbox": [0, 0, 1, 1], "area": 1.0})
-    coco = {"images": [{"id": 1, "file_name": "big.jpg", "height": H, "width": W}], "annotations": anns,
-            "categories": [{"id": 1, "name": "object"}]}
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": seg,
+                "iscrowd": 0,
+                "bbox": [0, 0, 1, 1],
+                "area": 1.0,
+            }
+        )
+    coco = {
+        "images": [{"id": 1, "file_name": "big.jpg", "height": H, "width": W}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "object"}],
+    }
     path = folder / "annotations.json"
     path.write_text(json.dumps(coco))
     return path
@@ -120,7 +133,7 @@ def consume(masks, fingerprint: list) -> None:
     n = masks.shape[0]
     per_chunk = max(1, MAX_MASK_PIXELS // (H * W))
     for a in range(0, n, per_chunk):
-        gt = np.asarray(masks[a:a + per_chunk], dtype=bool)
+        gt = np.asarray(masks[a : a + per_chunk], dtype=bool)
         fingerprint.append(gt.sum(axis=(1, 2)).tolist())
         del gt
 
@@ -137,8 +150,9 @@ def run_case(case: str, folder: Path) -> dict:
     from samadapt.transforms import SamTransform
 
     inst = CocoInstances(folder, folder / "annotations.json")
-    ds = SamPromptDataset(inst, SamTransform(IMAGE_SIZE), PromptConfig(box_noise=0.0, loose_margin=0.0),
-                          load_image=False)
+    ds = SamPromptDataset(
+        inst, SamTransform(IMAGE_SIZE), PromptConfig(box_noise=0.0, loose_margin=0.0), load_image=False
+    )
     what, when = case.split("-")
     if what == "train":  # warm-up on a small instance: one-off probes and caches are not the step
         train_after(SamPromptDataset(inst, SamTransform(IMAGE_SIZE), ds.prompts, max_instances=1, load_image=False), 0)
@@ -159,8 +173,14 @@ def run_case(case: str, folder: Path) -> dict:
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del torch
-    return {"case": case, "rss_peak_bytes": peak["peak_step_bytes"], "tracemalloc_peak_bytes": traced,
-            "memory_method": peak["memory_method"], "result_sha256": digest, **extra}
+    return {
+        "case": case,
+        "rss_peak_bytes": peak["peak_step_bytes"],
+        "tracemalloc_peak_bytes": traced,
+        "memory_method": peak["memory_method"],
+        "result_sha256": digest,
+        **extra,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,27 +198,45 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(tmp)
         make_coco(folder)
         for case in ("train-before", "train-after", "val-before", "val-after"):
-            proc = subprocess.run([sys.executable, __file__, "--case", case, "--folder", str(folder)],
-                                  capture_output=True, text=True, timeout=1800, check=False)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--case", case, "--folder", str(folder)],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=False,
+            )
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
                 raise SystemExit(f"{case} failed:\n{proc.stderr[-3000:]}")
-            rows[case] = json.loads(line[-1][len("RESULT "):])
+            rows[case] = json.loads(line[-1][len("RESULT ") :])
             r = rows[case]
-            print(f"{case:13s} RSS peak {mib(r['rss_peak_bytes']):8.1f} MiB, numpy/Python peak "
-                  f"{mib(r['tracemalloc_peak_bytes']):8.1f} MiB, {r['instances']} instances", flush=True)
-    checks = {what: rows[f"{what}-before"]["result_sha256"] == rows[f"{what}-after"]["result_sha256"]
-              for what in ("train", "val")}
+            print(
+                f"{case:13s} RSS peak {mib(r['rss_peak_bytes']):8.1f} MiB, numpy/Python peak "
+                f"{mib(r['tracemalloc_peak_bytes']):8.1f} MiB, {r['instances']} instances",
+                flush=True,
+            )
+    checks = {
+        what: rows[f"{what}-before"]["result_sha256"] == rows[f"{what}-after"]["result_sha256"]
+        for what in ("train", "val")
+    }
     result = {
         "benchmark": "mask_memory",
         "command": "python benchmarks/mask_memory.py",
         "machine": machine_info("cpu"),
-        "setup": {"image_hw": [H, W], "objects": N_OBJECTS, "image_size": IMAGE_SIZE,
-                  "train_instances": 16, "max_mask_pixels": MAX_MASK_PIXELS,
-                  "one_mask_bool_mib": mib(H * W), "one_mask_float32_mib": mib(4 * H * W)},
+        "setup": {
+            "image_hw": [H, W],
+            "objects": N_OBJECTS,
+            "image_size": IMAGE_SIZE,
+            "train_instances": 16,
+            "max_mask_pixels": MAX_MASK_PIXELS,
+            "one_mask_bool_mib": mib(H * W),
+            "one_mask_float32_mib": mib(4 * H * W),
+        },
         "rows": list(rows.values()),
-        "checks": [{"name": f"{what}: after == before (sha256 of targets/boxes or mask sums/boxes)", "passed": ok}
-                   for what, ok in checks.items()],
+        "checks": [
+            {"name": f"{what}: after == before (sha256 of targets/boxes or mask sums/boxes)", "passed": ok}
+            for what, ok in checks.items()
+        ],
     }
     write_json(args.out, result)
     print(f"-> {args.out}")

@@ -18,8 +18,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BEGIN = "<!-- BEGIN GENERATED: benchmarks/report.py -->"
 END = "<!-- END GENERATED -->"
-ORDER = ["cached_embeddings", "batched_prediction", "sdpa_attention", "activation_checkpointing", "decoder_step",
-         "train_step", "inference"]
+ORDER = [
+    "cached_embeddings",
+    "batched_prediction",
+    "sdpa_attention",
+    "activation_checkpointing",
+    "decoder_step",
+    "train_step",
+    "inference",
+]
 TITLES = {
     "cached_embeddings": "(a) Decoder training: cached embeddings vs the frozen encoder every step",
     "batched_prediction": "(b) Batched prediction vs a SamPredictor loop",
@@ -52,14 +59,29 @@ def md_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
 def render_one(d: dict[str, Any]) -> str:
     m = d["machine"]
     lines = [f"### {TITLES.get(d['benchmark'], d['benchmark'])} — {d['device']}, {d['dtype']}, `{d['mode']}`", ""]
-    lines.append(f"*{m.get('device_name', m.get('cpu'))}; torch {m['torch']}, {m['torch_threads']} thread(s); "
-                 f"{m['date']}; load average {m['loadavg_at_start'][0]:.1f} at start, "
-                 f"{m.get('loadavg_at_end', [float('nan')])[0]:.1f} at end; {d.get('elapsed_s', '?')} s. "
-                 f"Source: `benchmarks/results/{d['_file']}`.*")
+    lines.append(
+        f"*{m.get('device_name', m.get('cpu'))}; torch {m['torch']}, {m['torch_threads']} thread(s); "
+        f"{m['date']}; load average {m['loadavg_at_start'][0]:.1f} at start, "
+        f"{m.get('loadavg_at_end', [float('nan')])[0]:.1f} at end; {d.get('elapsed_s', '?')} s. "
+        f"Source: `benchmarks/results/{d['_file']}`.*"
+    )
     lines.append("")
     setup = d.get("setup", {})
-    for key in ("what", "step", "call", "ours", "upstream", "encoder_path", "cached_path", "ideal_ratio",
-                "efficiency", "shared", "unshared", "memory_ratio", "adapter_bytes"):
+    for key in (
+        "what",
+        "step",
+        "call",
+        "ours",
+        "upstream",
+        "encoder_path",
+        "cached_path",
+        "ideal_ratio",
+        "efficiency",
+        "shared",
+        "unshared",
+        "memory_ratio",
+        "adapter_bytes",
+    ):
         if key in setup:
             lines.append(f"- {key.replace('_', ' ')}: {setup[key]}")
     variants = setup.get("variants") or ([setup["variant"]] if isinstance(setup.get("variant"), dict) else [])
@@ -69,9 +91,15 @@ def render_one(d: dict[str, Any]) -> str:
     for t in d.get("tables", []):
         lines += [f"**{t['title']}**", "", md_table(t["columns"], t["rows"]), ""]
     if d.get("targets"):
-        lines += ["Targets:", "", md_table(["name", "target", "value", "met", "note"],
-                                           [{**t, "met": "yes" if t["met"] else ("no" if t["met"] is False else "-")}
-                                            for t in d["targets"]]), ""]
+        lines += [
+            "Targets:",
+            "",
+            md_table(
+                ["name", "target", "value", "met", "note"],
+                [{**t, "met": "yes" if t["met"] else ("no" if t["met"] is False else "-")} for t in d["targets"]],
+            ),
+            "",
+        ]
     if d.get("checks"):
         ok = sum(c["passed"] for c in d["checks"])
         lines.append(f"Equality checks: {ok}/{len(d['checks'])} passed.")
@@ -87,8 +115,16 @@ def render_one(d: dict[str, Any]) -> str:
         lines.append(f"- note: {n}")
     lines.append("")
     for p in d.get("profiles", []):
-        lines += [f"<details><summary>Profile: {p['title']}</summary>", "", "```", p["table"].rstrip(), "```",
-                  "", "</details>", ""]
+        lines += [
+            f"<details><summary>Profile: {p['title']}</summary>",
+            "",
+            "```",
+            p["table"].rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -118,14 +154,27 @@ def targets_overview(docs: list[dict[str, Any]]) -> str:
     rows = []
     for d in docs:
         for t in d.get("targets", []):
-            rows.append({"benchmark": f"{d['benchmark']} ({d['device']}, {d['mode']})", "target": f"{t['name']}: {t['target']}",
-                         "value": t["value"], "met": "yes" if t["met"] else ("no" if t["met"] is False else "-"),
-                         "note": t.get("note", "")})
+            rows.append(
+                {
+                    "benchmark": f"{d['benchmark']} ({d['device']}, {d['mode']})",
+                    "target": f"{t['name']}: {t['target']}",
+                    "value": t["value"],
+                    "met": "yes" if t["met"] else ("no" if t["met"] is False else "-"),
+                    "note": t.get("note", ""),
+                }
+            )
     have = {(d["benchmark"], d["device"]) for d in docs}
     for bench, name, target in GPU_TARGETS:
         if (bench, "cuda") not in have:
-            rows.append({"benchmark": f"{bench} (cuda)", "target": f"{name}: {target}", "value": None,
-                         "met": "not run", "note": "no GPU was available in this session; run benchmarks/gpu.sh"})
+            rows.append(
+                {
+                    "benchmark": f"{bench} (cuda)",
+                    "target": f"{name}: {target}",
+                    "value": None,
+                    "met": "not run",
+                    "note": "no GPU was available in this session; run benchmarks/gpu.sh",
+                }
+            )
     return "### Targets\n\n" + md_table(["benchmark", "target", "value", "met", "note"], rows) + "\n"
 
 

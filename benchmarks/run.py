@@ -55,15 +55,23 @@ import torch  # noqa: E402
 import train_step  # noqa: E402
 
 #: name -> module, in the order a full run goes through them
-BENCHMARKS = {"train_step": train_step, "inference": inference, "cached_embeddings": cached_embeddings,
-              "batched_prediction": batched_prediction, "sdpa_attention": sdpa_attention,
-              "activation_checkpointing": activation_checkpointing, "decoder_step": decoder_step}
+BENCHMARKS = {
+    "train_step": train_step,
+    "inference": inference,
+    "cached_embeddings": cached_embeddings,
+    "batched_prediction": batched_prediction,
+    "sdpa_attention": sdpa_attention,
+    "activation_checkpointing": activation_checkpointing,
+    "decoder_step": decoder_step,
+}
 #: ``spec["kind"]`` of ``run.py --worker SPEC`` -> the function run in that fresh process
 WORKERS = {"train_steps": train_step.worker_train_steps, "attention": sdpa_attention.worker_attention}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="sizes for a 2-core CPU (about 5 minutes)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -71,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated subset of {list(BENCHMARKS)}")
     ap.add_argument("--models", default="vit_b,vit_h", help="model types for the full (non-quick) run")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: 1 with --quick/--smoke on CPU, else torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 with --quick/--smoke on CPU, else torch's default)",
+    )
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the torch.profiler tables")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -87,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.threads is None and args.device == "cpu" and args.mode != "full":
         args.threads = 1
-        args.threads_note = ("1 torch thread: on a CPU shared with other jobs, two OpenMP threads stall at every "
-                             "barrier while the other core is busy, which made timings vary tenfold; one thread "
-                             "gives stable ratios (absolute times are those of one core)")
+        args.threads_note = (
+            "1 torch thread: on a CPU shared with other jobs, two OpenMP threads stall at every "
+            "barrier while the other core is busy, which made timings vary tenfold; one thread "
+            "gives stable ratios (absolute times are those of one core)"
+        )
     else:
         args.threads_note = "torch's default thread count" if args.threads is None else f"--threads {args.threads}"
     if args.threads:
@@ -103,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     failed: list[str] = []
     for name in names:
-        print(f"\n==================== {name} ({args.mode}, {args.device}, {args.dtype}) ====================",
-              flush=True)
+        print(
+            f"\n==================== {name} ({args.mode}, {args.device}, {args.dtype}) ====================", flush=True
+        )
         try:
             module = BENCHMARKS[name]
             bench = module.run(args, module.plan(args.mode, models))

@@ -55,8 +55,11 @@ DEMO_VAL_OFFSET = 40  # TrainConfig.demo_val_images
 def _subset(src: Path, image_ids: list[int], dst: Path) -> Path:
     data = json.loads(src.read_text())
     keep = set(image_ids)
-    out = {**data, "images": [im for im in data["images"] if im["id"] in keep],
-           "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    out = {
+        **data,
+        "images": [im for im in data["images"] if im["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+    }
     dst.write_text(json.dumps(out))
     return dst
 
@@ -74,8 +77,9 @@ def prepare(args, work: Path) -> dict[str, tuple[Path, Path]]:
     if args.dataset == "demo":
         # validation images are rendered by index, the same for any count: skip the first DEMO_VAL_OFFSET, the
         # ones `samadapt train` validates on by default, so its adapters are never scored on them
-        root = samadapt.data.make_demo_dataset(work / "demo", n_train=args.train_images, n_val=DEMO_VAL_OFFSET + n_val,
-                                               seed=0, progress=False)
+        root = samadapt.data.make_demo_dataset(
+            work / "demo", n_train=args.train_images, n_val=DEMO_VAL_OFFSET + n_val, seed=0, progress=False
+        )
         train = (root / "train" / "images", root / "train" / "annotations.json")
         val_images, val_file = root / "val" / "images", root / "val" / "annotations.json"
         first = {im["id"] for im in json.loads(val_file.read_text())["images"][:DEMO_VAL_OFFSET]}
@@ -85,14 +89,18 @@ def prepare(args, work: Path) -> dict[str, tuple[Path, Path]]:
         rng = np.random.default_rng(args.seed)
         train_file = base / "instances_train_trashcan.json"
         ids = _with_objects(train_file)
-        train = (base / "train", _subset(train_file, sorted(rng.choice(ids, args.train_images, replace=False).tolist()),
-                                         work / "train.json"))
+        train = (
+            base / "train",
+            _subset(
+                train_file, sorted(rng.choice(ids, args.train_images, replace=False).tolist()), work / "train.json"
+            ),
+        )
         val_images, val_file = base / "val", base / "instances_val_trashcan.json"
         pool = rng.permutation(_with_objects(val_file)).tolist()
     parts = {"train": train}
     start = 0
     for name, n in (("val", args.val_images), ("cal", args.cal_images), ("eval", args.eval_images)):
-        parts[name] = (val_images, _subset(val_file, pool[start:start + n], work / f"{name}.json"))
+        parts[name] = (val_images, _subset(val_file, pool[start : start + n], work / f"{name}.json"))
         start += n
     return parts
 
@@ -106,11 +114,26 @@ def train_adapter(label: str, strategy: str, parts, args, work: Path, **extra) -
     from samadapt.training.trainer import train
 
     run = work / f"run-{label}"
-    options = dict(strategy=strategy, model="mini", dataset="coco", images_root=str(parts["train"][0]),
-                   annotation_file=str(parts["train"][1]), val_images_root=str(parts["val"][0]),
-                   val_annotation_file=str(parts["val"][1]), epochs=args.epochs, lr=args.lr, seed=args.seed,
-                   progress=False, zero_shot=False, num_examples=0, log_with=None, publish=False,
-                   output_dir=str(run), cache_dir=str(work / "cache"), **extra)
+    options = dict(
+        strategy=strategy,
+        model="mini",
+        dataset="coco",
+        images_root=str(parts["train"][0]),
+        annotation_file=str(parts["train"][1]),
+        val_images_root=str(parts["val"][0]),
+        val_annotation_file=str(parts["val"][1]),
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        progress=False,
+        zero_shot=False,
+        num_examples=0,
+        log_with=None,
+        publish=False,
+        output_dir=str(run),
+        cache_dir=str(work / "cache"),
+        **extra,
+    )
     record = run / "segment_quality_args.json"
     if (run / "adapter.safetensors").is_file() and record.is_file() and json.loads(record.read_text()) == options:
         return run / "adapter.safetensors"
@@ -130,8 +153,7 @@ def auto_scores(model, cal_set, eval_set, args) -> tuple[dict, dict]:
     """Calibrate, then score automatic masks at SAM's and the calibrated thresholds (one decoding
     pass per image serves both)."""
     cal = calibrate(model, cal_set, max_images=None, points_per_side=args.points_per_side, progress=False)
-    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=args.points_per_side),
-                "calibrated": cal.auto_config()}
+    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=args.points_per_side), "calibrated": cal.auto_config()}
     probe = SAM_DEFAULTS.replace(points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     results = {k: [] for k in settings}
     records: dict[int, list] = {}
@@ -147,8 +169,13 @@ def auto_scores(model, cal_set, eval_set, args) -> tuple[dict, dict]:
             results[name] += coco_results(image_id, recs)
             if name == "calibrated":
                 records[image_id] = recs
-    out = {name: {**evaluate_results(eval_set.coco, res, image_ids=ids, class_agnostic=True, bootstrap=args.bootstrap),
-                  "masks_per_image": len(res) / len(ids)} for name, res in results.items()}
+    out = {
+        name: {
+            **evaluate_results(eval_set.coco, res, image_ids=ids, class_agnostic=True, bootstrap=args.bootstrap),
+            "masks_per_image": len(res) / len(ids),
+        }
+        for name, res in results.items()
+    }
     out["calibration"] = cal.to_dict()
     print(describe(cal))
     return out, records
@@ -177,8 +204,12 @@ def box_scores(model, eval_set, args, *, classify: bool = False) -> dict:
         hits.append(sum(r["category_id"] == t for r, t in zip(recs, truth)))
         majority_hits.append(sum(t == args.majority for t in truth))
         counts.append(len(truth))
-    out = {k: evaluate_results(eval_set.coco, v, image_ids=eval_set.image_ids, class_agnostic=not classify,
-                               bootstrap=args.bootstrap) for k, v in results.items()}
+    out = {
+        k: evaluate_results(
+            eval_set.coco, v, image_ids=eval_set.image_ids, class_agnostic=not classify, bootstrap=args.bootstrap
+        )
+        for k, v in results.items()
+    }
     if classify:
         h, m, n = (np.asarray(x, float) for x in (hits, majority_hits, counts))
         rng = np.random.default_rng(args.seed)
@@ -186,15 +217,22 @@ def box_scores(model, eval_set, args, *, classify: bool = False) -> dict:
         for _ in range(max(args.bootstrap, 1)):  # images resampled: an image's instances stay together
             k = rng.integers(0, len(n), len(n))
             gains.append((h[k].sum() - m[k].sum()) / n[k].sum())
-        out["accuracy"] = {"class_head": h.sum() / n.sum(), "majority_class": m.sum() / n.sum(),
-                           "majority_category": eval_set.categories.get(args.majority, args.majority),
-                           "instances": int(n.sum()), "gain_interval": np.percentile(gains, [2.5, 97.5]).tolist()}
+        out["accuracy"] = {
+            "class_head": h.sum() / n.sum(),
+            "majority_class": m.sum() / n.sum(),
+            "majority_category": eval_set.categories.get(args.majority, args.majority),
+            "instances": int(n.sum()),
+            "gain_interval": np.percentile(gains, [2.5, 97.5]).tolist(),
+        }
         # balanced accuracy: the mean over the categories present of the share of their instances labelled
         # right (the majority class scores 1 / number of categories on it)
         present = sorted({t for _, t in pairs})
         recall = [np.mean([pred == t for pred, t2 in pairs if t2 == t]) for t in present]
-        out["accuracy"].update(balanced_class_head=float(np.mean(recall)), balanced_majority_class=1 / len(present),
-                               per_category_recall={eval_set.categories.get(t, t): float(r) for t, r in zip(present, recall)})
+        out["accuracy"].update(
+            balanced_class_head=float(np.mean(recall)),
+            balanced_majority_class=1 / len(present),
+            per_category_recall={eval_set.categories.get(t, t): float(r) for t, r in zip(present, recall)},
+        )
     return out
 
 
@@ -209,15 +247,23 @@ def _iv(m: dict, key: str) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = ["| model | thresholds (pred. IoU / stability) | masks / image | AR@100 | AP | AP50 | AP (GT boxes) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | thresholds (pred. IoU / stability) | masks / image | AR@100 | AP | AP50 | AP (GT boxes) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for label, m in report["models"].items():
         cal = m["auto"]["calibration"]
         for name in (SAM_KEY, "calibrated"):
             a = m["auto"][name]
-            th = "0.88 / 0.95" if name != "calibrated" else f"{cal['pred_iou_thresh']:.2f} / {cal['stability_score_thresh']:.2f}"
-            lines.append(f"| {label} | {name}: {th} | {a['masks_per_image']:.1f} | {_iv(a, 'AR100')} | {_iv(a, 'AP')} | "
-                         f"{_pct(a['AP50'])} | {_pct(m['boxes']['agnostic']['AP']) if name == 'calibrated' else ''} |")
+            th = (
+                "0.88 / 0.95"
+                if name != "calibrated"
+                else f"{cal['pred_iou_thresh']:.2f} / {cal['stability_score_thresh']:.2f}"
+            )
+            lines.append(
+                f"| {label} | {name}: {th} | {a['masks_per_image']:.1f} | {_iv(a, 'AR100')} | {_iv(a, 'AP')} | "
+                f"{_pct(a['AP50'])} | {_pct(m['boxes']['agnostic']['AP']) if name == 'calibrated' else ''} |"
+            )
     c = report.get("classes")
     if c:
         lines += ["", "| labels of the masks of the ground-truth boxes | class-aware AP | AP50 |", "|---|---:|---:|"]
@@ -226,12 +272,17 @@ def markdown(report: dict) -> str:
         auto = c["auto"]
         lines.append(f"| class head, automatic masks (calibrated) | {_iv(auto, 'AP')} | {_pct(auto['AP50'])} |")
         acc = c["boxes"]["accuracy"]
-        lines += ["", f"Accuracy on {acc['instances']} instances: class head {_pct(acc['class_head'])}%, majority class "
-                      f"({acc['majority_category']}) {_pct(acc['majority_class'])}%; gain 95% interval "
-                      f"[{_pct(acc['gain_interval'][0])}, {_pct(acc['gain_interval'][1])}] points; balanced accuracy "
-                      f"(mean of the per-category recalls) {_pct(acc['balanced_class_head'])}% vs "
-                      f"{_pct(acc['balanced_majority_class'])}%.", "",
-                  "| category | AP (class head, GT boxes) |", "|---|---:|"]
+        lines += [
+            "",
+            f"Accuracy on {acc['instances']} instances: class head {_pct(acc['class_head'])}%, majority class "
+            f"({acc['majority_category']}) {_pct(acc['majority_class'])}%; gain 95% interval "
+            f"[{_pct(acc['gain_interval'][0])}, {_pct(acc['gain_interval'][1])}] points; balanced accuracy "
+            f"(mean of the per-category recalls) {_pct(acc['balanced_class_head'])}% vs "
+            f"{_pct(acc['balanced_majority_class'])}%.",
+            "",
+            "| category | AP (class head, GT boxes) |",
+            "|---|---:|",
+        ]
         lines += [f"| {k} | {_pct(v)} |" for k, v in c["boxes"]["class head"]["per_category"].items()]
     return "\n".join(lines)
 
@@ -244,9 +295,16 @@ def figure(report_records: dict, eval_set, path: Path, n: int = 2) -> None:
         s = eval_set[i]
         from samadapt.evaluation.metrics import encode_mask
 
-        gt = [{"segmentation": encode_mask(m), "bbox": [float(b[0]), float(b[1]), 0, 0], "score": 1.0,
-               "area": int(m.sum()), "category_name": eval_set.categories[int(c)]}
-              for m, b, c in zip(s["masks"], s["boxes"], s["category_ids"])]
+        gt = [
+            {
+                "segmentation": encode_mask(m),
+                "bbox": [float(b[0]), float(b[1]), 0, 0],
+                "score": 1.0,
+                "area": int(m.sum()),
+                "category_name": eval_set.categories[int(c)],
+            }
+            for m, b, c in zip(s["masks"], s["boxes"], s["category_ids"])
+        ]
         panels = {"ground truth": gt}
         panels.update({label: recs[int(s["image_id"])] for label, recs in report_records.items()})
         rows.append({"image": s["image"], "panels": panels})
@@ -294,8 +352,12 @@ def main(argv=None) -> int:
     adapters.update(dict(a.split("=", 1) for a in args.adapter))
     models = {"zero-shot": samadapt.adapt(samadapt.build_sam("mini"), "decoder").eval()}
     models.update({label: samadapt.load(path) for label, path in adapters.items()})
-    report: dict = {"dataset": tag, "args": {k: v for k, v in vars(args).items()}, "models": {},
-                    "images": {k: len(CocoInstances(*v)) for k, v in parts.items()}}
+    report: dict = {
+        "dataset": tag,
+        "args": {k: v for k, v in vars(args).items()},
+        "models": {},
+        "images": {k: len(CocoInstances(*v)) for k, v in parts.items()},
+    }
     shown = {}
     for label, model in models.items():
         auto, recs = auto_scores(model, cal_set, eval_set, args)
@@ -303,13 +365,16 @@ def main(argv=None) -> int:
         if label in ("zero-shot", args.strategies[0] if args.strategies else label):
             shown[f"{label}: automatic"] = recs
         a = auto["calibrated"]
-        print(f"{label}: AR@100 {_pct(a['AR100'])} AP {_pct(a['AP'])} (SAM thresholds: AR@100 "
-              f"{_pct(auto[SAM_KEY]['AR100'])})")
+        print(
+            f"{label}: AR@100 {_pct(a['AR100'])} AP {_pct(a['AP'])} (SAM thresholds: AR@100 "
+            f"{_pct(auto[SAM_KEY]['AR100'])})"
+        )
     if args.classify:
         n_train = args.classify_train_images or args.train_images
         cparts = parts if n_train == args.train_images else {**parts, "train": prepare_train(args, work, n_train)}
-        path = args.classify_adapter or train_adapter(f"decoder-classify-{n_train}", "decoder", cparts, args, work,
-                                                      classify=True)
+        path = args.classify_adapter or train_adapter(
+            f"decoder-classify-{n_train}", "decoder", cparts, args, work, classify=True
+        )
         model = samadapt.load(path)
         boxes = box_scores(model, eval_set, args, classify=True)
         cal = calibrate(model, cal_set, max_images=None, points_per_side=args.points_per_side, progress=False)

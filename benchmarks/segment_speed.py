@@ -63,27 +63,47 @@ def main(argv=None) -> int:
     imgs, what = frames(args.num_images, args.images)
     rows = []
     for grid, ppb in ((g, b) for g in args.grids for b in args.points_per_batch):
-        cfg = AutoConfig(points_per_side=grid, points_per_batch=ppb, pred_iou_thresh=args.pred_iou_thresh,
-                         stability_score_thresh=args.stability_thresh, source="benchmark")
+        cfg = AutoConfig(
+            points_per_side=grid,
+            points_per_batch=ppb,
+            pred_iou_thresh=args.pred_iou_thresh,
+            stability_score_thresh=args.stability_thresh,
+            source="benchmark",
+        )
         for bs in args.batch_sizes:
             masks: list[int] = []
 
             def run(bs=bs, cfg=cfg, masks=masks):
                 masks.clear()
                 for start in range(0, len(imgs), bs):
-                    chunk = imgs[start:start + bs]
+                    chunk = imgs[start : start + bs]
                     for im, emb in zip(chunk, encode_images(model, chunk, bs)):
                         masks.append(len(segment_embedded(model, emb, im.shape[:2], auto=cfg)))
 
             t = repeat(run, args.device, warmup=0, reps=args.reps)
-            rows.append({"points_per_side": grid, "points_per_batch": ppb, "batch_size": bs, "images": len(imgs),
-                         "images_per_s": len(imgs) / t["wall_s_min"], "s_per_image": t["wall_s_min"] / len(imgs),
-                         "masks_per_image": sum(masks) / len(masks), **t})
+            rows.append(
+                {
+                    "points_per_side": grid,
+                    "points_per_batch": ppb,
+                    "batch_size": bs,
+                    "images": len(imgs),
+                    "images_per_s": len(imgs) / t["wall_s_min"],
+                    "s_per_image": t["wall_s_min"] / len(imgs),
+                    "masks_per_image": sum(masks) / len(masks),
+                    **t,
+                }
+            )
             print(table(rows[-1:], COLUMNS))
-    out = {"benchmark": "segment_auto", "model": "mini (built-in weights, zero-shot)", "frames": what,
-           "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh,
-           "machine": machine_info(args.device), "rows": rows,
-           "timing": "wall-clock minimum over reps of one pass over the images; no warm-up pass"}
+    out = {
+        "benchmark": "segment_auto",
+        "model": "mini (built-in weights, zero-shot)",
+        "frames": what,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
+        "machine": machine_info(args.device),
+        "rows": rows,
+        "timing": "wall-clock minimum over reps of one pass over the images; no warm-up pass",
+    }
     path = write_json(RESULTS / f"segment_auto-{args.device}.json", out)
     print(table(rows, COLUMNS))
     print(f"wrote {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import _common as C
+import _memory as M  # noqa: E402
 import torch
 
 #: options other than the strategy's defaults (none: every strategy is measured as registered)
@@ -28,15 +29,35 @@ def plan(mode: str, models: list[str], strategies: list[str] | None = None) -> d
     """The sizes of ``mode``; ``strategies`` (default: every registered one) chooses which to step."""
     strategies = list(strategies or registered_strategies())
     if mode == "smoke":
-        return {"variants": [{"model_type": "mini"}], "strategies": strategies, "batch": 1, "prompts": 2,
-                "warmup": 0, "reps": 1}
+        return {
+            "variants": [{"model_type": "mini"}],
+            "strategies": strategies,
+            "batch": 1,
+            "prompts": 2,
+            "warmup": 0,
+            "reps": 1,
+        }
     if mode == "quick":
         # mini as it is; ViT-B's 12 blocks, widths and heads at 256 px (16x16 tokens)
-        return {"variants": [{"model_type": "mini"}, {"model_type": "vit_b", "image_size": 256}],
-                "strategies": strategies, "batch": 2, "prompts": 8,
-                "warmup": 1, "reps": 3, "reps_large": 2}
-    return {"variants": [{"model_type": m} for m in models], "strategies": strategies, "batch": 2,
-            "prompts": 8, "warmup": 3, "reps": 10, "reps_large": 10, "checkpointing": [False, True]}
+        return {
+            "variants": [{"model_type": "mini"}, {"model_type": "vit_b", "image_size": 256}],
+            "strategies": strategies,
+            "batch": 2,
+            "prompts": 8,
+            "warmup": 1,
+            "reps": 3,
+            "reps_large": 2,
+        }
+    return {
+        "variants": [{"model_type": m} for m in models],
+        "strategies": strategies,
+        "batch": 2,
+        "prompts": 8,
+        "warmup": 3,
+        "reps": 10,
+        "reps_large": 10,
+        "checkpointing": [False, True],
+    }
 
 
 def worker_train_steps(spec: dict[str, Any]) -> dict[str, Any]:
@@ -65,11 +86,16 @@ def _train_step_config(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec.get("seed", 0))
     dev, dtype = spec["device"], spec["dtype"]
     v = spec["variant"]
-    sam = C.build_variant(v["model_type"], image_size=v.get("image_size"), depth=v.get("depth"),
-                          global_attn_indexes=tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None,
-                          device=dev)
-    model = samadapt.adapt(sam, spec["strategy"], sdpa_attention=spec.get("sdpa", True),
-                           **STRATEGY_OPTIONS.get(spec["strategy"], {}))
+    sam = C.build_variant(
+        v["model_type"],
+        image_size=v.get("image_size"),
+        depth=v.get("depth"),
+        global_attn_indexes=tuple(v["global_attn_indexes"]) if v.get("global_attn_indexes") else None,
+        device=dev,
+    )
+    model = samadapt.adapt(
+        sam, spec["strategy"], sdpa_attention=spec.get("sdpa", True), **STRATEGY_OPTIONS.get(spec["strategy"], {})
+    )
     C.randomise_zero_inits(model.sam)
     model.set_fast_paths(activation_checkpointing=spec.get("checkpointing", False))
     model.train()
@@ -95,17 +121,22 @@ def _train_step_config(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"trainable_params": sum(p.numel() for p in params)}
     if spec.get("save_grads"):
         loss = forward_backward()
-        torch.save({"loss": loss.detach().cpu(), "grads": {n: p.grad.detach().cpu() for n, p in
-                                                           model.trainable_named_parameters()}}, spec["save_grads"])
+        torch.save(
+            {
+                "loss": loss.detach().cpu(),
+                "grads": {n: p.grad.detach().cpu() for n, p in model.trainable_named_parameters()},
+            },
+            spec["save_grads"],
+        )
         opt.zero_grad(set_to_none=True)
     for _ in range(spec["warmup"]):
         step()
     walls, cpus = [], []
-    mem = C.PeakMemory(dev)
+    mem = M.PeakMemory(dev)
     for i in range(spec["reps"]):
         if i == 0:  # the memory-measured step (under the profiler's memory tracking on CPU)
             mem.start()
-            with C.TensorPeak(dev) as tensors:
+            with M.TensorPeak(dev) as tensors:
                 w, c, loss = C.time_call(step, dev)
             result.update(mem.stop())
             result["tensor_peak_bytes"] = tensors.peak if dev == "cpu" else result["peak_step_bytes"]
@@ -133,11 +164,13 @@ def run(args, cfg) -> C.Bench:
     from samadapt.sizes import strategy_size
 
     b = C.Bench("train_step", args, args.mode)
-    b.describe_setup(cfg,
-                     step="model(images, boxes, multimask=True) -> SamLoss (focal 20 + dice 1 + IoU MSE) -> "
-                          "backward -> Adam step; random weights and inputs; SDPA on (library default)",
-                     adapter_bytes="size of the file save_adapter writes for the registered (full-size) model "
-                                   "type (samadapt.sizes); trainable parameters do not depend on input size")
+    b.describe_setup(
+        cfg,
+        step="model(images, boxes, multimask=True) -> SamLoss (focal 20 + dice 1 + IoU MSE) -> "
+        "backward -> Adam step; random weights and inputs; SDPA on (library default)",
+        adapter_bytes="size of the file save_adapter writes for the registered (full-size) model "
+        "type (samadapt.sizes); trainable parameters do not depend on input size",
+    )
     configs = []
     for v in cfg["variants"]:
         large = v["model_type"] != "mini"
@@ -145,40 +178,92 @@ def run(args, cfg) -> C.Bench:
             for ckpt in cfg.get("checkpointing", [False]):
                 if ckpt and not _encoder_trains(strategy):
                     continue  # no gradient through the encoder: nothing to checkpoint
-                configs.append({"variant": v, "strategy": strategy, "checkpointing": ckpt,
-                                "reps": cfg["reps_large"] if large else cfg["reps"]})
-    results = C.run_worker(C.worker_spec(args, kind="train_steps", configs=configs, batch=cfg["batch"],
-                                        prompts=cfg["prompts"], warmup=cfg["warmup"]))["results"]
+                configs.append(
+                    {
+                        "variant": v,
+                        "strategy": strategy,
+                        "checkpointing": ckpt,
+                        "reps": cfg["reps_large"] if large else cfg["reps"],
+                    }
+                )
+    results = C.run_worker(
+        C.worker_spec(
+            args, kind="train_steps", configs=configs, batch=cfg["batch"], prompts=cfg["prompts"], warmup=cfg["warmup"]
+        )
+    )["results"]
     rows = []
     for c, r in zip(configs, results):
         v, strategy, ckpt = c["variant"], c["strategy"], c["checkpointing"]
         size = strategy_size(v["model_type"], strategy, **STRATEGY_OPTIONS.get(strategy, {}))
         if "oom" in r:
-            rows.append({"model": C.describe_variant(**v)["what"], "strategy": strategy, "checkpointing": ckpt,
-                         "batch": cfg["batch"], "step_s": "out of memory", "trainable_params": None,
-                         "adapter_bytes": size.adapter_bytes})
+            rows.append(
+                {
+                    "model": C.describe_variant(**v)["what"],
+                    "strategy": strategy,
+                    "checkpointing": ckpt,
+                    "batch": cfg["batch"],
+                    "step_s": "out of memory",
+                    "trainable_params": None,
+                    "adapter_bytes": size.adapter_bytes,
+                }
+            )
             b.data["notes"].append(f"{v['model_type']}/{strategy}/checkpointing={ckpt}: {r['oom']}")
             continue
         step_s = r["wall_s_min"]
-        rows.append({
-            "model": C.describe_variant(**v)["what"], "strategy": strategy, "checkpointing": ckpt,
-            "batch": cfg["batch"], "prompts/image": cfg["prompts"], "step_s": round(step_s, 4),
-            "step_s_median": round(r["wall_s_median"], 4), "samples/s": round(cfg["batch"] / step_s, 3),
-            "prompts/s": round(cfg["batch"] * cfg["prompts"] / step_s, 2),
-            "tensor_peak_MiB": C.mib(r["tensor_peak_bytes"]), "rss_peak_MiB": C.mib(r["peak_step_bytes"]),
-            "peak_total_MiB": C.mib(r["peak_total_bytes"]),
-            "trainable_params": r["trainable_params"], "adapter_bytes": size.adapter_bytes,
-            "loss_finite": r["loss_finite"],
-        })
+        rows.append(
+            {
+                "model": C.describe_variant(**v)["what"],
+                "strategy": strategy,
+                "checkpointing": ckpt,
+                "batch": cfg["batch"],
+                "prompts/image": cfg["prompts"],
+                "step_s": round(step_s, 4),
+                "step_s_median": round(r["wall_s_median"], 4),
+                "samples/s": round(cfg["batch"] / step_s, 3),
+                "prompts/s": round(cfg["batch"] * cfg["prompts"] / step_s, 2),
+                "tensor_peak_MiB": C.mib(r["tensor_peak_bytes"]),
+                "rss_peak_MiB": C.mib(r["peak_step_bytes"]),
+                "peak_total_MiB": C.mib(r["peak_total_bytes"]),
+                "trainable_params": r["trainable_params"],
+                "adapter_bytes": size.adapter_bytes,
+                "loss_finite": r["loss_finite"],
+            }
+        )
         b.check(f"finite loss {v['model_type']}/{strategy}/ckpt={ckpt}", r["loss_finite"])
-    b.table("one training step", ["model", "strategy", "checkpointing", "batch", "prompts/image", "step_s",
-                                  "samples/s", "prompts/s", "tensor_peak_MiB", "rss_peak_MiB", "peak_total_MiB",
-                                  "trainable_params", "adapter_bytes"], rows)
+    b.table(
+        "one training step",
+        [
+            "model",
+            "strategy",
+            "checkpointing",
+            "batch",
+            "prompts/image",
+            "step_s",
+            "samples/s",
+            "prompts/s",
+            "tensor_peak_MiB",
+            "rss_peak_MiB",
+            "peak_total_MiB",
+            "trainable_params",
+            "adapter_bytes",
+        ],
+        rows,
+    )
     if args.device == "cuda":
         for r in rows:
-            if "peak_total_MiB" in r and "vit_h as registered" in r["model"] and r["strategy"] in ("lora", "adapter") and r["checkpointing"] \
-                    and args.dtype == "bf16" and r["batch"] == 2:
+            if (
+                "peak_total_MiB" in r
+                and "vit_h as registered" in r["model"]
+                and r["strategy"] in ("lora", "adapter")
+                and r["checkpointing"]
+                and args.dtype == "bf16"
+                and r["batch"] == 2
+            ):
                 gib = r["peak_total_MiB"] / 1024
-                b.target(f"ViT-H {r['strategy']} training, 1024 px, batch 2, checkpointing + bf16",
-                         "peak <= 16 GiB", round(gib, 2), gib <= 16)
+                b.target(
+                    f"ViT-H {r['strategy']} training, 1024 px, batch 2, checkpointing + bf16",
+                    "peak <= 16 GiB",
+                    round(gib, 2),
+                    gib <= 16,
+                )
     return b

@@ -39,8 +39,10 @@ def _machine(jobs: int = 1) -> str:
 
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({jobs} training run(s) at a time, "
-            f"{_threads(jobs)} torch thread(s) each), {gpu}, torch {torch.__version__}")
+    return (
+        f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({jobs} training run(s) at a time, "
+        f"{_threads(jobs)} torch thread(s) each), {gpu}, torch {torch.__version__}"
+    )
 
 
 def _threads(jobs: int) -> int:
@@ -61,8 +63,11 @@ class Run:
     def done(self) -> bool:
         """Finished earlier with the same options (its summary and our record of the options exist)."""
         record = self.run_dir / "compare_args.json"
-        return ((self.run_dir / "run_summary.json").is_file() and record.is_file()
-                and json.loads(record.read_text()) == self.argv)
+        return (
+            (self.run_dir / "run_summary.json").is_file()
+            and record.is_file()
+            and json.loads(record.read_text()) == self.argv
+        )
 
     def summary(self) -> dict:
         return json.loads((self.run_dir / "run_summary.json").read_text())
@@ -81,8 +86,11 @@ def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
         if r not in todo:
             print(f"reusing {r.run_dir} (finished with the same options)", flush=True)
     threads = str(_threads(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     log_dir.mkdir(parents=True, exist_ok=True)
     running: list[tuple[Run, subprocess.Popen, object]] = []
     while todo or running:
@@ -110,9 +118,26 @@ def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
 
 
 def _train_argv(args, strategy: str, seed: int, run_dir: Path, data_root: Path) -> list[str]:
-    argv = ["--strategy", strategy, "--dataset", args.dataset, "--model", args.model, "--epochs", str(args.epochs),
-            "--seed", str(seed), "--output-dir", str(run_dir), "--data-root", str(data_root),
-            "--patience", str(args.epochs), "--no-progress", "--no-publish"]
+    argv = [
+        "--strategy",
+        strategy,
+        "--dataset",
+        args.dataset,
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(run_dir),
+        "--data-root",
+        str(data_root),
+        "--patience",
+        str(args.epochs),
+        "--no-progress",
+        "--no-publish",
+    ]
     if args.dataset == "demo":
         argv += ["--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)]
     else:
@@ -143,30 +168,55 @@ def run_demo(args, command: str, started: str) -> int:
     keys = ("mean_iou", "mean_precision", "mean_f1")
     table = {"zero-shot": {k: zs[k] for k in keys}}
     table.update({s: {k: r["fine_tuned"][k] for k in keys} for s, r in summaries.items()})
-    bars = plot_bars(table, list(keys), fig_dir / "strategies_bars.png", scale=100, ylabel="%",
-                     title=f"{args.dataset} / {args.model}: zero-shot vs strategies")
+    bars = plot_bars(
+        table,
+        list(keys),
+        fig_dir / "strategies_bars.png",
+        scale=100,
+        ylabel="%",
+        title=f"{args.dataset} / {args.model}: zero-shot vs strategies",
+    )
     val = presets.demo(data_root, "val")
     n = args.examples
-    examples = {"zero-shot": evaluate(samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder"), val,
-                                      max_images=n, return_examples=n, progress=False, seed=args.seed).examples}
+    examples = {
+        "zero-shot": evaluate(
+            samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder"),
+            val,
+            max_images=n,
+            return_examples=n,
+            progress=False,
+            seed=args.seed,
+        ).examples
+    }
     for r in runs:
         model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
         examples[r.key] = evaluate(model, val, max_images=n, return_examples=n, progress=False, seed=args.seed).examples
     ex = plot_examples(examples, fig_dir / "strategies_examples.png", max_rows=n)
     figures = {"bars": os.path.relpath(bars, args.out), "examples": os.path.relpath(ex, args.out)}
     clicks = demo_clicks(runs, val, args, fig_dir) if args.max_clicks else {}
-    (args.out / "strategies.json").write_text(json.dumps({"command": command, "date": started, "machine": _machine(args.jobs),
-                                                          "runs": summaries, "clicks": clicks}, indent=2, default=str))
+    (args.out / "strategies.json").write_text(
+        json.dumps(
+            {"command": command, "date": started, "machine": _machine(args.jobs), "runs": summaries, "clicks": clicks},
+            indent=2,
+            default=str,
+        )
+    )
     page = compare_page.demo_section(summaries, args, command, figures, started, _machine(args.jobs))
     if clicks:  # the click protocol (--max-clicks): its table and figure close the section
         from samadapt.evaluation.report import click_markdown
 
-        page = page.rstrip("\n") + "\n" + "\n".join(click_markdown(clicks)) + \
-            f"\n\n![mean IoU after each click]({os.path.relpath(fig_dir / 'strategies_clicks.png', args.out)})\n"
+        page = (
+            page.rstrip("\n")
+            + "\n"
+            + "\n".join(click_markdown(clicks))
+            + f"\n\n![mean IoU after each click]({os.path.relpath(fig_dir / 'strategies_clicks.png', args.out)})\n"
+        )
     compare_page.update_page(args.out / "strategies.md", "demo", page)
     print(f"wrote {args.out / 'strategies.md'}")
     for s, r in summaries.items():
-        print(f"{s:10} mean IoU {100 * r['fine_tuned']['mean_iou']:.2f} (zero-shot {100 * r['zero_shot']['mean_iou']:.2f})")
+        print(
+            f"{s:10} mean IoU {100 * r['fine_tuned']['mean_iou']:.2f} (zero-shot {100 * r['zero_shot']['mean_iou']:.2f})"
+        )
     return 0
 
 
@@ -180,208 +230,82 @@ def demo_clicks(runs: list[Run], val, args, fig_dir: Path) -> dict:
     models = {"zero-shot": samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder")}
     models.update({r.key: samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint) for r in runs})
     out = {k: evaluate_clicks(m, val, max_clicks=args.max_clicks, progress=False).metrics() for k, m in models.items()}
-    plot_click_curves({k: m["clicks"] for k, m in out.items()}, fig_dir / "strategies_clicks.png",
-                      title=f"demo / {args.model}: mean IoU after each click")
+    plot_click_curves(
+        {k: m["clicks"] for k, m in out.items()},
+        fig_dir / "strategies_clicks.png",
+        title=f"demo / {args.model}: mean IoU after each click",
+    )
     return out
 
 
 # ---------------------------------------------------------------------------- TrashCan
-def _frames_with_instances(ds) -> list[int]:
-    return [i for k, i in enumerate(ds.image_ids) if ds.instance_annotations(k)]
-
-
-def trashcan_strategies(chosen: list[str] | None) -> list[str]:
-    """The strategies of a real-data comparison: every registered one unless chosen."""
-    from samadapt.strategies import STRATEGIES
-
-    unknown = [s for s in chosen or [] if s not in STRATEGIES]
-    if unknown:
-        raise SystemExit(f"compare: unknown strategies {unknown}; registered: {sorted(STRATEGIES)}")
-    return list(chosen) if chosen else list(STRATEGIES)
-
-
-def run_trashcan(args, command: str, started: str) -> int:
-    import torch
-
-    import samadapt
-    from samadapt.data import presets
-    from samadapt.evaluation import comparison as C
-    from samadapt.evaluation.plots import plot_bars, plot_curves, plot_examples
-    from samadapt.evaluation.uncertainty import bootstrap_interval
-
-    t_start = time.perf_counter()
-    if not args.data_root:
-        raise SystemExit("compare: --dataset trashcan needs --data-root (the folder `samadapt data import-trashcan` "
-                         "wrote)")
-    strategies = trashcan_strategies(args.strategies)
-    train_all = presets.trashcan(args.data_root, "train", version=args.version)
-    test_all = presets.trashcan(args.data_root, "val", version=args.version)
-    frames = C.choose_frames(_frames_with_instances(train_all), _frames_with_instances(test_all),
-                             n_select=args.select_frames, n_train=args.train_frames, n_test=args.test_frames, seed=0)
-    runs_dir = args.runs or (REPO / "outputs" / "compare-trashcan")
-    fractions = sorted(set(args.fractions) | {1.0})
-    roots = {}
-    for f in fractions:
-        n = max(1, round(f * args.train_frames))
-        roots[f] = C.write_trashcan_subset(args.data_root, args.version, frames["train"][:n], frames["select"],
-                                           runs_dir / "data" / f"train{n}")
-
-    def make(s: str, f: float, seed: int) -> Run:
-        key = f"{s}-f{round(100 * f):03d}-s{seed}"
-        return Run(key, runs_dir / key, _train_argv(args, s, seed, runs_dir / key, roots[f]))
-
-    main = {(s, seed): make(s, 1.0, seed) for s in strategies for seed in args.seeds}
-    run_all(list(main.values()), args.jobs, runs_dir / "logs")
-    t_trained = time.perf_counter()
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    test = test_all.subset(frames["test"], name=f"trashcan-{args.version}/val (subset)")
-    base = samadapt.build_sam(args.model, args.checkpoint)
-    zs = C.evaluate_prompts(samadapt.adapt(base, "decoder"), test, C.PROMPT_KINDS, examples=args.examples)
-    results = {}  # (strategy, fraction, seed) -> evaluate_prompts' result
-    for (s, seed), r in main.items():
-        print(f"evaluating {r.key}", flush=True)
-        model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
-        results[(s, 1.0, seed)] = C.evaluate_prompts(model, test, C.PROMPT_KINDS,
-                                                     examples=args.examples if seed == args.seeds[0] else 0)
-
-    def records(s, f, kind):
-        return [results[(s, f, seed)][kind][0] for seed in args.seeds]
-
-    box = "tight box"
-    main_records = {"zero-shot": [zs[box][0]], **{s: records(s, 1.0, box) for s in strategies}}
-    ap = {"zero-shot": [zs[box][1]["coco"]["AP"]],
-          **{s: [results[(s, 1.0, seed)][box][1]["coco"]["AP"] for seed in args.seeds] for s in strategies}}
-    stats = C.compare_records(main_records, "zero-shot", ap=ap, baseline="decoder" if "decoder" in strategies else None,
-                              categories=test.categories, top_classes=args.top_classes, n_boot=args.bootstrap)
-    prompts = {kind: C.compare_records({"zero-shot": [zs[kind][0]], **{s: records(s, 1.0, kind) for s in strategies}},
-                                       "zero-shot", n_boot=args.bootstrap) for kind in C.PROMPT_KINDS}
-
-    # data efficiency: the decoder and the best strategy that adapts the encoder
-    t_evaluated = time.perf_counter()
-    encoder_strategies = [s for s in strategies
-                          if not samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), s).encoder_is_frozen]
-    best_encoder = max(encoder_strategies, key=lambda s: stats[s]["mean_iou"].mean) if encoder_strategies else None
-    eff_strategies = [s for s in ("decoder", best_encoder) if s in strategies]
-    small = [f for f in fractions if f < 1.0]
-    eff_runs = {(s, f, seed): make(s, f, seed) for s in eff_strategies for f in small for seed in args.seeds}
-    run_all(list(eff_runs.values()), args.jobs, runs_dir / "logs")
-    for (s, f, seed), r in eff_runs.items():
-        model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
-        results[(s, f, seed)] = C.evaluate_prompts(model, test, {box: C.PROMPT_KINDS[box]}, coco_for=())
-    efficiency = {s: {f: bootstrap_interval(records(s, f, box), "iou", n_boot=args.bootstrap) for f in fractions}
-                  for s in eff_strategies}
-    t_end = time.perf_counter()
-
-    summaries = {key: r.summary() for key, r in [(f"{s}/{seed}", r) for (s, seed), r in main.items()]}
-    costs = {s: compare_page.costs([main[(s, seed)].summary() for seed in args.seeds]) for s in strategies}
-    n_per_fraction = {f: max(1, round(f * args.train_frames)) for f in fractions}
-
-    fig_dir = args.out / "figures"
-    labels = ["zero-shot", *strategies]
-    bars = plot_bars({k: {p: (prompts[p][k]["mean_iou"].mean) for p in C.PROMPT_KINDS} for k in labels},
-                     list(C.PROMPT_KINDS), fig_dir / "trashcan_prompts.png", scale=100, ylabel="mean IoU (%)",
-                     title=f"TrashCan {args.version} / {args.model}: mean IoU by prompt (95% CI)",
-                     intervals={k: {p: (prompts[p][k]["mean_iou"].low, prompts[p][k]["mean_iou"].high)
-                                    for p in C.PROMPT_KINDS} for k in labels})
-    curve = plot_curves({s: {100 * f: (v.mean, v.low, v.high) for f, v in efficiency[s].items()} for s in efficiency},
-                        fig_dir / "trashcan_efficiency.png", xlabel="% of the training frames", ylabel="mean IoU (%)",
-                        scale=100, reference=("zero-shot", stats["zero-shot"]["mean_iou"].mean),
-                        title=f"TrashCan {args.version}: mean IoU vs training frames (95% CI)")
-    examples = {"zero-shot": zs[box][0].examples,
-                **{s: results[(s, 1.0, args.seeds[0])][box][0].examples for s in strategies}}
-    ex = plot_examples(examples, fig_dir / "trashcan_examples.png", max_rows=args.examples)
-    figures = {k: os.path.relpath(p, args.out) for k, p in (("prompts", bars), ("efficiency", curve), ("examples", ex))}
-
-    box_fill = C.box_fill_baseline(test)
-    info = {"command": command, "date": started, "data_root": args.data_root, "machine": _machine(args.jobs),
-            "version": args.version, "box_fill_mean_iou": box_fill,
-            "frames": {k: len(v) for k, v in frames.items()}, "test_instances": stats["zero-shot"]["num_instances"],
-            "epochs": args.epochs, "seeds": args.seeds, "strategies": strategies, "best_encoder": best_encoder,
-            "fractions": n_per_fraction, "bootstrap": args.bootstrap, "extra": args.extra,
-            "minutes": {"training": (t_trained - t_start) / 60, "evaluation": (t_evaluated - t_trained) / 60,
-                        "efficiency": (t_end - t_evaluated) / 60, "total": (t_end - t_start) / 60},
-            "test_frames": [test_all.file_image_info(i)["file_name"] for i in frames["test"]]}
-    from samadapt.evaluation.comparison import intervals_to_json
-
-    (args.out / "strategies_trashcan.json").write_text(json.dumps(intervals_to_json({
-        **info, "stats": stats, "prompts": prompts, "efficiency": {s: {str(f): v for f, v in e.items()}
-                                                                   for s, e in efficiency.items()},
-        "costs": costs, "runs": summaries}), indent=2, default=str))
-    section = compare_page.trashcan_section(info, stats, prompts, efficiency, costs, figures)
-    compare_page.update_page(args.out / "strategies.md", "trashcan", section)
-    print(f"wrote {args.out / 'strategies.md'} ({(t_end - t_start) / 60:.1f} min)")
-    for s in strategies:
-        g = stats[s]["gain"]
-        print(f"{s:10} mean IoU {100 * stats[s]['mean_iou'].mean:.2f}  gain {100 * g.mean:+.2f} "
-              f"[{100 * g.low:+.2f}, {100 * g.high:+.2f}]")
-    return 0
-
-
-def render_trashcan(args) -> int:
-    """Rewrite the page's TrashCan section from the JSON an earlier run wrote (no training, no
-    evaluation): for changes to the page's wording. The section keeps that run's command and date."""
-    from samadapt.evaluation.uncertainty import Interval
-
-    def revive(x):
-        if isinstance(x, dict) and {"mean", "low", "high", "level", "method"} == set(x):
-            return Interval(**x)
-        return {k: revive(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-    path = args.out / "strategies_trashcan.json"
-    if not path.is_file():
-        raise SystemExit(f"compare: --render-only needs {path} from an earlier run")
-    raw = json.loads(path.read_text())
-    if args.note is not None:  # kept in the JSON, so later renders keep it
-        raw["note"] = args.note
-        path.write_text(json.dumps(raw, indent=2))
-    data = revive(raw)
-    efficiency = {s: {float(f): v for f, v in e.items()} for s, e in data["efficiency"].items()}
-    info = {**data, "fractions": {float(f): n for f, n in data["fractions"].items()}}
-    figures = {k: f"figures/trashcan_{k}.png" for k in ("prompts", "efficiency", "examples")}
-    section = compare_page.trashcan_section(info, data["stats"], data["prompts"], efficiency, data["costs"], figures)
-    compare_page.update_page(args.out / "strategies.md", "trashcan", section)
-    print(f"wrote {args.out / 'strategies.md'} from {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="demo", choices=["demo", "trashcan"],
-                    help="demo: generated waste scenes; trashcan: real frames (--data-root)")
+    ap.add_argument(
+        "--dataset",
+        default="demo",
+        choices=["demo", "trashcan"],
+        help="demo: generated waste scenes; trashcan: real frames (--data-root)",
+    )
     ap.add_argument("--data-root", help="trashcan: the folder `samadapt data import-trashcan` wrote")
     ap.add_argument("--version", default="instance", choices=["instance", "material"], help="trashcan version")
     ap.add_argument("--model", default="mini", help="model type (default: mini)")
     ap.add_argument("--checkpoint", default=None, help="base checkpoint (default: the model's built-in weights)")
     from samadapt.strategies import STRATEGIES
 
-    ap.add_argument("--strategies", nargs="+", default=None, choices=sorted(STRATEGIES), metavar="STRATEGY",
-                    help=f"of {', '.join(sorted(STRATEGIES))} (the registry); default: demo every registered "
-                    "strategy but full (the whole model, compared on trashcan), trashcan every one")
+    ap.add_argument(
+        "--strategies",
+        nargs="+",
+        default=None,
+        choices=sorted(STRATEGIES),
+        metavar="STRATEGY",
+        help=f"of {', '.join(sorted(STRATEGIES))} (the registry); default: demo every registered "
+        "strategy but full (the whole model, compared on trashcan), trashcan every one",
+    )
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: demo 8, trashcan 3)")
     ap.add_argument("--seed", type=int, default=0, help="demo: the training seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trashcan: training seeds per strategy")
     ap.add_argument("--train-frames", type=int, default=600, help="trashcan: training frames (100%% of the curve)")
-    ap.add_argument("--select-frames", type=int, default=60,
-                    help="trashcan: held-out official training frames that choose each run's best epoch")
+    ap.add_argument(
+        "--select-frames",
+        type=int,
+        default=60,
+        help="trashcan: held-out official training frames that choose each run's best epoch",
+    )
     ap.add_argument("--test-frames", type=int, default=300, help="trashcan: official val frames evaluated")
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0],
-                    help="trashcan: shares of --train-frames for the data-efficiency curve")
+    ap.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.25, 1.0],
+        help="trashcan: shares of --train-frames for the data-efficiency curve",
+    )
     ap.add_argument("--top-classes", type=int, default=6, help="trashcan: per-class means for this many classes")
     ap.add_argument("--bootstrap", type=int, default=2000, help="trashcan: bootstrap rounds of the intervals")
     ap.add_argument("--demo-train-images", type=int, default=160)
     ap.add_argument("--demo-val-images", type=int, default=40)
     ap.add_argument("--examples", type=int, default=4, help="images in the examples figure")
-    ap.add_argument("--max-clicks", type=int, default=0,
-                    help="demo: also run the click-by-click protocol with this many clicks (0: off)")
+    ap.add_argument(
+        "--max-clicks",
+        type=int,
+        default=0,
+        help="demo: also run the click-by-click protocol with this many clicks (0: off)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="training processes at a time")
     ap.add_argument("--out", type=Path, default=REPO / "docs", help="folder for strategies.md and its figures")
-    ap.add_argument("--runs", type=Path, default=None,
-                    help="where the runs go (default: outputs/compare, outputs/compare-trashcan)")
-    ap.add_argument("--render-only", action="store_true",
-                    help="trashcan: rewrite the page section from <out>/strategies_trashcan.json of an earlier run")
-    ap.add_argument("--note", default=None,
-                    help="with --render-only: a note shown (as added after the run) in the section, kept in the JSON")
+    ap.add_argument(
+        "--runs", type=Path, default=None, help="where the runs go (default: outputs/compare, outputs/compare-trashcan)"
+    )
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="trashcan: rewrite the page section from <out>/strategies_trashcan.json of an earlier run",
+    )
+    ap.add_argument(
+        "--note",
+        default=None,
+        help="with --render-only: a note shown (as added after the run) in the section, kept in the JSON",
+    )
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more finetune.py options for every run")
     args = ap.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
@@ -392,9 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     command = "python recipes/compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.dataset == "demo" and not args.render_only:
+        return run_demo(args, command, started)
+    import compare_trashcan  # recipes/compare_trashcan.py: the real-data comparison
+
     if args.render_only:
-        return render_trashcan(args)
-    return (run_demo if args.dataset == "demo" else run_trashcan)(args, command, started)
+        return compare_trashcan.render_trashcan(args)
+    return compare_trashcan.run_trashcan(args, command, started)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def update_page(path: Path, name: str, section: str) -> None:
         if found:
             sections.update(found)
         elif text.startswith(TITLE):
-            sections["demo"] = text[len(TITLE):].lstrip("\n")
+            sections["demo"] = text[len(TITLE) :].lstrip("\n")
     sections[name] = section.rstrip("\n") + "\n"
     names = [n for n in ORDER if n in sections] + [n for n in sections if n not in ORDER]
     body = "\n".join(f"<!-- compare:{n} -->\n{sections[n]}<!-- /compare:{n} -->\n" for n in names)
@@ -65,20 +65,26 @@ def bounds(iv) -> str:
 def costs(summaries: list[dict]) -> dict:
     """Per strategy from its runs' run_summary.json: trainable parameters, adapter bytes, mean
     s/epoch, largest peak memory."""
-    return {"trainable_parameters": summaries[0]["trainable_parameters"],
-            "adapter_bytes": summaries[0]["adapter_bytes"],
-            "seconds_per_epoch": sum(s["seconds_per_epoch"] for s in summaries) / len(summaries),
-            "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries)}
+    return {
+        "trainable_parameters": summaries[0]["trainable_parameters"],
+        "adapter_bytes": summaries[0]["adapter_bytes"],
+        "seconds_per_epoch": sum(s["seconds_per_epoch"] for s in summaries) / len(summaries),
+        "peak_memory_mb": max(s["peak_memory_mb"] for s in summaries),
+    }
 
 
 def _minutes(m: dict) -> str:
     """The run's wall time and its phases (older JSON files hold only training and total)."""
     if "evaluation" not in m:
-        return (f"{m['total']:.0f} min ({m['training']:.0f} min to train the main runs, the rest to evaluate every "
-                "model under the four prompt kinds and to train and evaluate the data-efficiency runs)")
-    return (f"{m['total']:.0f} min: {m['training']:.0f} min to train the main runs, {m['evaluation']:.0f} min to "
-            f"evaluate zero-shot and every run under the four prompt kinds, {m['efficiency']:.0f} min to train and "
-            "evaluate the data-efficiency runs")
+        return (
+            f"{m['total']:.0f} min ({m['training']:.0f} min to train the main runs, the rest to evaluate every "
+            "model under the four prompt kinds and to train and evaluate the data-efficiency runs)"
+        )
+    return (
+        f"{m['total']:.0f} min: {m['training']:.0f} min to train the main runs, {m['evaluation']:.0f} min to "
+        f"evaluate zero-shot and every run under the four prompt kinds, {m['efficiency']:.0f} min to train and "
+        "evaluate the data-efficiency runs"
+    )
 
 
 def trashcan_section(info: dict, stats: dict, prompts: dict, efficiency: dict, costs_: dict, figures: dict) -> str:
@@ -126,16 +132,21 @@ def trashcan_section(info: dict, stats: dict, prompts: dict, efficiency: dict, c
         lines.append(
             f"| {s} | {pm(r['mean_iou'])} | {bounds(r['gain'])} | {over_dec} | {pm(r['mean_precision'])} | "
             f"{pm(r['mean_f1'])} | {pm(r['mask_ap'])} | {c['trainable_parameters']:,} | "
-            f"{c['adapter_bytes'] / 2**20:.2f} MiB | {c['seconds_per_epoch']:.1f} | {c['peak_memory_mb']:.0f} MiB |")
+            f"{c['adapter_bytes'] / 2**20:.2f} MiB | {c['seconds_per_epoch']:.1f} | {c['peak_memory_mb']:.0f} MiB |"
+        )
     clear = [s for s in strategies if stats[s]["gain"].low > 0]
     unclear = [s for s in strategies if s not in clear]
     verdict = []
     if clear:
-        verdict.append(f"The mean-IoU gain over zero-shot is larger than its uncertainty (the 95% interval excludes 0) "
-                       f"for {', '.join(f'`{s}`' for s in clear)}.")
+        verdict.append(
+            f"The mean-IoU gain over zero-shot is larger than its uncertainty (the 95% interval excludes 0) "
+            f"for {', '.join(f'`{s}`' for s in clear)}."
+        )
     if unclear:
-        verdict.append(f"**Not distinguishable from zero-shot** (the interval of the gain includes 0 or lies below it): "
-                       f"{', '.join(f'`{s}`' for s in unclear)}.")
+        verdict.append(
+            f"**Not distinguishable from zero-shot** (the interval of the gain includes 0 or lies below it): "
+            f"{', '.join(f'`{s}`' for s in unclear)}."
+        )
     vs = [s for s in strategies if "gain_over_decoder" in stats[s]]
     if vs:
         better = [s for s in vs if stats[s]["gain_over_decoder"].low > 0]
@@ -149,69 +160,98 @@ def trashcan_section(info: dict, stats: dict, prompts: dict, efficiency: dict, c
         if same:
             parts.append(f"not distinguishable from `decoder`: {', '.join(f'`{s}`' for s in same)}")
         verdict.append("Against the decoder-only strategy, on the same frames and seeds: " + "; ".join(parts) + ".")
-    lines += ["", " ".join(verdict), "",
-              f"For reference, the trivial mask that fills each tight box scores {pct(info['box_fill_mean_iou'])} mean "
-              "IoU on these test objects: a model below it segments worse than the prompt alone says.", "",
-              "Mean IoU, precision, F1 in % (per object, then averaged; docs/metrics.md) as mean ± half-width of the "
-              f"95% interval. Intervals: a two-level bootstrap ({info['bootstrap']} rounds) that resamples the test "
-              f"frames (an image's objects together) and the {len(seeds)} training seeds, percentile interval; the "
-              "gains (percentage points, [2.5%, 97.5%] bounds) are paired: both models are scored on the same "
-              "resampled frames in every round. Zero-shot has no training seed, so its interval is over frames only. "
-              "Mask AP (COCOeval, SAM's predicted IoU as the score) is the mean over seeds ± the Student-t 95% "
-              "half-width over seeds (too costly to bootstrap). s / epoch: training only, mean over seeds; peak "
-              "memory: the largest peak resident set size of a training process (CPU). Frozen-encoder strategies "
-              "train on cached image embeddings.",
-              "",
-              "For scale, \"Don't waste SAM\" on the full TrashCan 1.0 with the official SAM checkpoints (GPU, 5 "
-              "epochs, decoder only; mean IoU / mean precision / mean F1, %; quoted from the paper):",
-              "",
-              "| backbone | zero-shot | fine-tuned (decoder) |", "|---|---|---|"]
+    lines += [
+        "",
+        " ".join(verdict),
+        "",
+        f"For reference, the trivial mask that fills each tight box scores {pct(info['box_fill_mean_iou'])} mean "
+        "IoU on these test objects: a model below it segments worse than the prompt alone says.",
+        "",
+        "Mean IoU, precision, F1 in % (per object, then averaged; docs/metrics.md) as mean ± half-width of the "
+        f"95% interval. Intervals: a two-level bootstrap ({info['bootstrap']} rounds) that resamples the test "
+        f"frames (an image's objects together) and the {len(seeds)} training seeds, percentile interval; the "
+        "gains (percentage points, [2.5%, 97.5%] bounds) are paired: both models are scored on the same "
+        "resampled frames in every round. Zero-shot has no training seed, so its interval is over frames only. "
+        "Mask AP (COCOeval, SAM's predicted IoU as the score) is the mean over seeds ± the Student-t 95% "
+        "half-width over seeds (too costly to bootstrap). s / epoch: training only, mean over seeds; peak "
+        "memory: the largest peak resident set size of a training process (CPU). Frozen-encoder strategies "
+        "train on cached image embeddings.",
+        "",
+        'For scale, "Don\'t waste SAM" on the full TrashCan 1.0 with the official SAM checkpoints (GPU, 5 '
+        "epochs, decoder only; mean IoU / mean precision / mean F1, %; quoted from the paper):",
+        "",
+        "| backbone | zero-shot | fine-tuned (decoder) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {bb} | {z} | {f} |" for (ds, bb), (z, f) in PAPER.items() if ds == "TrashCan 1.0"]
 
     classes = list(zs["per_class"])
     if classes:
         counts = zs.get("class_counts", {})
-        lines += ["", f"### Mean IoU of the {len(classes)} most frequent classes (tight boxes)", "",
-                  "| class | objects | " + " | ".join(["zero-shot", *strategies]) + " |",
-                  "|---|---|" + "---|" * (1 + len(strategies))]
+        lines += [
+            "",
+            f"### Mean IoU of the {len(classes)} most frequent classes (tight boxes)",
+            "",
+            "| class | objects | " + " | ".join(["zero-shot", *strategies]) + " |",
+            "|---|---|" + "---|" * (1 + len(strategies)),
+        ]
         for c in classes:
             cells = [pm(stats[k]["per_class"][c]) for k in ["zero-shot", *strategies]]
             lines.append(f"| {c} | {counts.get(c, '')} | " + " | ".join(cells) + " |")
 
     kinds = list(prompts)
-    lines += ["", "### Prompt robustness (mean IoU, %)", "",
-              "Tight box: the ground-truth box; jittered box: SAM's training noise on it (std 10% of the side, at most "
-              "20 px); loose box: 20% of the side added on each side (the Sama study's loose boxes); centre point: one "
-              "click at the object's most interior pixel, single-mask output. Models are fine-tuned with jittered "
-              "boxes only.", "",
-              "| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    lines += [
+        "",
+        "### Prompt robustness (mean IoU, %)",
+        "",
+        "Tight box: the ground-truth box; jittered box: SAM's training noise on it (std 10% of the side, at most "
+        "20 px); loose box: 20% of the side added on each side (the Sama study's loose boxes); centre point: one "
+        "click at the object's most interior pixel, single-mask output. Models are fine-tuned with jittered "
+        "boxes only.",
+        "",
+        "| model | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
     for k in ["zero-shot", *strategies]:
         lines.append(f"| {k} | " + " | ".join(pm(prompts[p][k]["mean_iou"]) for p in kinds) + " |")
     lines += ["", f"![mean IoU per prompt kind]({figures['prompts']})"]
 
     if efficiency:
         fr = info["fractions"]
-        lines += ["", "### Data efficiency (tight boxes, mean IoU, %)", "",
-                  f"The decoder and the best encoder strategy at 100% (`{info['best_encoder']}`), retrained on nested "
-                  f"shares of the {fr[max(fr)]} training frames, the same seeds and epochs (so a smaller share also "
-                  "means fewer steps).", "",
-                  "| strategy | " + " | ".join(f"{round(100 * f)}% ({fr[f]} frames)" for f in sorted(fr)) + " |",
-                  "|---|" + "---|" * len(fr)]
+        lines += [
+            "",
+            "### Data efficiency (tight boxes, mean IoU, %)",
+            "",
+            f"The decoder and the best encoder strategy at 100% (`{info['best_encoder']}`), retrained on nested "
+            f"shares of the {fr[max(fr)]} training frames, the same seeds and epochs (so a smaller share also "
+            "means fewer steps).",
+            "",
+            "| strategy | " + " | ".join(f"{round(100 * f)}% ({fr[f]} frames)" for f in sorted(fr)) + " |",
+            "|---|" + "---|" * len(fr),
+        ]
         for s, row in efficiency.items():
             lines.append(f"| {s} | " + " | ".join(pm(row[f]) for f in sorted(fr)) + " |")
         lines += ["", f"![mean IoU vs training frames]({figures['efficiency']})"]
-    lines += ["", f"Real test frames, zero-shot and each strategy (seed {seeds[0]}), tight box prompts:", "",
-              f"![TrashCan examples per strategy]({figures['examples']})", "",
-              "Reproduce (the frames are chosen, seeded, from the imported splits):", "",
-              "```bash",
-              f"samadapt data import-trashcan ../shared/realdata/trashcan {info['data_root']}",
-              info["command"],
-              "```", ""]
+    lines += [
+        "",
+        f"Real test frames, zero-shot and each strategy (seed {seeds[0]}), tight box prompts:",
+        "",
+        f"![TrashCan examples per strategy]({figures['examples']})",
+        "",
+        "Reproduce (the frames are chosen, seeded, from the imported splits):",
+        "",
+        "```bash",
+        f"samadapt data import-trashcan ../shared/realdata/trashcan {info['data_root']}",
+        info["command"],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def demo_section(summaries: dict[str, dict], args, command: str, figures: dict[str, str], started: str,
-                 machine: str) -> str:
+def demo_section(
+    summaries: dict[str, dict], args, command: str, figures: dict[str, str], started: str, machine: str
+) -> str:
     zs = next(iter(summaries.values()))["zero_shot"]
     lines = [
         f"## Measured: demo waste data, `{args.model}` model",
@@ -256,7 +296,7 @@ def demo_section(summaries: dict[str, dict], args, command: str, figures: dict[s
         "",
         "## The official SAM checkpoints (to be measured on a GPU)",
         "",
-        "Paper: \"Don't waste SAM\" (decoder-only fine-tuning, box prompts from the ground truth). Their numbers "
+        'Paper: "Don\'t waste SAM" (decoder-only fine-tuning, box prompts from the ground truth). Their numbers '
         "(mean IoU / mean precision / mean F1, %) are quoted from the paper for comparison; **samadapt cells are not "
         "measured yet**: no SAM weights could be obtained where this page was generated.",
         "",

@@ -19,8 +19,9 @@ from samadapt.cli import TRAIN_DESCRIPTION, add_train_arguments, run_parsed, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune.py", description=TRAIN_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="finetune.py", description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_train_arguments(parser)
     return parser
 

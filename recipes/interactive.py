@@ -37,11 +37,38 @@ MIN_CLICK_GAIN = 3.0
 
 
 def _argv(args, data_root: Path, run_dir: Path, prompts: list[str], rounds: int, extra: tuple = ()) -> list[str]:
-    argv = ["--strategy", args.strategy, "--dataset", "demo", "--model", args.model, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--output-dir", str(run_dir), "--data-root", str(data_root),
-            "--patience", str(args.epochs), "--no-progress", "--no-publish", "--no-zero-shot", "--num-examples", "0",
-            "--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images),
-            "--train-prompts", *prompts, "--click-rounds", str(rounds), *extra]
+    argv = [
+        "--strategy",
+        args.strategy,
+        "--dataset",
+        "demo",
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--output-dir",
+        str(run_dir),
+        "--data-root",
+        str(data_root),
+        "--patience",
+        str(args.epochs),
+        "--no-progress",
+        "--no-publish",
+        "--no-zero-shot",
+        "--num-examples",
+        "0",
+        "--demo-train-images",
+        str(args.demo_train_images),
+        "--demo-val-images",
+        str(args.demo_val_images),
+        "--train-prompts",
+        *prompts,
+        "--click-rounds",
+        str(rounds),
+        *extra,
+    ]
     if args.checkpoint:
         argv += ["--checkpoint", args.checkpoint]
     return argv + args.extra
@@ -52,8 +79,10 @@ def evaluate_model(model, val, args) -> dict:
     from samadapt.evaluation.clicks import evaluate_clicks
     from samadapt.evaluation.evaluate import evaluate
 
-    out = {kind: evaluate(model, val, prompt=kind, num_points=1, seed=args.seed, progress=False, coco=False).records
-           for kind in ("box", "extreme", "points")}
+    out = {
+        kind: evaluate(model, val, prompt=kind, num_points=1, seed=args.seed, progress=False, coco=False).records
+        for kind in ("box", "extreme", "points")
+    }
     out["clicks"] = evaluate_clicks(model, val, max_clicks=args.max_clicks, progress=False)
     return out
 
@@ -69,18 +98,29 @@ def summarize(results: dict[str, dict], args) -> dict:
     for label, r in results.items():
         clicks = r["clicks"]
         stats[label] = {
-            "box": iv(r["box"]), "extreme": iv(r["extreme"]), "random_click": iv(r["points"]),
+            "box": iv(r["box"]),
+            "extreme": iv(r["extreme"]),
+            "random_click": iv(r["points"]),
             "clicks": clicks.metrics()["clicks"],
             "click_bands": [iv(clicks.after(k + 1)) for k in range(args.max_clicks)],
         }
     box, mixed = results["box-trained"], results["mixed-trained"]
-    paired = {"box": iv(mixed["box"], box["box"]), "one_click": iv(mixed["clicks"].after(1), box["clicks"].after(1)),
-              "random_click": iv(mixed["points"], box["points"])}
+    paired = {
+        "box": iv(mixed["box"], box["box"]),
+        "one_click": iv(mixed["clicks"].after(1), box["clicks"].after(1)),
+        "random_click": iv(mixed["points"], box["points"]),
+    }
     checks = {
-        "box_within": {"limit": -MAX_BOX_LOSS, "value": 100 * paired["box"].mean,
-                       "passed": 100 * paired["box"].mean >= -MAX_BOX_LOSS},
-        "one_click_gain": {"limit": MIN_CLICK_GAIN, "value": 100 * paired["one_click"].mean,
-                           "passed": 100 * paired["one_click"].mean >= MIN_CLICK_GAIN},
+        "box_within": {
+            "limit": -MAX_BOX_LOSS,
+            "value": 100 * paired["box"].mean,
+            "passed": 100 * paired["box"].mean >= -MAX_BOX_LOSS,
+        },
+        "one_click_gain": {
+            "limit": MIN_CLICK_GAIN,
+            "value": 100 * paired["one_click"].mean,
+            "passed": 100 * paired["one_click"].mean >= MIN_CLICK_GAIN,
+        },
     }
     return {"models": stats, "paired": paired, "checks": checks}
 
@@ -98,12 +138,17 @@ def _jsonable(x):
 def section(stats: dict, args, command: str, started: str, machine: str, figure: str, seconds: dict) -> str:
     pm, bounds = compare_page.pm, compare_page.bounds
     cols = [k for k in (1, 2, 3, 5, 10, 20) if k <= args.max_clicks]
-    mixed_name = (f"`--train-prompts {' '.join(args.train_prompts)} --point-share {args.point_share} "
-                  f"--click-sampling {args.click_sampling} --click-rounds {args.click_rounds}"
-                  + (f" --first-round-weight {args.first_round_weight:g}" if args.first_round_weight is not None else "")
-                  + "`")
-    where = "uniform" if args.click_sampling == "uniform" else \
-        "interior (probability proportional to the distance to the background)"
+    mixed_name = (
+        f"`--train-prompts {' '.join(args.train_prompts)} --point-share {args.point_share} "
+        f"--click-sampling {args.click_sampling} --click-rounds {args.click_rounds}"
+        + (f" --first-round-weight {args.first_round_weight:g}" if args.first_round_weight is not None else "")
+        + "`"
+    )
+    where = (
+        "uniform"
+        if args.click_sampling == "uniform"
+        else "interior (probability proportional to the distance to the background)"
+    )
     lines = [
         "## Interactive prompts: box-only vs mixed-prompt training, click by click (demo data)",
         "",
@@ -117,10 +162,15 @@ def section(stats: dict, args, command: str, started: str, machine: str, figure:
         "click inside it (three multimask outputs, the lowest loss back-propagated, the IoU head trained on all "
         f"three), then {args.click_rounds} corrective click(s) from the error "
         "region, each round fed the previous low-res logits as the mask prompt (docs/training.md)"
-        + (f"; the first prediction (box or click alone) carries {args.first_round_weight:g} of the loss, the "
-           "corrective rounds share the rest" if args.first_round_weight is not None else "")
+        + (
+            f"; the first prediction (box or click alone) carries {args.first_round_weight:g} of the loss, the "
+            "corrective rounds share the rest"
+            if args.first_round_weight is not None
+            else ""
+        )
         + ". Training time: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + " (training only).",
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + " (training only).",
         "",
         "Evaluation on the validation images (mean IoU in %, ± the half-width of a 95% bootstrap interval over "
         f"images, {args.bootstrap} rounds): **box** exact ground-truth boxes; **extreme** the four extreme clicks "
@@ -136,8 +186,11 @@ def section(stats: dict, args, command: str, started: str, machine: str, figure:
     for label, s in stats["models"].items():
         c = s["clicks"]
         at = [pm(s["click_bands"][k - 1]) if k == 1 else f"{100 * c['miou_at'][k - 1]:.2f}" for k in cols]
-        lines.append(f"| {label} | {pm(s['box'])} | {pm(s['extreme'])} | {pm(s['random_click'])} | "
-                     + " | ".join(at) + f" | {c['noc85']:.2f} | {c['noc90']:.2f} |")
+        lines.append(
+            f"| {label} | {pm(s['box'])} | {pm(s['extreme'])} | {pm(s['random_click'])} | "
+            + " | ".join(at)
+            + f" | {c['noc85']:.2f} | {c['noc90']:.2f} |"
+        )
     p, checks = stats["paired"], stats["checks"]
 
     def verdict(name):
@@ -156,9 +209,13 @@ def section(stats: dict, args, command: str, started: str, machine: str, figure:
         "",
         f"![mean IoU after each click, with 95% bootstrap bands]({figure})",
         "",
-        "mIoU after 1 and after " + f"{args.max_clicks} clicks: " + "; ".join(
+        "mIoU after 1 and after "
+        + f"{args.max_clicks} clicks: "
+        + "; ".join(
             f"{label} {100 * s['clicks']['miou_at'][0]:.2f} -> {100 * s['clicks']['miou_at'][-1]:.2f}"
-            for label, s in stats["models"].items()) + ". `mini` was pretrained without mask prompts "
+            for label, s in stats["models"].items()
+        )
+        + ". `mini` was pretrained without mask prompts "
         "(`recipes/pretrain_mini.py` gives its corrective round the clicks alone), so its mask-prompt encoder keeps "
         "its random initialisation, which the frozen-prompt-encoder strategies do not train: the protocol's mask "
         "prompt is new to a model until corrective-click training teaches the decoder to read it. One seed on "
@@ -180,10 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-prompts", nargs="+", default=["box", "point"], help="the mixed run's prompt kinds")
     ap.add_argument("--click-rounds", type=int, default=3, help="the mixed run's corrective click rounds")
     ap.add_argument("--point-share", type=float, default=0.5, help="the mixed run's share of click-first instances")
-    ap.add_argument("--first-round-weight", type=float, default=None,
-                    help="the mixed run's share of the loss on the first prediction (default: every round alike)")
-    ap.add_argument("--click-sampling", default="interior", choices=["uniform", "interior"],
-                    help="the mixed run's training clicks: uniform over the object (SAM) or towards its middle")
+    ap.add_argument(
+        "--first-round-weight",
+        type=float,
+        default=None,
+        help="the mixed run's share of the loss on the first prediction (default: every round alike)",
+    )
+    ap.add_argument(
+        "--click-sampling",
+        default="interior",
+        choices=["uniform", "interior"],
+        help="the mixed run's training clicks: uniform over the object (SAM) or towards its middle",
+    )
     ap.add_argument("--max-clicks", type=int, default=10, help="clicks per instance in the click protocol")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds of the intervals")
     ap.add_argument("--jobs", type=int, default=1, help="training processes at a time")
@@ -204,12 +269,31 @@ def main(argv: list[str] | None = None) -> int:
 
     runs_dir = args.runs or (REPO / "outputs" / "interactive")
     data_root = samadapt.samadapt_home() / "data" / "demo-waste"
-    runs = [compare.Run("box-trained", runs_dir / "box", _argv(args, data_root, runs_dir / "box", ["box"], 0)),
-            compare.Run("mixed-trained", runs_dir / "mixed",
-                        _argv(args, data_root, runs_dir / "mixed", args.train_prompts, args.click_rounds,
-                              ("--point-share", str(args.point_share), "--click-sampling", args.click_sampling,
-                               *(("--first-round-weight", str(args.first_round_weight))
-                                 if args.first_round_weight is not None else ()))))]
+    runs = [
+        compare.Run("box-trained", runs_dir / "box", _argv(args, data_root, runs_dir / "box", ["box"], 0)),
+        compare.Run(
+            "mixed-trained",
+            runs_dir / "mixed",
+            _argv(
+                args,
+                data_root,
+                runs_dir / "mixed",
+                args.train_prompts,
+                args.click_rounds,
+                (
+                    "--point-share",
+                    str(args.point_share),
+                    "--click-sampling",
+                    args.click_sampling,
+                    *(
+                        ("--first-round-weight", str(args.first_round_weight))
+                        if args.first_round_weight is not None
+                        else ()
+                    ),
+                ),
+            ),
+        ),
+    ]
     compare.run_all(runs, args.jobs, runs_dir / "logs")
 
     val = presets.demo(data_root, "val")
@@ -221,21 +305,32 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = evaluate_model(model, val, args)
     stats = summarize(results, args)
 
-    fig = plot_click_curves({k: s["clicks"] for k, s in stats["models"].items()},
-                            args.out / "figures" / "interactive_clicks.png",
-                            bands={k: [(b.low, b.high) for b in s["click_bands"]] for k, s in stats["models"].items()},
-                            title=f"demo / {args.model}: mean IoU after each click")
+    fig = plot_click_curves(
+        {k: s["clicks"] for k, s in stats["models"].items()},
+        args.out / "figures" / "interactive_clicks.png",
+        bands={k: [(b.low, b.high) for b in s["click_bands"]] for k, s in stats["models"].items()},
+        title=f"demo / {args.model}: mean IoU after each click",
+    )
     seconds = {r.key: r.summary()["seconds_per_epoch"] * r.summary()["epochs_run"] for r in runs}
     machine = compare._machine()
-    (args.out / "interactive.json").write_text(json.dumps(_jsonable(
-        {"command": command, "date": started, "machine": machine, "train_seconds": seconds, **stats}), indent=2))
-    compare_page.update_page(args.out / "strategies.md", SECTION,
-                             section(stats, args, command, started, machine, os.path.relpath(fig, args.out), seconds))
+    (args.out / "interactive.json").write_text(
+        json.dumps(
+            _jsonable({"command": command, "date": started, "machine": machine, "train_seconds": seconds, **stats}),
+            indent=2,
+        )
+    )
+    compare_page.update_page(
+        args.out / "strategies.md",
+        SECTION,
+        section(stats, args, command, started, machine, os.path.relpath(fig, args.out), seconds),
+    )
     print(f"wrote {args.out / 'strategies.md'} (section {SECTION!r}), {args.out / 'interactive.json'}, {fig}")
     for label, s in stats["models"].items():
         c = s["clicks"]
-        print(f"{label:14} box {100 * s['box'].mean:.2f}  mIoU@1 {100 * c['miou_at'][0]:.2f}  "
-              f"mIoU@{args.max_clicks} {100 * c['miou_at'][-1]:.2f}  NoC@85 {c['noc85']:.2f}  NoC@90 {c['noc90']:.2f}")
+        print(
+            f"{label:14} box {100 * s['box'].mean:.2f}  mIoU@1 {100 * c['miou_at'][0]:.2f}  "
+            f"mIoU@{args.max_clicks} {100 * c['miou_at'][-1]:.2f}  NoC@85 {c['noc85']:.2f}  NoC@90 {c['noc90']:.2f}"
+        )
     for name, c in stats["checks"].items():
         verdict = "met" if c["passed"] else "NOT met"
         print(f"acceptance {name}: {c['value']:+.2f} points (limit {c['limit']:+.1f}): {verdict}")

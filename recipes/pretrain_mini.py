@@ -46,24 +46,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--data-dir", type=Path, default=None, help="default: $SAMADAPT_HOME/data")
-    ap.add_argument("--out", type=Path, default=REPO / "samadapt" / "weights", help="folder for mini.safetensors + mini.json")
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "samadapt" / "weights", help="folder for mini.safetensors + mini.json"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     data_dir = args.data_dir or samadapt.samadapt_home() / "data"
     t_start = time.perf_counter()
-    generic = make_demo_dataset(data_dir / "pretrain-generic", domain="generic", n_train=args.train_images,
-                                n_val=args.val_images, seed=1000 + args.seed)
+    generic = make_demo_dataset(
+        data_dir / "pretrain-generic",
+        domain="generic",
+        n_train=args.train_images,
+        n_val=args.val_images,
+        seed=1000 + args.seed,
+    )
     waste = make_demo_dataset(data_dir / "demo-waste", domain="waste", n_train=160, n_val=40, seed=0)
     train_set = presets.demo(generic, "train")
 
     torch.manual_seed(args.seed)
     model = samadapt.adapt(samadapt.build_sam("mini", pretrained=False), "full")
-    dataset = SamPromptDataset(train_set, model.transform, PromptConfig(box_noise=0.1, num_points=1),
-                               max_instances=args.prompts_per_image, seed=args.seed)
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, prompts_per_image=args.prompts_per_image,
-                         lr=args.lr, seed=args.seed, time_budget_s=args.time_budget_min * 60)
+    dataset = SamPromptDataset(
+        train_set,
+        model.transform,
+        PromptConfig(box_noise=0.1, num_points=1),
+        max_instances=args.prompts_per_image,
+        seed=args.seed,
+    )
+    cfg = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        prompts_per_image=args.prompts_per_image,
+        lr=args.lr,
+        seed=args.seed,
+        time_budget_s=args.time_budget_min * 60,
+    )
     t0 = time.perf_counter()
     history = pretrain(model, dataset, cfg)
     train_seconds = time.perf_counter() - t0
@@ -80,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.sam.state_dict().items()}
     from safetensors.torch import save_file
 
-    samadapt.files.atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": "mini"}))
+    samadapt.files.atomic_write(
+        weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model_type": "mini"})
+    )
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = {
         "model_type": "mini",
@@ -90,23 +110,40 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float16",
         "recipe": "python recipes/pretrain_mini.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
-        "data": {"domain": "generic", "generator": "samadapt.data.make_demo_dataset", "n_train": args.train_images,
-                 "n_val": args.val_images, "seed": 1000 + args.seed},
+        "data": {
+            "domain": "generic",
+            "generator": "samadapt.data.make_demo_dataset",
+            "n_train": args.train_images,
+            "n_val": args.val_images,
+            "seed": 1000 + args.seed,
+        },
         "steps": cfg.steps,
         "batch_size": args.batch_size,
         "prompts_per_image": args.prompts_per_image,
         "lr": args.lr,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics_zero_shot_box_prompts": metrics,
         "history": history,
     }
     (args.out / "mini.json").write_text(json.dumps(card, indent=2))
-    plot_training_curves([{"step": h["step"], "train_loss": h["loss"]} for h in history], args.out / "mini_pretrain_curve.png")
-    print(json.dumps({k: card[k] for k in ("sha256", "size_bytes", "steps", "train_seconds", "metrics_zero_shot_box_prompts")}, indent=2))
+    plot_training_curves(
+        [{"step": h["step"], "train_loss": h["loss"]} for h in history], args.out / "mini_pretrain_curve.png"
+    )
+    print(
+        json.dumps(
+            {k: card[k] for k in ("sha256", "size_bytes", "steps", "train_seconds", "metrics_zero_shot_box_prompts")},
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -61,8 +61,10 @@ def _mask_inputs(mask_inputs, bsz: int, n_total: int, side: int, device) -> torc
         raise ConfigError(f"mask_inputs must give a (N_i, 1, {side}, {side}) tensor for each of the {bsz} images")
     masks = torch.cat(parts).to(device)
     if tuple(masks.shape) != (n_total, 1, side, side):
-        raise ConfigError(f"mask_inputs have shape {tuple(masks.shape)} in all; the prompts need ({n_total}, 1, "
-                          f"{side}, {side}) (one low-res mask per prompt)")
+        raise ConfigError(
+            f"mask_inputs have shape {tuple(masks.shape)} in all; the prompts need ({n_total}, 1, "
+            f"{side}, {side}) (one low-res mask per prompt)"
+        )
     return masks
 
 
@@ -155,7 +157,9 @@ class AdaptedSam(nn.Module):
         if sdpa_attention is not None:
             (enable_sdpa_attention if sdpa_attention else disable_sdpa_attention)(self.sam)
         if activation_checkpointing is not None:
-            (enable_activation_checkpointing if activation_checkpointing else disable_activation_checkpointing)(self.sam)
+            (enable_activation_checkpointing if activation_checkpointing else disable_activation_checkpointing)(
+                self.sam
+            )
         if shared_decoding is not None:
             set_shared_image_decoding(self.sam.mask_decoder, shared_decoding)
         return self
@@ -285,7 +289,8 @@ class AdaptedSam(nn.Module):
         elif images is not None and (images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point()):
             raise ConfigError(
                 f"forward takes images as a float tensor (B, 3, S, S) preprocessed by model.transform, or as a list "
-                f"of RGB uint8 (H, W, 3) arrays; got a {images.dtype} tensor of shape {tuple(images.shape)}")
+                f"of RGB uint8 (H, W, 3) arrays; got a {images.dtype} tensor of shape {tuple(images.shape)}"
+            )
         if image_embeddings is None:
             image_embeddings = self.encode(images)
         out = self.decode(image_embeddings, boxes, points, point_labels, multimask=multimask, mask_inputs=mask_inputs)
@@ -297,17 +302,20 @@ class AdaptedSam(nn.Module):
         prompts in the input frame that :meth:`decode` takes (as :meth:`predict` prepares them)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-            boxes, points, labels = ([x] if x is not None and not isinstance(x, (list, tuple)) else x
-                                     for x in (boxes, points, labels))
+            boxes, points, labels = (
+                [x] if x is not None and not isinstance(x, (list, tuple)) else x for x in (boxes, points, labels)
+            )
         images = [self._check_image(im) for im in images]
         n = len(images)
         boxes_l, points_l, labels_l = (list(x) if x is not None else [None] * n for x in (boxes, points, labels))
         if not (len(boxes_l) == len(points_l) == len(labels_l) == n):
             raise ConfigError(f"got {n} images but prompts for {len(boxes_l)}; give one (N_i, 4) box array per image")
         prompts = [self._prompts_for(im.shape, b, p, lab) for im, b, p, lab in zip(images, boxes_l, points_l, labels_l)]
-        x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(self.device, self.sam.pixel_mean.dtype)
+        x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(
+            self.device, self.sam.pixel_mean.dtype
+        )
         dev = self.device
-        move = (lambda t: None if t is None else t.to(dev))  # noqa: E731
+        move = lambda t: None if t is None else t.to(dev)  # noqa: E731
         return (x, [move(p[1]) for p in prompts], [move(p[2]) for p in prompts], [move(p[3]) for p in prompts])
 
     # ------------------------------------------------------------------ inference
@@ -324,7 +332,9 @@ class AdaptedSam(nn.Module):
             if p.ndim == 2:  # (P, 2): one prompt made of P points, as SamPredictor.predict takes them
                 p, lab = p[None], lab.reshape(1, -1)
             if p.ndim != 3 or p.shape[-1] != 2 or lab.shape != p.shape[:2]:
-                raise ConfigError(f"points must be (N, P, 2) with labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}")
+                raise ConfigError(
+                    f"points must be (N, P, 2) with labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}"
+                )
             p = tf.apply_points(p, original_size)
         if b is None and p is None:
             raise ConfigError("predict needs boxes or points")
@@ -336,8 +346,10 @@ class AdaptedSam(nn.Module):
             raise ConfigError(f"got {n} images but {len(embeddings)} image embeddings")
         for i, e in enumerate(embeddings):
             if tuple(e.shape) != want:
-                raise ConfigError(f"image_embeddings[{i}] has shape {tuple(e.shape)}; this {self.model_type!r} model's "
-                                  f"encoder gives {want}")
+                raise ConfigError(
+                    f"image_embeddings[{i}] has shape {tuple(e.shape)}; this {self.model_type!r} model's "
+                    f"encoder gives {want}"
+                )
 
     @staticmethod
     def _check_image(image) -> np.ndarray:
@@ -367,9 +379,14 @@ class AdaptedSam(nn.Module):
             masks (N, H, W) bool and scores (N,) as numpy arrays ((N, 3, H, W) and (N, 3) with
             multimask); with ``return_logits`` also the low-resolution logits (N, M, S/4, S/4).
         """
-        return self.predict_batch([image], [boxes], None if points is None else [points],
-                                  None if labels is None else [labels], multimask=multimask,
-                                  return_logits=return_logits)[0]
+        return self.predict_batch(
+            [image],
+            [boxes],
+            None if points is None else [points],
+            None if labels is None else [labels],
+            multimask=multimask,
+            return_logits=return_logits,
+        )[0]
 
     @torch.no_grad()
     def predict_batch(
@@ -407,8 +424,9 @@ class AdaptedSam(nn.Module):
                 emb = self.encode(torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype))
             else:
                 emb = torch.stack([image_embeddings[i] for i in idx]).to(self.device, dtype)
-            out = self.decode(emb, [p[1] for p in prompts], [p[2] for p in prompts],
-                              [p[3] for p in prompts], multimask=multimask)
+            out = self.decode(
+                emb, [p[1] for p in prompts], [p[2] for p in prompts], [p[3] for p in prompts], multimask=multimask
+            )
             for j, (original_size, *_rest) in enumerate(prompts):
                 sel = out.image_index == j
                 low = out.low_res_logits[sel].float()

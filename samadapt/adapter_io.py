@@ -202,15 +202,22 @@ def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
         raise AdapterMismatchError(f"peft target_modules {tm!r} name no image-encoder block layer ({sorted(TARGETS)})")
     decoder_file = directory / DECODER_WEIGHTS
     model = adapt(
-        sam, "lora", rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), dropout=float(cfg.get("lora_dropout", 0.0)),
-        targets=tuple(targets), train_decoder=decoder_file.is_file(),
+        sam,
+        "lora",
+        rank=int(cfg["r"]),
+        alpha=float(cfg["lora_alpha"]),
+        dropout=float(cfg.get("lora_dropout", 0.0)),
+        targets=tuple(targets),
+        train_decoder=decoder_file.is_file(),
     )
     stripped = {k.removeprefix("base_model.model."): v for k, v in lora_sd.items()}
     result = set_peft_model_state_dict(model.sam, stripped, adapter_name=ADAPTER_NAME)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if LoraStrategy.owns(k)]
     if unexpected or missing_lora:
-        raise AdapterMismatchError(f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing_lora[:3]}")
+        raise AdapterMismatchError(
+            f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing_lora[:3]}"
+        )
     if decoder_file.is_file():
         dec = load_file(str(decoder_file))
         params = dict(model.sam.named_parameters())

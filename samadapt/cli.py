@@ -79,13 +79,21 @@ def _info() -> dict[str, Any]:
         parameters[mt] = {
             "base": next(iter(sizes.values())).base,
             "strategies": {
-                s: {"trainable": z.trainable, "total": z.total, "trainable_percent": round(z.trainable_percent, 3),
-                    "adapter_bytes": z.adapter_bytes}
+                s: {
+                    "trainable": z.trainable,
+                    "total": z.total,
+                    "trainable_percent": round(z.trainable_percent, 3),
+                    "adapter_bytes": z.adapter_bytes,
+                }
                 for s, z in sizes.items()
             },
         }
-    return {"model_types": model_types, "strategies": strategies, "parameters": parameters,
-            "note": "default options of each strategy; counted on the meta device (no weights)"}
+    return {
+        "model_types": model_types,
+        "strategies": strategies,
+        "parameters": parameters,
+        "note": "default options of each strategy; counted on the meta device (no weights)",
+    }
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -95,8 +103,17 @@ def _run_info(args: argparse.Namespace) -> int:
         return 0
     print("Model types")
     _print_table(
-        [[m["name"], m["tag"], str(m["image_size"]), f"{m['encoder_embed_dim']}x{m['encoder_depth']}",
-          str(m["encoder_num_heads"]), m["checkpoint"] or "-"] for m in info["model_types"]],
+        [
+            [
+                m["name"],
+                m["tag"],
+                str(m["image_size"]),
+                f"{m['encoder_embed_dim']}x{m['encoder_depth']}",
+                str(m["encoder_num_heads"]),
+                m["checkpoint"] or "-",
+            ]
+            for m in info["model_types"]
+        ],
         ["name", "tag", "image", "encoder dim x depth", "heads", "weights"],
     )
     print("\nStrategies")
@@ -105,8 +122,10 @@ def _run_info(args: argparse.Namespace) -> int:
     names = [s["name"] for s in info["strategies"]]
     rows = []
     for mt, p in info["parameters"].items():
-        cells = [f"{_millions(p['strategies'][s]['trainable'])} ({p['strategies'][s]['adapter_bytes'] / 1e6:.1f} MB)"
-                 for s in names]
+        cells = [
+            f"{_millions(p['strategies'][s]['trainable'])} ({p['strategies'][s]['adapter_bytes'] / 1e6:.1f} MB)"
+            for s in names
+        ]
         rows.append([mt, _millions(p["base"]), *cells])
     _print_table(rows, ["model", "total", *names])
     return 0
@@ -141,8 +160,17 @@ def _run_list(args: argparse.Namespace) -> int:
         print(f"no adapters in {adapters_dir()}")
         return 0
     _print_table(
-        [[a["name"], str(a.get("model_type", "?")), str(a.get("strategy", "?")), str(a.get("dataset", "?")),
-          _main_metric(a), a["path"]] for a in adapters],
+        [
+            [
+                a["name"],
+                str(a.get("model_type", "?")),
+                str(a.get("strategy", "?")),
+                str(a.get("dataset", "?")),
+                _main_metric(a),
+                a["path"],
+            ]
+            for a in adapters
+        ],
         ["name", "model type", "strategy", "dataset", "metric", "path"],
     )
     return 0
@@ -162,8 +190,9 @@ def _add_download(parser: argparse.ArgumentParser) -> None:
 def _run_download(args: argparse.Namespace) -> int:
     from .hub import download_checkpoint
 
-    path = download_checkpoint(args.model_type, url=args.url, directory=args.dir, progress=not args.no_progress,
-                               sha256=args.sha256)
+    path = download_checkpoint(
+        args.model_type, url=args.url, directory=args.dir, progress=not args.no_progress, sha256=args.sha256
+    )
     print(f"{path} (sha256 verified)")
     return 0
 
@@ -176,8 +205,13 @@ def _add_data_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-root", help="dataset coco: the images folder")
     parser.add_argument("--annotation-file", help="dataset coco: the COCO instances JSON")
     parser.add_argument("--split", nargs="+", help="splits to summarise (default: every split of the preset)")
-    parser.add_argument("--dataset-options", type=json.loads, default=None, metavar="JSON",
-                        help='options of the preset, e.g. \'{"version": "material"}\' for trashcan')
+    parser.add_argument(
+        "--dataset-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='options of the preset, e.g. \'{"version": "material"}\' for trashcan',
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -185,8 +219,12 @@ def _run_data_summary(args: argparse.Namespace) -> int:
     from .data.summary import format_summary, summarize_preset
 
     sources = {"data_root": args.data_root, "images_root": args.images_root, "annotation_file": args.annotation_file}
-    summary = summarize_preset(args.dataset, splits=tuple(args.split) if args.split else None,
-                               **{k: v for k, v in sources.items() if v is not None}, **(args.dataset_options or {}))
+    summary = summarize_preset(
+        args.dataset,
+        splits=tuple(args.split) if args.split else None,
+        **{k: v for k, v in sources.items() if v is not None},
+        **(args.dataset_options or {}),
+    )
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
 
@@ -213,8 +251,9 @@ def _none_or(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _add_option(parser, flag: str, f, hint, dest: str, choices=None) -> None:
-    """One dataclass field as a command-line option, with its help, default and choices."""
+def _add_option(parser, flag: str, f, hint, dest: str, choices=None, aliases: tuple[str, ...] = ()) -> None:
+    """One dataclass field as a command-line option (and its old names, ``aliases``), with its help,
+    default and choices."""
     import dataclasses
     import types
     import typing
@@ -237,12 +276,23 @@ def _add_option(parser, flag: str, f, hint, dest: str, choices=None) -> None:
         shown_choices = [c for c in choices if c != "none"] + (["none"] if optional or "none" in choices else [])
         kw["choices"] = [c for c in choices if c != "none"] + ([None] if optional else [])  # "none" parses to None
         kw["metavar"] = "{" + ",".join(map(str, shown_choices)) + "}"
-    shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, (list, tuple))
-                                            else json.dumps(default) if isinstance(default, dict) else default)
+    shown = (
+        "none"
+        if default is None
+        else (
+            " ".join(map(str, default))
+            if isinstance(default, (list, tuple))
+            else json.dumps(default)
+            if isinstance(default, dict)
+            else default
+        )
+    )
     text = f.metadata.get("help") or ""
     # a help text that explains its default itself ("default: the preset's split") keeps its words
     kw["help"] = (text if "default" in text else f"{text} (default: {shown})").replace("%", "%%")
-    parser.add_argument(flag, **kw)
+    if aliases:
+        kw["help"] += f" (formerly {', '.join(aliases)})"
+    parser.add_argument(flag, *aliases, **kw)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,18 +301,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     import dataclasses
     import typing
 
-    from .config import TrainConfig
+    from .config import RENAMED_KEYS, TrainConfig
     from .data.presets import DATASET_CARDS
     from .models import MODEL_TYPES
     from .strategies import STRATEGIES
 
-    parser.add_argument("--config", metavar="YAML", help="YAML file of the options below (keys: option names with _ "
-                                                         "or -); options on the command line override it")
+    old_names = {new: "--" + old.replace("_", "-") for old, new in RENAMED_KEYS.items()}
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help="YAML file of the options below (keys: option names with _ or -); options on the command line override it",
+    )
     registries = {"strategy": sorted(STRATEGIES), "model": sorted(MODEL_TYPES), "dataset": sorted(DATASET_CARDS)}
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name != "strategy_options" and not f.metadata.get("hidden"):
-            _add_option(parser, "--" + f.name.replace("_", "-"), f, hints[f.name], f.name, registries.get(f.name))
+            flag = "--" + f.name.replace("_", "-")
+            aliases = (old_names[f.name],) if f.name in old_names else ()
+            _add_option(parser, flag, f, hints[f.name], f.name, registries.get(f.name), aliases)
     for name, strat in sorted(STRATEGIES.items()):
         group = parser.add_argument_group(f"options of --strategy {name}", strat.description)
         shints = typing.get_type_hints(strat.config_class)
@@ -308,20 +364,54 @@ def _lazy(module: str, name: str) -> Callable:
 
 
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("train", "fine-tune SAM with a chosen strategy (the options of recipes/finetune.py)",
-               add_train_arguments, run_train, TRAIN_DESCRIPTION),
+    Subcommand(
+        "train",
+        "fine-tune SAM with a chosen strategy (the options of recipes/finetune.py)",
+        add_train_arguments,
+        run_train,
+        TRAIN_DESCRIPTION,
+    ),
     Subcommand("info", "model types, strategies and their trainable parameter counts", _add_info, _run_info),
     Subcommand("list", "adapters installed in $SAMADAPT_HOME", _add_list, _run_list),
-    Subcommand("download-checkpoint", "download an official SAM checkpoint and verify its sha256",
-               _add_download, _run_download),
-    Subcommand("data summary", "images, instances per category and split, sizes, and what was skipped and why",
-               _add_data_summary, _run_data_summary),
-    Subcommand("eval", "evaluate zero-shot SAM and adapters on a dataset with the same prompts",
-               _lazy("samadapt.evaluation.cli", "add_eval_arguments"), _lazy("samadapt.evaluation.cli", "run_eval")),
-    Subcommand("data import-trashcan", "TrashCan 1.0's raw Supervise.ly frames to its official COCO layout", _lazy("samadapt.data.importers.commands", "add_import_trashcan"), _lazy("samadapt.data.importers.commands", "run_import_trashcan")),
-    Subcommand("data import-supervisely", "a Supervise.ly project export to COCO, with a class mapping", _lazy("samadapt.data.importers.commands", "add_import_supervisely"), _lazy("samadapt.data.importers.commands", "run_import_supervisely")),
-    Subcommand("segment", "masks for every image from a detector's boxes (COCO results) or automatically, with classes", _lazy("samadapt.segment.cli", "add_segment_arguments"), _lazy("samadapt.segment.cli", "run_segment")),
-    Subcommand("export", "write an adapter as a plain SAM checkpoint, an ONNX pair, a transformers or a peft folder", _lazy("samadapt.exporters.cli", "add_export_arguments"), _lazy("samadapt.exporters.cli", "run_export")),
+    Subcommand(
+        "download-checkpoint", "download an official SAM checkpoint and verify its sha256", _add_download, _run_download
+    ),
+    Subcommand(
+        "data summary",
+        "images, instances per category and split, sizes, and what was skipped and why",
+        _add_data_summary,
+        _run_data_summary,
+    ),
+    Subcommand(
+        "eval",
+        "evaluate zero-shot SAM and adapters on a dataset with the same prompts",
+        _lazy("samadapt.evaluation.cli", "add_eval_arguments"),
+        _lazy("samadapt.evaluation.cli", "run_eval"),
+    ),
+    Subcommand(
+        "data import-trashcan",
+        "TrashCan 1.0's raw Supervise.ly frames to its official COCO layout",
+        _lazy("samadapt.data.importers.commands", "add_import_trashcan"),
+        _lazy("samadapt.data.importers.commands", "run_import_trashcan"),
+    ),
+    Subcommand(
+        "data import-supervisely",
+        "a Supervise.ly project export to COCO, with a class mapping",
+        _lazy("samadapt.data.importers.commands", "add_import_supervisely"),
+        _lazy("samadapt.data.importers.commands", "run_import_supervisely"),
+    ),
+    Subcommand(
+        "segment",
+        "masks for every image from a detector's boxes (COCO results) or automatically, with classes",
+        _lazy("samadapt.segment.cli", "add_segment_arguments"),
+        _lazy("samadapt.segment.cli", "run_segment"),
+    ),
+    Subcommand(
+        "export",
+        "write an adapter as a plain SAM checkpoint, an ONNX pair, a transformers or a peft folder",
+        _lazy("samadapt.exporters.cli", "add_export_arguments"),
+        _lazy("samadapt.exporters.cli", "run_export"),
+    ),
 ]
 
 
@@ -340,8 +430,12 @@ def build_parser(subcommands: Sequence[Subcommand] | None = None) -> argparse.Ar
             if words[:depth] not in groups:
                 group = groups[words[: depth - 1]].add_parser(words[depth - 1], help=f"{words[depth - 1]} commands")
                 groups[words[:depth]] = group.add_subparsers(dest=f"command_{depth}", metavar="command", required=True)
-        p = groups[words[:-1]].add_parser(words[-1], help=sub.help, description=sub.description or sub.help,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = groups[words[:-1]].add_parser(
+            words[-1],
+            help=sub.help,
+            description=sub.description or sub.help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_arguments(p)
         p.set_defaults(_run=sub.run)
     return parser

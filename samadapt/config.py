@@ -44,24 +44,40 @@ class TrainConfig:
 
     # what to adapt
     strategy: str = option("decoder", "what to train: a registered strategy (see `samadapt info`)")
-    strategy_options: dict[str, Any] = option(dict, "the strategy's own options (on the command line: --<strategy>-<option>)")
+    strategy_options: dict[str, Any] = option(
+        dict, "the strategy's own options (on the command line: --<strategy>-<option>)"
+    )
     model: str = option("mini", "model type: a registered SAM architecture (vit_b, vit_l, vit_h, mini)")
-    checkpoint: str | None = option(None, "base SAM checkpoint file (default: the built-in mini weights; official "
-                                      "vit_* need one: `samadapt download-checkpoint vit_h`)")
+    checkpoint: str | None = option(
+        None,
+        "base SAM checkpoint file (default: the built-in mini weights; official "
+        "vit_* need one: `samadapt download-checkpoint vit_h`)",
+    )
     # data
     dataset: str = option("demo", "dataset preset (see docs/data.md); coco for any COCO instance-segmentation file")
-    data_root: str | None = option(None, "folder holding the dataset in its official layout (taco, zerowaste, trashcan; "
-                                     "demo: default SAMADAPT_HOME/data/demo-waste)")
+    data_root: str | None = option(
+        None,
+        "folder holding the dataset in its official layout (taco, zerowaste, trashcan; "
+        "demo: default SAMADAPT_HOME/data/demo-waste)",
+    )
     images_root: str | None = option(None, "dataset coco: folder the training file's file_name entries are relative to")
     annotation_file: str | None = option(None, "dataset coco: the training COCO instances JSON")
-    val_images_root: str | None = option(None, "dataset coco: images folder of the validation file (default: --images-root)")
+    val_images_root: str | None = option(
+        None, "dataset coco: images folder of the validation file (default: --images-root)"
+    )
     val_annotation_file: str | None = option(None, "dataset coco: the validation COCO instances JSON")
-    validate_on_train: bool = option(False, "dataset coco without --val-annotation-file: validate on the training images "
-                                        "(optimistic; the adapter's card then says so)")
+    validate_on_train: bool = option(
+        False,
+        "dataset coco without --val-annotation-file: validate on the training images "
+        "(optimistic; the adapter's card then says so)",
+    )
     dataset_options: dict[str, Any] = option(dict, 'options of the preset, e.g. {"version": "material"} for trashcan')
     train_split: str | None = option(None, "training split (default: the preset's training split)")
-    val_split: str | None = option(None, "validation split (default: the preset's held-out split: TACO's seeded test, "
-                                     "ZeroWaste-f's val, TrashCan's val)")
+    val_split: str | None = option(
+        None,
+        "validation split (default: the preset's held-out split: TACO's seeded test, "
+        "ZeroWaste-f's val, TrashCan's val)",
+    )
     demo_train_images: int = option(160, "dataset demo: training images to generate")
     demo_val_images: int = option(40, "dataset demo: validation images to generate")
     max_val_images: int | None = option(None, "validate on the first N validation images only")
@@ -79,44 +95,71 @@ class TrainConfig:
     box_noise: float = option(0.1, "training box noise: std as a fraction of the box side (SAM: 0.1)")
     box_noise_max_px: float = option(20.0, "training box noise: cap in pixels (SAM: 20)")
     multimask: bool = option(False, "train SAM's 3 multimask outputs, back-propagating the lowest loss")
-    train_prompts: list[str] = option(lambda: ["box"], "training prompt kinds, one drawn per instance: box (its noisy "
-                                  "box), point (one positive click, multimask output, lowest loss back-propagated)")
-    click_sampling: str = option("uniform", "training clicks (--train-prompts point): uniform over the object (SAM), or "
-                                 "interior: towards its middle, probability proportional to the distance to the "
-                                 "background (RITM keeps training clicks off the boundary)")
-    point_share: float = option(0.5, "with --train-prompts box point: the share of instances whose first prompt is "
-                                "the click (SAM: 0.5)")
-    first_round_weight: float | None = option(None, "with --click-rounds: the share of the loss given to the first "
-                                              "prediction, the corrective rounds sharing the rest (default: every "
-                                              "round weighs the same, as in SAM and micro-sam)")
-    click_rounds: int = option(0, "corrective clicks after the first prediction: each round adds a click from the error "
-                              "region and feeds the previous low-res logits as the mask prompt, as SAM was trained")
-    classify: bool = option(False, "add a class head on the mask decoder's output token that predicts each instance's "
-                            "category (cross-entropy beside the mask loss); saved in the adapter, used by "
-                            "`samadapt segment --classify` (box-prompted training only)")
+    train_prompts: list[str] = option(
+        lambda: ["box"],
+        "training prompt kinds, one drawn per instance: box (its noisy "
+        "box), point (one positive click, multimask output, lowest loss back-propagated)",
+    )
+    click_sampling: str = option(
+        "uniform",
+        "training clicks (--train-prompts point): uniform over the object (SAM), or "
+        "interior: towards its middle, probability proportional to the distance to the "
+        "background (RITM keeps training clicks off the boundary)",
+    )
+    point_share: float = option(
+        0.5, "with --train-prompts box point: the share of instances whose first prompt is the click (SAM: 0.5)"
+    )
+    first_round_weight: float | None = option(
+        None,
+        "with --click-rounds: the share of the loss given to the first "
+        "prediction, the corrective rounds sharing the rest (default: every "
+        "round weighs the same, as in SAM and micro-sam)",
+    )
+    click_rounds: int = option(
+        0,
+        "corrective clicks after the first prediction: each round adds a click from the error "
+        "region and feeds the previous low-res logits as the mask prompt, as SAM was trained",
+    )
+    classify: bool = option(
+        False,
+        "add a class head on the mask decoder's output token that predicts each instance's "
+        "category (cross-entropy beside the mask loss); saved in the adapter, used by "
+        "`samadapt segment --classify` (box-prompted training only)",
+    )
     focal_weight: float = option(20.0, "weight of the focal loss (SAM: 20)")
     dice_weight: float = option(1.0, "weight of the dice loss (SAM: 1)")
     iou_weight: float = option(1.0, "weight of the MSE of the IoU head (SAM: 1)")
     patience: int = option(3, "early stopping: epochs without validation improvement (0 turns it off)")
     min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
-    mixed_precision: str | None = option(None, "default: what `accelerate launch --mixed_precision` says, else no",
-                                         choices=MIXED_PRECISION)
-    activation_checkpointing: bool = option(False, "recompute each image-encoder block's activations in backward "
-                                            "instead of keeping them (less memory, slower; lora, adapter, full, "
-                                            "bitfit): AdaptedSam.set_fast_paths(activation_checkpointing=True)")
+    mixed_precision: str | None = option(
+        None, "default: what `accelerate launch --mixed_precision` says, else no", choices=MIXED_PRECISION
+    )
+    activation_checkpointing: bool = option(
+        False,
+        "recompute each image-encoder block's activations in backward "
+        "instead of keeping them (less memory, slower; lora, adapter, full, "
+        "bitfit): AdaptedSam.set_fast_paths(activation_checkpointing=True)",
+    )
     # speed
     cache_embeddings: bool = option(True, "frozen encoders: compute each image embedding once and cache it")
     cache_dir: str | None = option(None, "embedding cache folder (default SAMADAPT_HOME/cache)")
     num_workers: int = option(0, "DataLoader worker processes")
     # evaluation
-    eval_prompt: str = option("box", "validation prompts: box (exact ground-truth boxes, the paper's protocol), "
-                                     "jitter, loose, points, center or extreme", choices=EVAL_PROMPTS)
+    eval_prompt: str = option(
+        "box",
+        "validation prompts: box (exact ground-truth boxes, the paper's protocol), "
+        "jitter, loose, points, center or extreme",
+        choices=EVAL_PROMPTS,
+    )
     zero_shot: bool = option(True, "evaluate the un-tuned base first")
     num_examples: int = option(6, "images in examples.png")
     # bookkeeping
     seed: int = option(0, "seed of data order, prompts and initialisation")
-    name: str | None = option(None, "adapter name, <dataset>-<model tag>[-<strategy>] (default: from dataset, model and "
-                                "strategy, e.g. taco-vith-lora)")
+    name: str | None = option(
+        None,
+        "adapter name, <dataset>-<model tag>[-<strategy>] (default: from dataset, model and "
+        "strategy, e.g. taco-vith-lora)",
+    )
     output_dir: str | None = option(None, "run folder (default outputs/<name>)")
     resume: bool = option(False, "continue the run in --output-dir from its last saved epoch")
     overwrite: bool = option(False, "delete what --output-dir holds and start afresh")
@@ -134,37 +177,77 @@ class TrainConfig:
             _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("eval_prompt", self.eval_prompt, EVAL_PROMPTS)
-        if (isinstance(self.train_prompts, str) or not isinstance(self.train_prompts, (list, tuple))
-                or not self.train_prompts or len(set(self.train_prompts)) != len(self.train_prompts)):
-            raise ConfigError(f"`train_prompts` is {self.train_prompts!r}; give a list of distinct kinds from "
-                              f"{list(TRAIN_PROMPTS)}, e.g. ['box', 'point']")
+        if (
+            isinstance(self.train_prompts, str)
+            or not isinstance(self.train_prompts, (list, tuple))
+            or not self.train_prompts
+            or len(set(self.train_prompts)) != len(self.train_prompts)
+        ):
+            raise ConfigError(
+                f"`train_prompts` is {self.train_prompts!r}; give a list of distinct kinds from "
+                f"{list(TRAIN_PROMPTS)}, e.g. ['box', 'point']"
+            )
         for kind in self.train_prompts:
             if kind not in TRAIN_PROMPTS:
                 raise ConfigError(f"`train_prompts` has {kind!r}; choose kinds from {list(TRAIN_PROMPTS)}")
         self.train_prompts = list(self.train_prompts)
         _choice("click_sampling", self.click_sampling, CLICK_SAMPLING)
-        if isinstance(self.point_share, bool) or not isinstance(self.point_share, (int, float)) \
-                or not 0 < self.point_share < 1:
-            raise ConfigError(f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
-                              f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts")
-        if self.first_round_weight is not None and (isinstance(self.first_round_weight, bool) or not isinstance(
-                self.first_round_weight, (int, float)) or not 0 < self.first_round_weight < 1):
-            raise ConfigError(f"`first_round_weight` should be a fraction strictly between 0 and 1, or none for equal "
-                              f"rounds, got {self.first_round_weight!r}")
+        if (
+            isinstance(self.point_share, bool)
+            or not isinstance(self.point_share, (int, float))
+            or not 0 < self.point_share < 1
+        ):
+            raise ConfigError(
+                f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
+                f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts"
+            )
+        if self.first_round_weight is not None and (
+            isinstance(self.first_round_weight, bool)
+            or not isinstance(self.first_round_weight, (int, float))
+            or not 0 < self.first_round_weight < 1
+        ):
+            raise ConfigError(
+                f"`first_round_weight` should be a fraction strictly between 0 and 1, or none for equal "
+                f"rounds, got {self.first_round_weight!r}"
+            )
         if isinstance(self.click_rounds, bool) or not isinstance(self.click_rounds, int) or self.click_rounds < 0:
-            raise ConfigError(f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}")
+            raise ConfigError(
+                f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}"
+            )
         if self.classify and (list(self.train_prompts) != ["box"] or self.click_rounds):
-            raise ConfigError(f"--classify trains the class head on the box-prompted step; it cannot be combined with "
-                              f"train_prompts {self.train_prompts} / click_rounds {self.click_rounds}: use "
-                              f"--train-prompts box --click-rounds 0, or train without --classify")
+            raise ConfigError(
+                f"--classify trains the class head on the box-prompted step; it cannot be combined with "
+                f"train_prompts {self.train_prompts} / click_rounds {self.click_rounds}: use "
+                f"--train-prompts box --click-rounds 0, or train without --classify"
+            )
         if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
             self.log_with = None  # so `--log-with none` turns logging off from the command line
         if self.log_with is not None:
             _choice("log_with", self.log_with, LOGGERS + ("none",))
-        for name in ("epochs", "lr", "batch_size", "grad_accum", "prompts_per_image", "demo_train_images", "demo_val_images"):
+        for name in (
+            "epochs",
+            "lr",
+            "batch_size",
+            "grad_accum",
+            "prompts_per_image",
+            "demo_train_images",
+            "demo_val_images",
+        ):
             _positive(name, getattr(self, name))
-        for name in ("weight_decay", "warmup_steps", "box_noise", "box_noise_max_px", "focal_weight", "dice_weight",
-                     "iou_weight", "patience", "min_delta", "num_workers", "min_lr_ratio", "num_examples"):
+        for name in (
+            "weight_decay",
+            "warmup_steps",
+            "box_noise",
+            "box_noise_max_px",
+            "focal_weight",
+            "dice_weight",
+            "iou_weight",
+            "patience",
+            "min_delta",
+            "num_workers",
+            "min_lr_ratio",
+            "num_examples",
+        ):
             _positive(name, getattr(self, name), allow_zero=True)
         if self.focal_weight + self.dice_weight == 0:
             raise ConfigError("`focal_weight` and `dice_weight` are both 0: the masks would get no loss")
@@ -184,12 +267,15 @@ class TrainConfig:
         self.val_split = self.val_split or card.val_split
         for what, split in (("--train-split", self.train_split), ("--val-split", self.val_split)):
             if split not in card.splits:
-                raise ConfigError(f"{what} {split!r} is not a split of {self.dataset}; choose one of "
-                                  f"{list(card.splits)} (its held-out split is {card.val_split!r})")
+                raise ConfigError(
+                    f"{what} {split!r} is not a split of {self.dataset}; choose one of "
+                    f"{list(card.splits)} (its held-out split is {card.val_split!r})"
+                )
         unknown = sorted(set(self.dataset_options) - set(card.options))
         if unknown:
-            raise ConfigError(f"--dataset-options: {self.dataset} has no option(s) {unknown}; its options: "
-                              f"{sorted(card.options)}")
+            raise ConfigError(
+                f"--dataset-options: {self.dataset} has no option(s) {unknown}; its options: {sorted(card.options)}"
+            )
         missing = [s for s in card.sources if s != "data_root" and not getattr(self, s)]
         if self.dataset != "demo" and "data_root" in card.sources and not self.data_root:
             missing.append("data_root")
@@ -200,10 +286,12 @@ class TrainConfig:
             raise ConfigError(
                 "dataset 'coco' without --val-annotation-file would validate on the training images and report "
                 "that as the gain. Give the held-out file (--val-annotation-file FILE.json, and --val-images-root "
-                "if its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)")
+                "if its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)"
+            )
         if self.validate_on_train and self.dataset != "coco":
-            raise ConfigError(f"--validate-on-train is for dataset coco; {self.dataset} has a held-out split "
-                              f"(--val-split)")
+            raise ConfigError(
+                f"--validate-on-train is for dataset coco; {self.dataset} has a held-out split (--val-split)"
+            )
         if self.validate_on_train and self.val_annotation_file:
             raise ConfigError("--validate-on-train and --val-annotation-file contradict each other: give one")
 
@@ -217,7 +305,8 @@ class TrainConfig:
             suffix = "" if self.strategy == "decoder" else f"-{self.strategy}"
             raise ConfigError(
                 f"--name {self.name!r} names model {parsed.model_type} and strategy {parsed.strategy}, but this run "
-                f"trains {self.strategy} on {self.model}: name it {parsed.dataset}-{want.tag}{suffix}")
+                f"trains {self.strategy} on {self.model}: name it {parsed.dataset}-{want.tag}{suffix}"
+            )
 
     def check_files(self) -> None:
         """Raise :class:`~samadapt.errors.SamAdaptError` when a file or folder the run needs is
@@ -230,8 +319,10 @@ class TrainConfig:
         if self.dataset == "demo":
             return  # generated at the start of the run
         card = get_dataset_card(self.dataset)
-        for what, split, sources in (("--train-split", self.train_split, self._sources(val=False)),
-                                     ("--val-split", self.val_split, self._sources(val=True))):
+        for what, split, sources in (
+            ("--train-split", self.train_split, self._sources(val=False)),
+            ("--val-split", self.val_split, self._sources(val=True)),
+        ):
             card.check(split, what, options=self.dataset_options, **sources)
 
     def _sources(self, *, val: bool) -> dict[str, Any]:
@@ -240,13 +331,19 @@ class TrainConfig:
             return {"data_root": self.data_root}
         if not val:
             return {"images_root": self.images_root, "annotation_file": self.annotation_file}
-        return {"images_root": self.val_images_root or self.images_root,
-                "annotation_file": self.val_annotation_file or self.annotation_file}
+        return {
+            "images_root": self.val_images_root or self.images_root,
+            "annotation_file": self.val_annotation_file or self.annotation_file,
+        }
 
     # ------------------------------------------------------------------ derived names
     @property
     def dataset_tag(self) -> str:
-        return self.dataset if self.dataset != "trashcan" else f"trashcan_{self.dataset_options.get('version', 'instance')}"
+        return (
+            self.dataset
+            if self.dataset != "trashcan"
+            else f"trashcan_{self.dataset_options.get('version', 'instance')}"
+        )
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -288,15 +385,17 @@ class TrainConfig:
             raise ConfigError(
                 f"--resume: the run in {str(Path(saved_path).parent)!r} was started with other settings ({what}); resuming "
                 f"would not continue it. Resume with its own settings (`--config {saved_path} --resume`), or "
-                f"start a new run with another --output-dir / --name")
+                f"start a new run with another --output-dir / --name"
+            )
 
 
 # keys of older config.yaml files -> their names now (TrainConfig.from_dict reads both)
 RENAMED_KEYS = {"gradient_checkpointing": "activation_checkpointing"}
 
 # settings a resumed run may change: none of them changes what is computed
-RESUME_MAY_CHANGE = frozenset({"resume", "progress", "num_workers", "log_with", "publish", "cache_dir", "name",
-                               "output_dir"})
+RESUME_MAY_CHANGE = frozenset(
+    {"resume", "progress", "num_workers", "log_with", "publish", "cache_dir", "name", "output_dir"}
+)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def parse_adapter_name(name: str) -> AdapterName:
         example = f"{parts[0]}-mini-{parts[1]}" if parts[1] in STRATEGIES else f"{parts[0]}-vith"
         raise ConfigError(
             f"adapter name {name!r}: {parts[1]!r} is not a model tag; names are <dataset>-<tag>[-<strategy>] with "
-            f"tag in {tags} (for example {example!r})")
+            f"tag in {tags} (for example {example!r})"
+        )
     return AdapterName(parts[0], model_type_for_tag(parts[1]), strategy)
 
 
@@ -96,7 +97,9 @@ def list_adapters() -> list[dict[str, Any]]:
     return out
 
 
-def publish_adapter(model: AdaptedSam, dataset: str, *, card: dict[str, Any] | None = None, name: str | None = None) -> Path:
+def publish_adapter(
+    model: AdaptedSam, dataset: str, *, card: dict[str, Any] | None = None, name: str | None = None
+) -> Path:
     """Save ``model``'s adapter and ``card.json`` under its registered name in ``SAMADAPT_HOME``."""
     name = name or adapter_name(dataset, model.model_type, model.strategy)
     parse_adapter_name(name)
@@ -112,7 +115,9 @@ def publish_adapter(model: AdaptedSam, dataset: str, *, card: dict[str, Any] | N
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(card or {}),
     }
-    save_adapter(model, d / ADAPTER_FILE, dataset=dataset, **{k: v for k, v in card.items() if k in ("metrics", "training")})
+    save_adapter(
+        model, d / ADAPTER_FILE, dataset=dataset, **{k: v for k, v in card.items() if k in ("metrics", "training")}
+    )
     atomic_write(d / CARD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2, default=str)))
     return d / ADAPTER_FILE
 
@@ -169,7 +174,9 @@ def find_base_checkpoint(model_type: str, base_id: str, checkpoint: str | os.Pat
     )
 
 
-def load(name_or_path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> AdaptedSam:
+def load(
+    name_or_path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> AdaptedSam:
     """Load a named adapter (``"taco-vith"``) or an adapter file onto the base it was made for.
 
     The base is the checkpoint recorded in the adapter's metadata (found in
@@ -192,8 +199,14 @@ def load(name_or_path: str | os.PathLike, *, checkpoint: str | os.PathLike | Non
     return model.to(device).eval()
 
 
-def download_checkpoint(model_type: str, *, url: str | None = None, directory: str | os.PathLike | None = None,
-                        progress: bool = True, sha256: str | None = None) -> Path:
+def download_checkpoint(
+    model_type: str,
+    *,
+    url: str | None = None,
+    directory: str | os.PathLike | None = None,
+    progress: bool = True,
+    sha256: str | None = None,
+) -> Path:
     """Download the official checkpoint of ``model_type`` into ``SAMADAPT_HOME/checkpoints`` with a
     progress bar, verify its sha256, and only then move it into place."""
     from tqdm.auto import tqdm
@@ -220,10 +233,13 @@ def download_checkpoint(model_type: str, *, url: str | None = None, directory: s
                         bar.update(len(chunk))
         except OSError as e:
             raise CheckpointError(
-                f"downloading {url} failed ({e}); check the network or download it by hand to {dest}") from None
+                f"downloading {url} failed ({e}); check the network or download it by hand to {dest}"
+            ) from None
         got = file_sha256(tmp, use_cache=False)
         if got != want:
-            raise CheckpointError(f"{url} downloaded with sha256 {got}, expected {want}: the download is corrupt; try again")
+            raise CheckpointError(
+                f"{url} downloaded with sha256 {got}, expected {want}: the download is corrupt; try again"
+            )
 
     atomic_write(dest, fetch)
     return dest

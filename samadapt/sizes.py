@@ -65,8 +65,12 @@ def strategy_size(
     :func:`samadapt.adapt`); ``info`` as the keyword arguments of ``save_adapter``."""
     model = meta_adapted(model_type, strategy, **options)
     return StrategySize(
-        model_type, strategy, base_parameter_count(model_type), model.num_parameters(),
-        model.num_parameters(trainable_only=True), _adapter_file_size(model, info),
+        model_type,
+        strategy,
+        base_parameter_count(model_type),
+        model.num_parameters(),
+        model.num_parameters(trainable_only=True),
+        _adapter_file_size(model, info),
     )
 
 

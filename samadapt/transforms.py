@@ -93,8 +93,9 @@ class SamTransform:
             out.append(self.sampled_to_low_res(lambda r, c, mk=mk: mk[np.ix_(r, c)], box, original_size))
         return torch.cat(out)
 
-    def masks_to_low_res_reference(self, masks: np.ndarray | torch.Tensor, original_size: tuple[int, int]
-                                   ) -> torch.Tensor:
+    def masks_to_low_res_reference(
+        self, masks: np.ndarray | torch.Tensor, original_size: tuple[int, int]
+    ) -> torch.Tensor:
         """:meth:`masks_to_low_res` as a full-resolution float32 resize (N x H x W x 4 bytes): the
         definition the exact path is checked against."""
         m = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
@@ -109,8 +110,12 @@ class SamTransform:
         m = F.avg_pool2d(m, kernel_size=4)
         return (m[:, 0] > 0.5).float()
 
-    def sampled_to_low_res(self, sample: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                           box: tuple[int, int, int, int] | None, original_size: tuple[int, int]) -> torch.Tensor:
+    def sampled_to_low_res(
+        self,
+        sample: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        box: tuple[int, int, int, int] | None,
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
         """One mask -> (1, S/4, S/4) float32, equal to :meth:`masks_to_low_res` of the full mask.
 
         Args:
@@ -134,7 +139,7 @@ class SamTransform:
             if not _exact_taps_match_torch(tuple(original_size), (h, w)):
                 full = np.zeros(tuple(original_size), dtype=bool)
                 rows, cols = np.arange(y1, y2 + 1), np.arange(x1, x2 + 1)
-                full[y1:y2 + 1, x1:x2 + 1] = sample(rows, cols)
+                full[y1 : y2 + 1, x1 : x2 + 1] = sample(rows, cols)
                 return self.masks_to_low_res_reference(full[None], original_size)
             frame[0, 0] = _resize_crop(sample, (y1, x1, y2, x2), tuple(original_size), (h, w))
         m = F.pad(frame, (0, self.image_size - w, 0, self.image_size - h))
@@ -152,18 +157,24 @@ class SamTransform:
         x = F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
         return x.reshape(*lead, *original_size)
 
-    def postprocess_masks(self, low_res_logits: torch.Tensor, original_size: tuple[int, int], threshold: float = 0.0,
-                          *, max_float_bytes: int = 1 << 28) -> torch.Tensor:
+    def postprocess_masks(
+        self,
+        low_res_logits: torch.Tensor,
+        original_size: tuple[int, int],
+        threshold: float = 0.0,
+        *,
+        max_float_bytes: int = 1 << 28,
+    ) -> torch.Tensor:
         """Boolean masks ``postprocess_logits(...) > threshold``, upsampled a few masks at a time so
         that the float intermediates (S x S and H x W per mask) stay under ``max_float_bytes``: a
         12-megapixel photo with 50 prompts would otherwise hold 2.4 GB of float logits."""
         lead = low_res_logits.shape[:-2]
         flat = low_res_logits.reshape(-1, *low_res_logits.shape[-2:])
-        per_mask = 4 * (self.image_size ** 2 + original_size[0] * original_size[1])
+        per_mask = 4 * (self.image_size**2 + original_size[0] * original_size[1])
         step = max(1, max_float_bytes // per_mask)
         out = torch.empty((flat.shape[0], *original_size), dtype=torch.bool, device=flat.device)
         for k in range(0, flat.shape[0], step):
-            out[k:k + step] = self.postprocess_logits(flat[k:k + step], original_size) > threshold
+            out[k : k + step] = self.postprocess_logits(flat[k : k + step], original_size) > threshold
         return out.reshape(*lead, *original_size)
 
 
@@ -198,15 +209,22 @@ def _fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     err = (p - (s - bp)) + (c - bp)
     r = s.float()
     rd = r.double()
-    other = torch.where(s > rd, torch.nextafter(r, torch.full_like(r, float("inf"))),
-                        torch.nextafter(r, torch.full_like(r, float("-inf"))))
+    other = torch.where(
+        s > rd,
+        torch.nextafter(r, torch.full_like(r, float("inf"))),
+        torch.nextafter(r, torch.full_like(r, float("-inf"))),
+    )
     tie = (s != rd) & (s - rd == other.double() - s) & (err != 0)
     fixed = torch.where(err > 0, torch.maximum(r, other), torch.minimum(r, other))
     return torch.where(tie, fixed, r)
 
 
-def _resize_crop(sample: Callable[[np.ndarray, np.ndarray], np.ndarray], box: tuple[int, int, int, int],
-                 in_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+def _resize_crop(
+    sample: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    box: tuple[int, int, int, int],
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> torch.Tensor:
     """(out_h, out_w) float32: ``F.interpolate`` (bilinear, align_corners=False) of a binary mask of
     size ``in_hw`` that is zero outside ``box`` = (y1, x1, y2, x2), computed on the output pixels
     whose source rows and columns meet the box (all others are exactly 0)."""
@@ -248,7 +266,8 @@ def _exact_taps_match_torch(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> 
 @lru_cache(maxsize=256)
 def _probe_matches(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
     m = np.random.default_rng(0).random(in_hw) < 0.5
-    ref = F.interpolate(torch.from_numpy(m).float()[None, None], size=out_hw, mode="bilinear",
-                        align_corners=False)[0, 0]
+    ref = F.interpolate(torch.from_numpy(m).float()[None, None], size=out_hw, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     got = _resize_crop(lambda r, c: m[np.ix_(r, c)], (0, 0, in_hw[0] - 1, in_hw[1] - 1), in_hw, out_hw)
     return torch.equal(got, ref)

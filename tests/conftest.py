@@ -146,9 +146,21 @@ def demo_data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run_args(demo_data_root) -> list[str]:
     """``recipes/finetune.py`` options of a tiny run: 2 epochs of 3 steps on the session demo data."""
-    return ["--data-root", str(demo_data_root), "--demo-train-images", str(TINY_DEMO["train"]),
-            "--demo-val-images", str(TINY_DEMO["val"]), "--epochs", "2", "--prompts-per-image", "4",
-            "--batch-size", "2", "--no-progress"]
+    return [
+        "--data-root",
+        str(demo_data_root),
+        "--demo-train-images",
+        str(TINY_DEMO["train"]),
+        "--demo-val-images",
+        str(TINY_DEMO["val"]),
+        "--epochs",
+        "2",
+        "--prompts-per-image",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture
@@ -202,11 +214,26 @@ def classify_adapter(tmp_path_factory, demo_data_root) -> Path:
     from samadapt.training.trainer import train
 
     out = tmp_path_factory.mktemp("classify_run")
-    cfg = TrainConfig(strategy="decoder", model="mini", dataset="demo", data_root=str(demo_data_root),
-                      demo_train_images=TINY_DEMO["train"], demo_val_images=TINY_DEMO["val"], epochs=2,
-                      prompts_per_image=8, batch_size=2, lr=1e-3, progress=False, zero_shot=False, num_examples=0,
-                      log_with=None, publish=False, output_dir=str(out / "run"), cache_dir=str(out / "cache"),
-                      classify=True)
+    cfg = TrainConfig(
+        strategy="decoder",
+        model="mini",
+        dataset="demo",
+        data_root=str(demo_data_root),
+        demo_train_images=TINY_DEMO["train"],
+        demo_val_images=TINY_DEMO["val"],
+        epochs=2,
+        prompts_per_image=8,
+        batch_size=2,
+        lr=1e-3,
+        progress=False,
+        zero_shot=False,
+        num_examples=0,
+        log_with=None,
+        publish=False,
+        output_dir=str(out / "run"),
+        cache_dir=str(out / "cache"),
+        classify=True,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

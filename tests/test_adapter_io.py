@@ -22,8 +22,16 @@ VARIANTS = [(s, {}) for s in sorted(STRATEGIES)] + [
     ("adapter", {"prompt_generator": True, "placement": ("mlp",)}),
 ]
 VARIANT_IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for s, o in VARIANTS]
-METADATA_KEYS = {"format", "format_version", "samadapt_version", "strategy", "strategy_config", "model_type",
-                 "base_id", "info"}
+METADATA_KEYS = {
+    "format",
+    "format_version",
+    "samadapt_version",
+    "strategy",
+    "strategy_config",
+    "model_type",
+    "base_id",
+    "info",
+}
 
 
 def _perturbed(model, scale: float = 0.05, seed: int = 0):
@@ -102,8 +110,11 @@ def test_adapter_file_is_small(make_mini, tmp_path):
 
 
 # ---------------------------------------------------------------------------- peft interchange
-@pytest.mark.parametrize("options", [{}, {"train_decoder": False, "targets": ("qkv", "mlp"), "rank": 2, "alpha": 3.0}],
-                         ids=["default", "no-decoder-qkv-mlp"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"train_decoder": False, "targets": ("qkv", "mlp"), "rank": 2, "alpha": 3.0}],
+    ids=["default", "no-decoder-qkv-mlp"],
+)
 def test_peft_export_import_round_trip(options, make_mini, mini_batch, tmp_path):
     import peft
 
@@ -234,8 +245,9 @@ def test_adapter_for_another_model_type(saved_lora):
 def test_adapter_onto_another_base_names_both_base_ids(saved_lora, other_mini_checkpoint, make_mini, mini_batch):
     model, path = saved_lora
     other = make_mini(other_mini_checkpoint)
-    _expect_failure(path, other, AdapterMismatchError, model.base.base_id, other.samadapt_base.base_id,
-                    "check_base=False")
+    _expect_failure(
+        path, other, AdapterMismatchError, model.base.base_id, other.samadapt_base.base_id, "check_base=False"
+    )
     # the explicit escape hatch still works
     loaded = samadapt.load_adapter(path, other, check_base=False)
     assert loaded.base == other.samadapt_base

@@ -15,9 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke_run_writes_json_with_passing_checks(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--no-profile",
-         "--only", "decoder_step,batched_prediction", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--smoke",
+            "--no-profile",
+            "--only",
+            "decoder_step,batched_prediction",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for name in ("decoder_step", "batched_prediction"):
@@ -30,8 +42,13 @@ def test_benchmark_smoke_run_writes_json_with_passing_checks(tmp_path):
     prediction = json.loads((tmp_path / "batched_prediction-cpu.json").read_text())
     assert {"ours_s", "upstream_s", "speedup"} <= set(prediction["tables"][0]["rows"][0])
 
-    report = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--results", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    report = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--results", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert report.returncode == 0, report.stderr
     assert "| decoder |" in report.stdout and "SamPredictor" in report.stdout
 

@@ -133,8 +133,12 @@ def test_download_checkpoint_with_the_wrong_sha256_leaves_nothing(served_checkpo
 def test_download_checkpoint_404(http_server, tmp_path, capsys):
     url, _, requests = http_server
     dest_dir = tmp_path / "ckpts"
-    assert cli.main(["download-checkpoint", "vit_b", "--url", f"{url}/missing.pth", "--dir", str(dest_dir),
-                     "--no-progress"]) == 2
+    assert (
+        cli.main(
+            ["download-checkpoint", "vit_b", "--url", f"{url}/missing.pth", "--dir", str(dest_dir), "--no-progress"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("samadapt: error: downloading ") and "404" in err and str(dest_dir) in err
     assert requests == ["/missing.pth"]
@@ -172,11 +176,15 @@ def test_new_subcommands_are_one_function_and_one_line(monkeypatch, capsys):
     def run_eval(args):
         raise ConfigError("`split` is 'tset'; choose one of ['train', 'val', 'test']")
 
-    monkeypatch.setattr(cli, "SUBCOMMANDS", [
-        *cli.SUBCOMMANDS,
-        cli.Subcommand("extra summary", "summarise a dataset", add_summary, run_summary),
-        cli.Subcommand("extra-eval", "evaluate an adapter", lambda p: None, run_eval),
-    ])
+    monkeypatch.setattr(
+        cli,
+        "SUBCOMMANDS",
+        [
+            *cli.SUBCOMMANDS,
+            cli.Subcommand("extra summary", "summarise a dataset", add_summary, run_summary),
+            cli.Subcommand("extra-eval", "evaluate an adapter", lambda p: None, run_eval),
+        ],
+    )
     assert cli.main(["extra", "summary", "taco"]) == 0
     assert capsys.readouterr().out == "summary of taco\n"
     assert cli.main(["extra-eval"]) == 2

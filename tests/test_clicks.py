@@ -33,7 +33,7 @@ from samadapt.transforms import SamTransform
 def _rect(shape, r0, r1, c0, c1):
     """(H, W) bool with rows r0..r1 and columns c0..c1 (inclusive) set."""
     m = np.zeros(shape, dtype=bool)
-    m[r0:r1 + 1, c0:c1 + 1] = True
+    m[r0 : r1 + 1, c0 : c1 + 1] = True
     return m
 
 
@@ -83,9 +83,7 @@ def test_next_click_ties_prefer_the_missed_region_and_no_error_means_no_click():
 
 # ============================================================================ NoC arithmetic
 def test_number_of_clicks_and_summary():
-    iou = np.array([[0.50, 0.86, 0.95],
-                    [0.90, 0.90, 0.90],
-                    [0.10, 0.20, 0.30]])
+    iou = np.array([[0.50, 0.86, 0.95], [0.90, 0.90, 0.90], [0.10, 0.20, 0.30]])
     assert number_of_clicks(iou, 0.85).tolist() == [2, 1, 3]
     assert number_of_clicks(iou, 0.90).tolist() == [3, 1, 3]  # never reached: counted as the maximum, 3
     s = click_summary(iou)
@@ -98,10 +96,15 @@ def test_number_of_clicks_and_summary():
 
 
 def test_click_records_merge_and_metrics():
-    a = ClickRecords(np.array([[0.2, 0.9]]), np.array([1]), np.array([3]),
-                     [{"id": 1, "num_instances": 1}, {"id": 5, "num_instances": 0}])
-    b = ClickRecords(np.array([[0.86, 0.88], [0.1, 0.1]]), np.array([2, 2]), np.array([1, 1]),
-                     [{"id": 2, "num_instances": 2}])
+    a = ClickRecords(
+        np.array([[0.2, 0.9]]),
+        np.array([1]),
+        np.array([3]),
+        [{"id": 1, "num_instances": 1}, {"id": 5, "num_instances": 0}],
+    )
+    b = ClickRecords(
+        np.array([[0.86, 0.88], [0.1, 0.1]]), np.array([2, 2]), np.array([1, 1]), [{"id": 2, "num_instances": 2}]
+    )
     merged = ClickRecords.merge([a, b])
     m = merged.metrics()
     assert m["prompt"] == "clicks" and m["num_images"] == 3 and m["num_instances"] == 3
@@ -122,7 +125,7 @@ class NearestTransform(SamTransform):
 
     def postprocess_masks(self, low_res_logits, original_size, threshold=0.0, **kw):
         up = low_res_logits.repeat_interleave(4, -1).repeat_interleave(4, -2)
-        return up[..., :original_size[0], :original_size[1]] > threshold
+        return up[..., : original_size[0], : original_size[1]] > threshold
 
 
 class ClickFollower(nn.Module):
@@ -150,8 +153,14 @@ class ClickFollower(nn.Module):
 
     def decode(self, emb, boxes, points, labels, *, multimask=False, mask_inputs=None):
         pts, lab = points[0], labels[0]
-        self.calls.append({"points": pts.clone(), "labels": lab.clone(), "multimask": multimask,
-                           "mask_inputs": None if mask_inputs is None else mask_inputs[0].clone()})
+        self.calls.append(
+            {
+                "points": pts.clone(),
+                "labels": lab.clone(),
+                "multimask": multimask,
+                "mask_inputs": None if mask_inputs is None else mask_inputs[0].clone(),
+            }
+        )
         n = pts.shape[0]
         logits = torch.full((n, 16, 16), -1.0)
         for i in range(n):
@@ -159,8 +168,11 @@ class ClickFollower(nn.Module):
                 if v >= 0:  # a click covers its low-res pixel
                     logits[i, int(y) // 4, int(x) // 4] = 1.0 if v == 1 else -1.0
         m = 3 if multimask else 1
-        return SamOutput(logits[:, None].expand(n, m, 16, 16).clone(), torch.arange(m).float().expand(n, m).clone(),
-                         torch.zeros(n, dtype=torch.long))
+        return SamOutput(
+            logits[:, None].expand(n, m, 16, 16).clone(),
+            torch.arange(m).float().expand(n, m).clone(),
+            torch.zeros(n, dtype=torch.long),
+        )
 
 
 class OneImage:
@@ -171,8 +183,12 @@ class OneImage:
         return 1
 
     def __getitem__(self, i):
-        return {"image": np.zeros((64, 64, 3), np.uint8), "masks": self.masks,
-                "category_ids": np.arange(len(self.masks)), "image_id": 7}
+        return {
+            "image": np.zeros((64, 64, 3), np.uint8),
+            "masks": self.masks,
+            "category_ids": np.arange(len(self.masks)),
+            "image_id": 7,
+        }
 
 
 def test_protocol_clicks_where_the_errors_are_and_miou_rises():
@@ -279,9 +295,28 @@ def test_eval_command_writes_click_metrics_and_figure(tmp_path, demo_data_root, 
     from samadapt.cli import main
 
     out = tmp_path / "eval"
-    rc = main(["eval", "--dataset", "demo", "--data-root", str(demo_data_root), "--split", "val", "--checkpoint",
-               str(mini_checkpoint), "--prompt", "clicks", "--max-clicks", "3", "--max-images", "2", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "demo",
+            "--data-root",
+            str(demo_data_root),
+            "--split",
+            "val",
+            "--checkpoint",
+            str(mini_checkpoint),
+            "--prompt",
+            "clicks",
+            "--max-clicks",
+            "3",
+            "--max-images",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     metrics = json.loads((out / "metrics.json").read_text())["models"]["zero-shot"]
@@ -290,6 +325,21 @@ def test_eval_command_writes_click_metrics_and_figure(tmp_path, demo_data_root, 
     assert metrics["prompt"] == "clicks" and metrics["num_instances"] > 0
     assert (out / "clicks.png").stat().st_size > 0
     assert "NoC@85" in (out / "metrics.md").read_text() and "mIoU@3" in printed
-    rc = main(["eval", "--dataset", "demo", "--data-root", str(demo_data_root), "--checkpoint", str(mini_checkpoint),
-               "--prompt", "clicks", "--max-clicks", "0", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "demo",
+            "--data-root",
+            str(demo_data_root),
+            "--checkpoint",
+            str(mini_checkpoint),
+            "--prompt",
+            "clicks",
+            "--max-clicks",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2 and "--max-clicks must be >= 1, got 0" in capsys.readouterr().err

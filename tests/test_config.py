@@ -15,14 +15,23 @@ from samadapt.options import check_keys
 from samadapt.strategies import STRATEGIES
 
 
-@pytest.mark.parametrize("load, words", [
-    (lambda: TrainConfig.from_dict({"epochz": 3}), ["unknown config keys ['epochz']", "did you mean 'epochs'",
-                                                    "valid config keys", "'lr'"]),
-    (lambda: PromptConfig.from_dict({"box_nois": 0.1}), ["unknown PromptConfig keys ['box_nois']",
-                                                         "did you mean 'box_noise'"]),
-    (lambda: STRATEGIES["lora"].config_class.from_dict({"rnak": 2}), ["unknown options ['rnak'] for LoraConfig",
-                                                                     "did you mean 'rank'", "valid options"]),
-])
+@pytest.mark.parametrize(
+    "load, words",
+    [
+        (
+            lambda: TrainConfig.from_dict({"epochz": 3}),
+            ["unknown config keys ['epochz']", "did you mean 'epochs'", "valid config keys", "'lr'"],
+        ),
+        (
+            lambda: PromptConfig.from_dict({"box_nois": 0.1}),
+            ["unknown PromptConfig keys ['box_nois']", "did you mean 'box_noise'"],
+        ),
+        (
+            lambda: STRATEGIES["lora"].config_class.from_dict({"rnak": 2}),
+            ["unknown options ['rnak'] for LoraConfig", "did you mean 'rank'", "valid options"],
+        ),
+    ],
+)
 def test_every_from_dict_names_the_unknown_key_and_the_valid_ones(load, words):
     with pytest.raises(ConfigError) as e:
         load()

@@ -33,16 +33,31 @@ def write_image(path: Path, h: int = H, w: int = W, value: int = 90) -> None:
     Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
 
 
-def write_coco(root: Path, annotations: list, images: list | None = None, categories: list | None = None,
-               write_images: bool = True, name: str = "ann.json") -> Path:
-    images = images if images is not None else [{"id": 1, "file_name": "a.png", "height": H, "width": W},
-                                                 {"id": 2, "file_name": "sub/b.png", "height": H, "width": W}]
+def write_coco(
+    root: Path,
+    annotations: list,
+    images: list | None = None,
+    categories: list | None = None,
+    write_images: bool = True,
+    name: str = "ann.json",
+) -> Path:
+    images = (
+        images
+        if images is not None
+        else [
+            {"id": 1, "file_name": "a.png", "height": H, "width": W},
+            {"id": 2, "file_name": "sub/b.png", "height": H, "width": W},
+        ]
+    )
     if write_images:
         for img in images:
             write_image(root / img["file_name"], img["height"], img["width"])
     path = root / name
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": categories if categories is not None else CATS}))
+    path.write_text(
+        json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories if categories is not None else CATS}
+        )
+    )
     return path
 
 
@@ -88,6 +103,7 @@ def test_items_shapes_and_masks_match_pycocotools(good):
     assert len(ds) == 2 and ds.image_ids == [1, 2]
     assert ds.categories == {1: "bottle", 2: "can"}  # _background_ is not a class
     from pycocotools.coco import COCO
+
     ref = COCO(str(path))
     for i in range(len(ds)):
         s = ds[i]
@@ -141,8 +157,9 @@ def test_bad_image_entries(tmp_path):
     p = write_coco(tmp_path, [], images=[{"id": 1, "file_name": "a.png", "width": W}], write_images=False)
     with pytest.raises(DataError, match="has no 'height'"):
         CocoInstances(tmp_path, p)
-    p = write_coco(tmp_path, [], images=[{"id": 1, "file_name": "a.png", "height": H, "width": W}] * 2,
-                   write_images=False)
+    p = write_coco(
+        tmp_path, [], images=[{"id": 1, "file_name": "a.png", "height": H, "width": W}] * 2, write_images=False
+    )
     with pytest.raises(DataError, match="image id 1 appears twice"):
         CocoInstances(tmp_path, p)
 
@@ -150,9 +167,11 @@ def test_bad_image_entries(tmp_path):
 def test_infinity_is_a_counted_skip(tmp_path):
     # TACO's annotations_unofficial.json: bbox [Infinity, ...] is not JSON, but Python parses it.
     inf = float("inf")
-    anns = [ann(1, 1, [square(1, 1, 9, 9)]),
-            ann(2, 1, [], bbox=[inf, inf, -inf, -inf]),
-            ann(3, 1, [[1.0, 1.0, float("nan"), 9.0, 9.0, 9.0]])]
+    anns = [
+        ann(1, 1, [square(1, 1, 9, 9)]),
+        ann(2, 1, [], bbox=[inf, inf, -inf, -inf]),
+        ann(3, 1, [[1.0, 1.0, float("nan"), 9.0, 9.0, 9.0]]),
+    ]
     p = write_coco(tmp_path, anns)
     assert "Infinity" in p.read_text() and "NaN" in p.read_text()
     ds = CocoInstances(tmp_path, p)
@@ -221,9 +240,11 @@ def test_empty_mask_counted_once(tmp_path):
 
 
 def test_out_of_image_coordinates_are_clipped(tmp_path):
-    anns = [ann(1, 1, [[-1, -1, 20, -1, 20, 10, -1, 10]]),
-            ann(2, 1, [square(50, 40, 70, 60)]),  # beyond the bottom-right corner
-            ann(3, 1, [square(100, 100, 120, 120)])]  # entirely outside
+    anns = [
+        ann(1, 1, [[-1, -1, 20, -1, 20, 10, -1, 10]]),
+        ann(2, 1, [square(50, 40, 70, 60)]),  # beyond the bottom-right corner
+        ann(3, 1, [square(100, 100, 120, 120)]),
+    ]  # entirely outside
     ds = CocoInstances(tmp_path, write_coco(tmp_path, anns))
     assert ds.skips == {"outside_image": 1, "empty_segmentation": 1, "clipped": 2}
     s = ds[0]
@@ -244,12 +265,16 @@ def test_duplicate_ids_are_renumbered(tmp_path):
 
 def test_crowd_unknown_and_ignored(tmp_path):
     crowd = ann(1, 1, [square(0, 0, 30, 30)], iscrowd=1)
-    anns = [crowd, ann(2, 1, [square(1, 1, 9, 9)], cat=99), ann(3, 99, [square(1, 1, 9, 9)]),
-            ann(4, 1, [square(1, 1, 9, 9)], cat=0), {"id": 5, "image_id": 1},
-            ann(6, 1, [square(40, 40, 50, 45)])]
+    anns = [
+        crowd,
+        ann(2, 1, [square(1, 1, 9, 9)], cat=99),
+        ann(3, 99, [square(1, 1, 9, 9)]),
+        ann(4, 1, [square(1, 1, 9, 9)], cat=0),
+        {"id": 5, "image_id": 1},
+        ann(6, 1, [square(40, 40, 50, 45)]),
+    ]
     ds = CocoInstances(tmp_path, write_coco(tmp_path, anns))
-    assert ds.skips == {"malformed": 1, "unknown_image": 1, "unknown_category": 1, "crowd": 1,
-                        "ignored_category": 1}
+    assert ds.skips == {"malformed": 1, "unknown_image": 1, "unknown_category": 1, "crowd": 1, "ignored_category": 1}
     assert [a["orig_id"] for a in ds.instance_annotations(0)] == [6]
     assert ds.crowd_masks(0).shape == (1, H, W) and ds.crowd_masks(0)[0, :30, :30].all()
     assert ds.crowd_masks(1).shape == (0, H, W)
@@ -260,8 +285,13 @@ def test_crowd_unknown_and_ignored(tmp_path):
 
 
 def test_malformed_segmentations(tmp_path):
-    anns = [ann(1, 1, [["1", 1, 2, 3, 4, 5]]), ann(2, 1, "polygon"), ann(3, 1, {"size": [10, 10], "counts": "PP"}),
-            ann(4, 1, {"size": [H, W], "counts": [1, 2, 3]}), ann(5, 1, [1, 1, 20, 1, 20, 9])]  # flat polygon: ok
+    anns = [
+        ann(1, 1, [["1", 1, 2, 3, 4, 5]]),
+        ann(2, 1, "polygon"),
+        ann(3, 1, {"size": [10, 10], "counts": "PP"}),
+        ann(4, 1, {"size": [H, W], "counts": [1, 2, 3]}),
+        ann(5, 1, [1, 1, 20, 1, 20, 9]),
+    ]  # flat polygon: ok
     ds = CocoInstances(tmp_path, write_coco(tmp_path, anns))
     assert ds.skips == {"bad_segmentation": 3, "rle_size_mismatch": 1}
     assert [a["orig_id"] for a in ds.instance_annotations(0)] == [5]
@@ -349,8 +379,13 @@ def test_taco_preset_layouts_and_split(tmp_path):
     images = [{"id": i, "file_name": f"batch_{i % 3}/{i:06d}.jpg", "height": H, "width": W} for i in range(50)]
     data = tmp_path / "TACO" / "data"
     data.mkdir(parents=True)
-    write_coco(data, [ann(i, i, [square(1, 1, 9, 9)]) for i in range(50)], images=images, write_images=False,
-               name="annotations.json")
+    write_coco(
+        data,
+        [ann(i, i, [square(1, 1, 9, 9)]) for i in range(50)],
+        images=images,
+        write_images=False,
+        name="annotations.json",
+    )
     for root in (tmp_path / "TACO", data):  # the repository or its data/ folder
         train, test = presets.taco(root, "train"), presets.taco(root, "test")
         assert len(train) == 40 and len(test) == 10
@@ -388,8 +423,12 @@ def test_zerowaste_trashcan_demo_presets(tmp_path):
         presets.zerowaste(tmp_path / "zerowaste-f-final", "test")
 
     tc = tmp_path / "trashcan" / "material_version"
-    cats = [{"id": 1, "name": "rov"}, {"id": 2, "name": "plant"}, {"id": 3, "name": "animal_fish"},
-            {"id": 4, "name": "trash_metal"}]
+    cats = [
+        {"id": 1, "name": "rov"},
+        {"id": 2, "name": "plant"},
+        {"id": 3, "name": "animal_fish"},
+        {"id": 4, "name": "trash_metal"},
+    ]
     anns = [ann(k, 1, [square(1 + k, 1, 9 + k, 9)], cat=k) for k in (1, 2, 3, 4)]
     write_coco(tc / "val", anns, images=[{"id": 1, "file_name": "v.jpg", "height": H, "width": W}], categories=cats)
     (tc / "val" / "ann.json").rename(tc / "instances_val_trashcan.json")
@@ -404,8 +443,11 @@ def test_zerowaste_trashcan_demo_presets(tmp_path):
         presets.trashcan(tmp_path / "trashcan", "val", version="materials")
 
     dm = tmp_path / "demo" / "train"
-    write_coco(dm / "images", [ann(1, 1, [square(1, 1, 9, 9)])], images=[{"id": 1, "file_name": "000000.jpg",
-                                                                           "height": H, "width": W}])
+    write_coco(
+        dm / "images",
+        [ann(1, 1, [square(1, 1, 9, 9)])],
+        images=[{"id": 1, "file_name": "000000.jpg", "height": H, "width": W}],
+    )
     (dm / "images" / "ann.json").rename(dm / "annotations.json")
     assert len(presets.get_dataset("demo", root=tmp_path / "demo", split="train")) == 1
     with pytest.raises(DataError, match="make_demo_dataset"):

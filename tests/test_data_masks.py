@@ -82,14 +82,17 @@ def test_low_res_targets_equal_the_full_resolution_resize(image_size, hw):
         box = tuple(int(v) for v in rle_box(rle))
         assert torch.equal(tf.sampled_to_low_res(rle_sampler(rle), box, hw), ref)
     empty = np.zeros(hw, bool)
-    assert torch.equal(tf.sampled_to_low_res(rle_sampler(mask_utils.encode(np.asfortranarray(empty.astype(np.uint8)))),
-                                             None, hw), tf.masks_to_low_res_reference(empty[None], hw))
+    assert torch.equal(
+        tf.sampled_to_low_res(rle_sampler(mask_utils.encode(np.asfortranarray(empty.astype(np.uint8)))), None, hw),
+        tf.masks_to_low_res_reference(empty[None], hw),
+    )
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    root = make_demo_dataset(tmp_path_factory.mktemp("demo") / "waste", domain="waste", n_train=4, n_val=1, seed=0,
-                             progress=False)
+    root = make_demo_dataset(
+        tmp_path_factory.mktemp("demo") / "waste", domain="waste", n_train=4, n_val=1, seed=0, progress=False
+    )
     return CocoInstances(root / "train" / "images", root / "train" / "annotations.json")
 
 
@@ -108,10 +111,18 @@ def test_training_targets_and_boxes_are_the_old_ones(demo, image_size):
         rng = ds.rng(i)
         ds.choose_annotations(i, rng)
         from samadapt.data.prompts import jitter_boxes, sample_points
+
         boxes, points = [], []
         for mk in m:
-            boxes.append(jitter_boxes(boxes_from_masks(mk[None]), rng, std_ratio=ds.prompts.box_noise,
-                                      max_px=ds.prompts.box_noise_max_px, image_hw=hw))
+            boxes.append(
+                jitter_boxes(
+                    boxes_from_masks(mk[None]),
+                    rng,
+                    std_ratio=ds.prompts.box_noise,
+                    max_px=ds.prompts.box_noise_max_px,
+                    image_hw=hw,
+                )
+            )
             points.append(sample_points(mk[None], 1, 0, rng)[0])
         assert torch.equal(s["boxes"], tf.apply_boxes(np.concatenate(boxes), hw))
         assert torch.equal(s["points"], tf.apply_points(np.concatenate(points), hw).reshape(-1, 1, 2))
@@ -142,10 +153,20 @@ def test_image_files_are_hashed_only_for_the_embedding_cache(demo, monkeypatch):
 def test_empty_masks_are_dropped_and_counted_once(tmp_path):
     Image.new("RGB", (20, 10)).save(tmp_path / "a.png")
     seg_empty = {"size": [10, 20], "counts": [200]}
-    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 20}], "categories": [{"id": 1, "name": "x"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg_empty, "bbox": [0, 0, 1, 1]},
-                            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[2, 2, 8, 2, 8, 6, 2, 6]],
-                             "bbox": [2, 2, 6, 4]}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 20}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg_empty, "bbox": [0, 0, 1, 1]},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": [[2, 2, 8, 2, 8, 6, 2, 6]],
+                "bbox": [2, 2, 6, 4],
+            },
+        ],
+    }
     (tmp_path / "c.json").write_text(json.dumps(coco))
     ds = CocoInstances(tmp_path, tmp_path / "c.json")
     for _ in range(2):

@@ -125,12 +125,14 @@ def test_prompt_config_validation_and_eval():
     assert ev.box_noise == 0.0 and ev.loose_margin == 0.0 and ev.use_boxes and ev.points == "sampled"
     cfg = PromptConfig(box_noise=0.2, loose_margin=0.1, num_points=2)
     assert PromptConfig.from_dict(cfg.to_dict()) == cfg
-    for bad, match in [({"box_noise": -0.1}, "box_noise must be a finite number >= 0, got -0.1"),
-                       ({"box_noise_max_px": float("inf")}, "box_noise_max_px"),
-                       ({"num_points": 1.5}, "num_points must be an integer >= 0, got 1.5"),
-                       ({"num_negative_points": -1}, "num_negative_points"),
-                       ({"use_boxes": False}, "no prompt"),
-                       ({"use_boxes": "yes"}, "use_boxes")]:
+    for bad, match in [
+        ({"box_noise": -0.1}, "box_noise must be a finite number >= 0, got -0.1"),
+        ({"box_noise_max_px": float("inf")}, "box_noise_max_px"),
+        ({"num_points": 1.5}, "num_points must be an integer >= 0, got 1.5"),
+        ({"num_negative_points": -1}, "num_negative_points"),
+        ({"use_boxes": False}, "no prompt"),
+        ({"use_boxes": "yes"}, "use_boxes"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             PromptConfig(**bad)
     with pytest.raises(ConfigError, match="unknown PromptConfig keys"):
@@ -152,23 +154,47 @@ def instances(tmp_path_factory):
     anns = []
     for k in range(20):
         x, y = 3 * k + 1, 2 * k + 1
-        anns.append({"id": k, "image_id": 1, "category_id": 1 + k % 2, "iscrowd": 0,
-                     "segmentation": [[x, y, x + 6, y, x + 6, y + 5, x, y + 5]]})
-    anns.append({"id": 100, "image_id": 3, "category_id": 1, "iscrowd": 0,
-                 "segmentation": [[10, 10, 40, 10, 40, 30, 10, 30]]})
-    anns.append({"id": 101, "image_id": 3, "category_id": 1, "iscrowd": 0,
-                 "segmentation": [[50.1, 40.1, 50.3, 40.1, 50.2, 40.3]]})
-    (root / "ann.json").write_text(json.dumps({
-        "images": [{"id": i, "file_name": n, "height": H, "width": W} for i, n in ((1, "a.png"), (2, "b.png"),
-                                                                                      (3, "c.png"))],
-        "annotations": anns, "categories": [{"id": 1, "name": "can"}, {"id": 2, "name": "bottle"}]}))
+        anns.append(
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 1 + k % 2,
+                "iscrowd": 0,
+                "segmentation": [[x, y, x + 6, y, x + 6, y + 5, x, y + 5]],
+            }
+        )
+    anns.append(
+        {"id": 100, "image_id": 3, "category_id": 1, "iscrowd": 0, "segmentation": [[10, 10, 40, 10, 40, 30, 10, 30]]}
+    )
+    anns.append(
+        {
+            "id": 101,
+            "image_id": 3,
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentation": [[50.1, 40.1, 50.3, 40.1, 50.2, 40.3]],
+        }
+    )
+    (root / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": n, "height": H, "width": W}
+                    for i, n in ((1, "a.png"), (2, "b.png"), (3, "c.png"))
+                ],
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "can"}, {"id": 2, "name": "bottle"}],
+            }
+        )
+    )
     return CocoInstances(root, root / "ann.json")
 
 
 def test_sample_shapes(instances):
     tf = SamTransform(64)
-    ds = SamPromptDataset(instances, tf, PromptConfig(num_points=2, num_negative_points=1), max_instances=8,
-                          image_keys=True)
+    ds = SamPromptDataset(
+        instances, tf, PromptConfig(num_points=2, num_negative_points=1), max_instances=8, image_keys=True
+    )
     s = ds[0]
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert s["boxes"].shape == (8, 4) and s["boxes"].dtype == torch.float32
@@ -203,8 +229,9 @@ def test_zero_instances_have_the_right_shapes(instances):
 
 def test_determinism_across_instances_and_epochs(instances):
     def make():
-        return SamPromptDataset(instances, SamTransform(64), PromptConfig(num_points=1), max_instances=5, seed=3,
-                                load_image=False)
+        return SamPromptDataset(
+            instances, SamTransform(64), PromptConfig(num_points=1), max_instances=5, seed=3, load_image=False
+        )
 
     a, b = make(), make()
     s1, s2 = a[0], b[0]
@@ -235,9 +262,15 @@ def test_collate_and_dataloader(instances):
 
 def test_check_dataset(instances, tmp_path):
     check_dataset(SamPromptDataset(instances, SamTransform(64), PromptConfig()), n=3)
-    (tmp_path / "ann.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "gone.png", "height": 10, "width": 10}],
-        "annotations": [], "categories": []}))
+    (tmp_path / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "gone.png", "height": 10, "width": 10}],
+                "annotations": [],
+                "categories": [],
+            }
+        )
+    )
     broken = SamPromptDataset(CocoInstances(tmp_path, tmp_path / "ann.json"), SamTransform(64), PromptConfig())
     with pytest.raises(DataError, match=r"dataset check failed on .*sample 0 \(image 1, 'gone.png'\).*not found"):
         check_dataset(broken)

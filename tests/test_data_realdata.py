@@ -179,8 +179,9 @@ def test_zerowaste_masks_equal_pycocotools(zerowaste_train):
 
 def test_zerowaste_split_list_and_summary(zerowaste_root, zerowaste_train):
     ds = zerowaste_train
-    ids = presets.read_split_file(REALDATA / "zerowaste" / "split_v1_train.txt", "train",
-                                  {i: ds.file_image_info(i) for i in ds.file_image_ids})
+    ids = presets.read_split_file(
+        REALDATA / "zerowaste" / "split_v1_train.txt", "train", {i: ds.file_image_info(i) for i in ds.file_image_ids}
+    )
     assert sorted(ids) == sorted(ds.image_ids)  # the v1 split lists frame stems
     s = summarize_preset("zerowaste", data_root=zerowaste_root, splits=("train",))["splits"]["train"]
     assert s["images"] == 1245 and s["instances"] == 6162
@@ -210,8 +211,12 @@ def test_labelme_masks_equal_coco_ann_to_mask():
 
 
 def test_labelme_through_sam_dataset():
-    ds = SamPromptDataset(presets.coco(LABELME, LABELME / "annotations.json"), SamTransform(256),
-                          PromptConfig(num_points=1, num_negative_points=1), max_instances=4)
+    ds = SamPromptDataset(
+        presets.coco(LABELME, LABELME / "annotations.json"),
+        SamTransform(256),
+        PromptConfig(num_points=1, num_negative_points=1),
+        max_instances=4,
+    )
     check_dataset(ds, n=3)
     s = ds[0]
     assert s["image"].shape == (3, 256, 256) and s["points"].shape[1:] == (2, 2)
@@ -234,7 +239,7 @@ def test_supervisely_bitmap_decodes():
     full = object_mask(obj, ann["size"]["height"], ann["size"]["width"])
     x0, y0 = obj["bitmap"]["origin"]
     assert full.shape == (270, 480) and full.sum() == small.sum()
-    assert full[y0:y0 + 50, x0:x0 + 60].sum() == small.sum()
+    assert full[y0 : y0 + 50, x0 : x0 + 60].sum() == small.sum()
 
 
 @pytest.mark.parametrize("version", ["instance", "material"])
@@ -247,19 +252,24 @@ def test_trashcan_raw_frames_to_coco(tmp_path, version):
     (src / "splits").symlink_to(TRASHCAN / "splits")
     for f in frames:
         (src / "original_data" / "annotations" / f"{f}.json").symlink_to(
-            TRASHCAN / "original_data" / "annotations" / f"{f}.json")
+            TRASHCAN / "original_data" / "annotations" / f"{f}.json"
+        )
         (src / "original_data" / "images" / f).symlink_to(TRASHCAN / "original_data" / "images" / f)
     result = import_trashcan(src, tmp_path / "out", versions=[version], progress=False)
     splits = {s: presets.trashcan(tmp_path / "out", s, version=version) for s in ("train", "val")}
-    per_image = {ds.image_info(k)["file_name"]: len(ds.instance_annotations(k))
-                 for ds in splits.values() for k in range(len(ds))}
+    per_image = {
+        ds.image_info(k)["file_name"]: len(ds.instance_annotations(k)) for ds in splits.values() for k in range(len(ds))
+    }
     assert per_image == dict(zip(frames, [19, 2, 3]))  # the four parts of the ROV in vid_000089 are one instance
     assert set(splits["val"].categories.values()) == _readme_classes(f"{version}_version_README.txt")
     assert result.reports["frames"]["skipped_frames"] == {} and result.reports[version]["skipped_objects"] == {}
-    [(ds, k)] = [(ds, k) for ds in splits.values() for k in range(len(ds)) if ds.image_info(k)["file_name"] == frames[2]]
+    [(ds, k)] = [
+        (ds, k) for ds in splits.values() for k in range(len(ds)) if ds.image_info(k)["file_name"] == frames[2]
+    ]
     s = ds[k]
     assert s["image"].shape == (360, 480, 3) and s["masks"].shape == (3, 360, 480)
     assert ds.skips == {}
     names = {ds.categories[c] for c in s["category_ids"].tolist()}
-    assert names == ({"rov", "animal_etc", "trash_can"} if version == "instance"
-                     else {"rov", "animal_etc", "trash_metal"})
+    assert names == (
+        {"rov", "animal_etc", "trash_can"} if version == "instance" else {"rov", "animal_etc", "trash_metal"}
+    )

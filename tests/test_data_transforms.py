@@ -73,11 +73,15 @@ def test_exif_orientation_6_mask_lands_on_the_object(tmp_path):
     exif[0x0112] = 6
     stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
     poly = [35, 5, 55, 5, 55, 15, 35, 15]
-    (tmp_path / "ann.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "photo.jpg", "height": 40, "width": 60}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [poly], "iscrowd": 0}],
-        "categories": [{"id": 1, "name": "can"}],
-    }))
+    (tmp_path / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "photo.jpg", "height": 40, "width": 60}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [poly], "iscrowd": 0}],
+                "categories": [{"id": 1, "name": "can"}],
+            }
+        )
+    )
     s = CocoInstances(tmp_path, tmp_path / "ann.json")[0]
     assert s["image"].shape == (40, 60, 3)
     inside = s["image"][s["masks"][0]]
@@ -90,12 +94,22 @@ def test_exif_orientation_6_mask_lands_on_the_object(tmp_path):
 def _tiny_sam(image_size: int) -> Sam:
     """Upstream Sam with a one-block, 32-wide encoder: only its input is of interest here."""
     emb = image_size // 16
-    encoder = ImageEncoderViT(img_size=image_size, patch_size=16, embed_dim=32, depth=1, num_heads=1,
-                              out_chans=32, window_size=4, global_attn_indexes=())
-    prompt = PromptEncoder(embed_dim=32, image_embedding_size=(emb, emb), input_image_size=(image_size, image_size),
-                           mask_in_chans=4)
-    decoder = MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=32,
-                                                                            num_heads=1))
+    encoder = ImageEncoderViT(
+        img_size=image_size,
+        patch_size=16,
+        embed_dim=32,
+        depth=1,
+        num_heads=1,
+        out_chans=32,
+        window_size=4,
+        global_attn_indexes=(),
+    )
+    prompt = PromptEncoder(
+        embed_dim=32, image_embedding_size=(emb, emb), input_image_size=(image_size, image_size), mask_in_chans=4
+    )
+    decoder = MaskDecoder(
+        transformer_dim=32, transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=32, num_heads=1)
+    )
     return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
 
 

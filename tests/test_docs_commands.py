@@ -23,8 +23,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("README.md", "docs/training.md")
-TINY = ["--epochs", "1", "--demo-train-images", "4", "--demo-val-images", "2", "--batch-size", "2",
-        "--prompts-per-image", "2", "--no-progress", "--log-with", "none", "--num-examples", "1"]
+TINY = [
+    "--epochs",
+    "1",
+    "--demo-train-images",
+    "4",
+    "--demo-val-images",
+    "2",
+    "--batch-size",
+    "2",
+    "--prompts-per-image",
+    "2",
+    "--no-progress",
+    "--log-with",
+    "none",
+    "--num-examples",
+    "1",
+]
 MARKER = re.compile(r"^<!-- doc-test: (run|skip)( \(.+\))? -->$")  # skip needs its reason
 FENCE = re.compile(r"^```(\w+)\s*$")
 
@@ -42,7 +57,7 @@ def blocks(page: str) -> list[tuple[int, str, str | None, str]]:
             prev = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
             marker = MARKER.match(prev.strip())
             kind = marker.group(1) if marker and (marker.group(1) == "run" or marker.group(2)) else None
-            out.append((i + 1, m.group(1), kind, "\n".join(lines[i + 1:j])))
+            out.append((i + 1, m.group(1), kind, "\n".join(lines[i + 1 : j])))
             i = j
         i += 1
     return out
@@ -76,9 +91,12 @@ def commands(code: str) -> list[list[str]]:
 
 
 def test_command_parsing():
-    code = "python -m pip install -e . && accelerate launch recipes/finetune.py --strategy lora \\\n    --lora-rank 2  # c"
-    assert commands(code) == [["accelerate", "launch", "recipes/finetune.py", "--strategy", "lora", "--lora-rank", "2",
-                               *TINY]]
+    code = (
+        "python -m pip install -e . && accelerate launch recipes/finetune.py --strategy lora \\\n    --lora-rank 2  # c"
+    )
+    assert commands(code) == [
+        ["accelerate", "launch", "recipes/finetune.py", "--strategy", "lora", "--lora-rank", "2", *TINY]
+    ]
     assert commands("python -m pip install x && python -m pytest\n# only a comment") == []
 
 

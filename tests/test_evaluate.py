@@ -43,12 +43,17 @@ class FakeDataset:
         for image_id, (h, w), insts in specs:
             masks = np.stack([_mask(h, w, *box) for box, _ in insts]) if insts else np.zeros((0, h, w), bool)
             boxes = np.array([[x0, y0, x1 - 1, y1 - 1] for (y0, y1, x0, x1), _ in insts], np.float32).reshape(-1, 4)
-            self.items.append({
-                "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-                "masks": masks, "boxes": boxes,
-                "category_ids": np.array([c for _, c in insts], np.int64),
-                "image_id": image_id, "file_name": f"img{image_id}.png", "original_size": (h, w),
-            })
+            self.items.append(
+                {
+                    "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                    "masks": masks,
+                    "boxes": boxes,
+                    "category_ids": np.array([c for _, c in insts], np.int64),
+                    "image_id": image_id,
+                    "file_name": f"img{image_id}.png",
+                    "original_size": (h, w),
+                }
+            )
 
     def __len__(self):
         return len(self.items)
@@ -149,8 +154,7 @@ def test_loose_boxes_grow(model, data):
 
 
 def test_points_prompt(model, data):
-    r = evaluate(model, data, prompt="points", num_points=1, num_negative_points=1, progress=False,
-                 return_examples=1)
+    r = evaluate(model, data, prompt="points", num_points=1, num_negative_points=1, progress=False, return_examples=1)
     assert r.metrics["num_instances"] == 5
     e = r.examples[0]
     assert e["boxes"] is None and e["points"].shape == (3, 2, 2)
@@ -162,8 +166,10 @@ def test_points_prompt(model, data):
 def test_sharded_records_merge_to_the_whole(model, data):
     # prompts depend on (seed, image id) only, so shards see the prompts of a single-process run
     whole = evaluate(model, data, prompt="jitter", seed=3, progress=False)
-    parts = [evaluate_records(model, data, [2, 1], prompt="jitter", seed=3, progress=False),
-             evaluate_records(model, data, [0], prompt="jitter", seed=3, progress=False)]
+    parts = [
+        evaluate_records(model, data, [2, 1], prompt="jitter", seed=3, progress=False),
+        evaluate_records(model, data, [0], prompt="jitter", seed=3, progress=False),
+    ]
     merged = summarize_records([parts], data.categories, prompt="jitter")  # nested lists as gather_object gives
     assert merged["num_instances"] == whole.metrics["num_instances"] == 5
     for k in ("mean_iou", "mean_precision", "mean_f1"):
@@ -173,8 +179,9 @@ def test_sharded_records_merge_to_the_whole(model, data):
 
 
 def test_chunked_prompts_give_the_same_result(model, data, box_result):
-    small = evaluate_records(model, data, [0, 1], progress=False, max_mask_pixels=48 * 64, batch_size=2,
-                             return_examples=1)
+    small = evaluate_records(
+        model, data, [0, 1], progress=False, max_mask_pixels=48 * 64, batch_size=2, return_examples=1
+    )
     # other decoder batch sizes round differently (~1e-8): equal up to pixels whose logit is ~0
     np.testing.assert_allclose(small.iou, box_result.records.iou, rtol=0, atol=1e-2)
     np.testing.assert_allclose(small.scores, box_result.records.scores, rtol=0, atol=1e-5)
@@ -197,12 +204,15 @@ def test_max_images_and_subset(model, data):
     assert r.metrics["num_instances"] == 2 and r.per_image[0]["image_id"] == 20
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"prompt": "mask"}, "'mask'"),
-    ({"loose_margin": -0.1}, "-0.1"),
-    ({"prompt": "points", "num_points": 0}, "num_points"),
-    ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": "mask"}, "'mask'"),
+        ({"loose_margin": -0.1}, "-0.1"),
+        ({"prompt": "points", "num_points": 0}, "num_points"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_options_are_named(model, data, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         evaluate(model, data, progress=False, **kwargs)
@@ -230,16 +240,19 @@ def test_write_report(tmp_path, model, data, box_result):
 
 def test_write_report_from_metric_dicts(tmp_path, box_result):
     # the trainer passes metrics dicts and the examples separately
-    paths = write_report({"fine-tuned": box_result.metrics}, tmp_path, dataset_name="fake",
-                         examples={"fine-tuned": box_result.examples})
+    paths = write_report(
+        {"fine-tuned": box_result.metrics}, tmp_path, dataset_name="fake", examples={"fine-tuned": box_result.examples}
+    )
     assert set(paths) == {"json", "markdown", "examples"}
     assert not list(tmp_path.glob(".*tmp*"))  # temporary files renamed into place
 
 
 def test_plots(tmp_path):
-    history = [{"epoch": 1, "step": 10, "train_loss": 0.9, "val_mean_iou": 0.5},
-               {"epoch": 2, "step": 20, "train_loss": 0.7, "val_mean_iou": 0.6},
-               {"epoch": 3, "step": 30, "train_loss": float("nan"), "val_mean_iou": 0.58}]
+    history = [
+        {"epoch": 1, "step": 10, "train_loss": 0.9, "val_mean_iou": 0.5},
+        {"epoch": 2, "step": 20, "train_loss": 0.7, "val_mean_iou": 0.6},
+        {"epoch": 3, "step": 30, "train_loss": float("nan"), "val_mean_iou": 0.58},
+    ]
     assert plot_training_curves(history, tmp_path / "curves.png").stat().st_size > 0
     table = {"decoder": {"mean_iou": 0.7, "mean_f1": 0.8}, "lora": {"mean_iou": 0.75, "mean_f1": math.nan}}
     assert plot_bars(table, ["mean_iou", "mean_f1"], tmp_path / "bars.png", scale=100).stat().st_size > 0
@@ -257,11 +270,26 @@ def test_through_coco_instances(tmp_path, model):
         images.append({"id": i, "file_name": f"{i}.png", "height": h, "width": w})
         x0, y0 = 4 * i, 3 * i
         poly = [x0, y0, x0 + 20, y0, x0 + 20, y0 + 15, x0, y0 + 15]
-        anns.append({"id": i, "image_id": i, "category_id": 1 + i % 2, "segmentation": [poly], "area": 300.0,
-                     "bbox": [x0, y0, 20, 15], "iscrowd": 0})
-    (tmp_path / "ann.json").write_text(json.dumps({
-        "images": images, "annotations": anns,
-        "categories": [{"id": 1, "name": "bottle"}, {"id": 2, "name": "can"}]}))
+        anns.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1 + i % 2,
+                "segmentation": [poly],
+                "area": 300.0,
+                "bbox": [x0, y0, 20, 15],
+                "iscrowd": 0,
+            }
+        )
+    (tmp_path / "ann.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "bottle"}, {"id": 2, "name": "can"}],
+            }
+        )
+    )
     ds = coco_mod.CocoInstances(tmp_path, tmp_path / "ann.json")
     r = evaluate(model, ds, progress=False)
     assert r.metrics["num_instances"] == 2 and r.metrics["num_images"] == 2
@@ -280,8 +308,11 @@ def test_cuda_evaluation_and_bf16_loss(data):
     m = samadapt.adapt(samadapt.build_sam("mini", pretrained=False), "decoder").cuda()
     r = evaluate(m, data, progress=False)
     assert r.metrics["num_instances"] == 5 and 0.0 <= r.metrics["mean_iou"] <= 1.0
-    out = m(images=torch.zeros(1, 3, 256, 256, device="cuda"), boxes=[torch.tensor([[10.0, 10.0, 90.0, 90.0]],
-                                                                                    device="cuda")], multimask=True)
+    out = m(
+        images=torch.zeros(1, 3, 256, 256, device="cuda"),
+        boxes=[torch.tensor([[10.0, 10.0, 90.0, 90.0]], device="cuda")],
+        multimask=True,
+    )
     with torch.autocast("cuda", dtype=torch.bfloat16):
         lo = SamLoss()(out.low_res_logits, out.iou_predictions, torch.zeros(1, 64, 64, device="cuda"))
     assert lo.loss.dtype == torch.float32

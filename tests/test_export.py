@@ -40,6 +40,7 @@ CLICK_LABELS = np.array([1, 0])
 QKV = "image_encoder.blocks.0.attn.qkv.weight"
 ONNX_STRATEGIES = [("decoder", {}), ("lora", {}), ("adapter", {"prompt_generator": True})]
 
+
 def _image(seed: int = 0) -> np.ndarray:
     """(90, 120, 3) uint8, not square: a bright and a dark object on textured ground."""
     rng = np.random.default_rng(seed)
@@ -66,17 +67,25 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------- the runtimes, as a user runs them
-def _upstream_predictions(checkpoints: list[Path], image: np.ndarray, boxes: np.ndarray, tmp: Path, *,
-                          registry=None, card=None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _upstream_predictions(
+    checkpoints: list[Path], image: np.ndarray, boxes: np.ndarray, tmp: Path, *, registry=None, card=None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per checkpoint: masks (N, H, W), scores (N,) from upstream SamPredictor, in one fresh Python
     where samadapt cannot be imported."""
     np.save(tmp / "image.npy", image)
     outs = [tmp / f"upstream{i}.npz" for i in range(len(checkpoints))]
-    spec = {"registry": registry, "card": card, "checkpoints": [str(c) for c in checkpoints],
-            "image": str(tmp / "image.npy"), "boxes": boxes.tolist(), "outs": [str(o) for o in outs]}
+    spec = {
+        "registry": registry,
+        "card": card,
+        "checkpoints": [str(c) for c in checkpoints],
+        "image": str(tmp / "image.npy"),
+        "boxes": boxes.tolist(),
+        "outs": [str(o) for o in outs],
+    }
     script = Path(__file__).with_name("upstream_sam_predict.py")
-    proc = subprocess.run([sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True,
-                          cwd=tmp, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True, cwd=tmp, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [(np.load(o)["masks"], np.load(o)["scores"]) for o in outs]
 
@@ -97,10 +106,17 @@ class OnnxPair:
         """coords (N, 2) in the model's input frame, labels (N,); returns masks (H, W) bool, the
         IoU prediction, and the low-res logits (S/4, S/4), as a labelling tool reads them."""
         low = self.decoder.get_inputs()[3].shape[-1]
-        masks, iou, low_res = self.decoder.run(None, {
-            "image_embeddings": embeddings, "point_coords": coords[None].astype(np.float32),
-            "point_labels": labels[None].astype(np.float32), "mask_input": np.zeros((1, 1, low, low), np.float32),
-            "has_mask_input": np.zeros(1, np.float32), "orig_im_size": np.array(size, np.float32)})
+        masks, iou, low_res = self.decoder.run(
+            None,
+            {
+                "image_embeddings": embeddings,
+                "point_coords": coords[None].astype(np.float32),
+                "point_labels": labels[None].astype(np.float32),
+                "mask_input": np.zeros((1, 1, low, low), np.float32),
+                "has_mask_input": np.zeros(1, np.float32),
+                "orig_im_size": np.array(size, np.float32),
+            },
+        )
         return masks[0, 0] > 0, float(iou[0, 0]), low_res[0, 0]
 
 
@@ -116,8 +132,9 @@ def _check_onnx_against_predict(model, folder: Path, image: np.ndarray, embeddin
     theirs = pair.embed(x.numpy())
     ours = embeddings.numpy()
     assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()
-    (masks, scores, low), = model.predict_batch([image], [BOXES], multimask=True, return_logits=True,
-                                                image_embeddings=[embeddings[0]])
+    ((masks, scores, low),) = model.predict_batch(
+        [image], [BOXES], multimask=True, return_logits=True, image_embeddings=[embeddings[0]]
+    )
     for i, box in enumerate(BOXES):
         best = int(np.argmax(scores[i]))
         coords = model.transform.apply_boxes(box, size).numpy().reshape(2, 2)
@@ -125,8 +142,9 @@ def _check_onnx_against_predict(model, folder: Path, image: np.ndarray, embeddin
         assert abs(iou - scores[i, best]) <= 1e-4
         np.testing.assert_allclose(low_res, low[i, best], rtol=0, atol=1e-3)
         _assert_masks_equal(masks[i, best], mask, _high_res_logits(model, low[i, best], size))
-    (masks, scores, low), = model.predict_batch([image], [None], [CLICKS[None]], [CLICK_LABELS[None]],
-                                                return_logits=True, image_embeddings=[embeddings[0]])
+    ((masks, scores, low),) = model.predict_batch(
+        [image], [None], [CLICKS[None]], [CLICK_LABELS[None]], return_logits=True, image_embeddings=[embeddings[0]]
+    )
     coords = np.concatenate([model.transform.apply_points(CLICKS, size).numpy(), [[0.0, 0.0]]])
     mask, iou, _ = pair.decode(theirs, coords, np.array([*CLICK_LABELS, -1]), size)
     assert abs(iou - scores[0]) <= 1e-4
@@ -176,8 +194,11 @@ def test_sam_export_refuses_adapter_blocks_naming_the_formats_that_carry_them(ma
     assert carriers == ["onnx"]
     out = tmp_path / "exports"
     for fmt in ("sam", "hf", "peft"):
-        with pytest.raises(ExportError, match=rf"this 'adapter' model has modules .*blocks\.0\.adapter_attn.* "
-                                              rf"the '{fmt}' format cannot carry it; export it with to='onnx'"):
+        with pytest.raises(
+            ExportError,
+            match=rf"this 'adapter' model has modules .*blocks\.0\.adapter_attn.* "
+            rf"the '{fmt}' format cannot carry it; export it with to='onnx'",
+        ):
             samadapt.export(model, to=fmt, out=out / fmt)
     with pytest.raises(ExportError, match="only 'lora' adapters have a peft format; this one is 'decoder'"):
         samadapt.export(samadapt.adapt(make_mini(), "decoder"), to="peft", out=out / "peft")
@@ -209,8 +230,14 @@ def test_onnx_decoder_has_upstream_interface(make_mini, tmp_path):
 
     folder = samadapt.export(samadapt.adapt(make_mini(), "decoder"), to="onnx", out=tmp_path / "onnx")
     decoder = onnx.load(str(folder / "decoder.onnx"))
-    assert [i.name for i in decoder.graph.input] == ["image_embeddings", "point_coords", "point_labels",
-                                                     "mask_input", "has_mask_input", "orig_im_size"]
+    assert [i.name for i in decoder.graph.input] == [
+        "image_embeddings",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+        "orig_im_size",
+    ]
     assert [o.name for o in decoder.graph.output] == ["masks", "iou_predictions", "low_res_masks"]
     encoder = onnx.load(str(folder / "encoder.onnx"))
     assert [i.name for i in encoder.graph.input] == ["image"]
@@ -236,8 +263,13 @@ def test_onnx_rgb_encoder_and_int8_pair(make_mini, perturb, tmp_path):
     emb = fp32.embed(x)
     np.testing.assert_allclose(from_rgb.run(None, {"image": rgb})[0], emb, rtol=0, atol=1e-4 * np.abs(emb).max())
     assert sorted(p.name for p in folder.glob("*.onnx")) == [
-        "decoder.onnx", "decoder_int8.onnx", "encoder.onnx", "encoder_int8.onnx", "encoder_rgb.onnx",
-        "encoder_rgb_int8.onnx"]
+        "decoder.onnx",
+        "decoder_int8.onnx",
+        "encoder.onnx",
+        "encoder_int8.onnx",
+        "encoder_rgb.onnx",
+        "encoder_rgb_int8.onnx",
+    ]
     int8 = OnnxPair(folder, "encoder_int8.onnx", "decoder_int8.onnx")
     for name in ("encoder", "decoder", "encoder_rgb"):
         assert (folder / f"{name}_int8.onnx").stat().st_size < 0.5 * (folder / f"{name}.onnx").stat().st_size
@@ -300,8 +332,12 @@ def test_peft_export_under_the_export_command(make_mini, perturb, tmp_path):
 
     model = perturb(samadapt.adapt(make_mini(), "lora"))
     folder = samadapt.export(model, to="peft", out=tmp_path / "peft")
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                        "mask_decoder.safetensors", METADATA_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "mask_decoder.safetensors",
+        METADATA_FILE,
+    ]
     assert isinstance(peft.PeftConfig.from_pretrained(str(folder)), peft.LoraConfig)
     back = samadapt.import_peft(folder, make_mini())
     ours, theirs = model.trainable_state_dict(), back.trainable_state_dict()
@@ -312,8 +348,15 @@ def test_peft_export_under_the_export_command(make_mini, perturb, tmp_path):
 def test_every_export_records_the_adapter_metadata(make_mini, mini_checkpoint, perturb, tmp_path):
     model = perturb(samadapt.adapt(make_mini(), "lora"))
     adapter = samadapt.save_adapter(model, tmp_path / "a.safetensors", dataset="demo", metrics={"mean_iou": 0.42})
-    want = {"strategy": "lora", "model_type": "mini", "base_sha256": file_sha256(mini_checkpoint), "dataset": "demo",
-            "metrics": {"mean_iou": 0.42}, "adapter_file": "a.safetensors", "adapter_sha256": file_sha256(adapter)}
+    want = {
+        "strategy": "lora",
+        "model_type": "mini",
+        "base_sha256": file_sha256(mini_checkpoint),
+        "dataset": "demo",
+        "metrics": {"mean_iou": 0.42},
+        "adapter_file": "a.safetensors",
+        "adapter_sha256": file_sha256(adapter),
+    }
     recorded = {}
     for fmt in FORMATS:
         out = samadapt.export(adapter, to=fmt, out=tmp_path / f"out-{fmt}", checkpoint=mini_checkpoint)
@@ -380,8 +423,9 @@ def test_a_failed_export_leaves_nothing_or_the_old_output(fmt, module, writer, m
 
 def test_export_option_and_format_errors(make_mini, tmp_path):
     model = samadapt.adapt(make_mini(), "decoder")
-    with pytest.raises(UnknownNameError,
-                       match=r"unknown export format 'tflite'; choose one of \['hf', 'onnx', 'peft', 'sam'\]"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown export format 'tflite'; choose one of \['hf', 'onnx', 'peft', 'sam'\]"
+    ):
         samadapt.export(model, to="tflite", out=tmp_path / "x")
     with pytest.raises(ConfigError, match=r"the 'sam' export takes no option \['quantize'\]; its options: none"):
         samadapt.export(model, to="sam", out=tmp_path / "x.pth", quantize=True)
@@ -400,21 +444,50 @@ def test_cli_export_from_a_file_and_missing_base_errors(make_mini, mini_checkpoi
     assert f"checkpoint with sha256 {digest}" in capsys.readouterr().err
     # a --checkpoint that is not there: that file and the sha256
     missing = tmp_path / "nowhere.pth"
-    assert cli.main(["export", str(adapter), "--to", "sam", "--out", str(tmp_path / "m.pth"),
-                     "--checkpoint", str(missing)]) == cli.EXIT_ERROR
+    assert (
+        cli.main(
+            ["export", str(adapter), "--to", "sam", "--out", str(tmp_path / "m.pth"), "--checkpoint", str(missing)]
+        )
+        == cli.EXIT_ERROR
+    )
     err = capsys.readouterr().err
     assert f"base checkpoint '{missing}' does not exist" in err and digest in err
     assert not (tmp_path / "m.pth").exists()
-    assert cli.main(["export", str(adapter), "--to", "sam", "--out", str(tmp_path / "m.pth"),
-                     "--checkpoint", str(mini_checkpoint)]) == 0
+    assert (
+        cli.main(
+            [
+                "export",
+                str(adapter),
+                "--to",
+                "sam",
+                "--out",
+                str(tmp_path / "m.pth"),
+                "--checkpoint",
+                str(mini_checkpoint),
+            ]
+        )
+        == 0
+    )
     assert str(tmp_path / "m.pth") in capsys.readouterr().out
-    assert cli.main(["export", str(adapter), "--to", "sam", "--out", str(tmp_path / "m.pth"),
-                     "--checkpoint", str(mini_checkpoint)]) == cli.EXIT_ERROR
+    assert (
+        cli.main(
+            [
+                "export",
+                str(adapter),
+                "--to",
+                "sam",
+                "--out",
+                str(tmp_path / "m.pth"),
+                "--checkpoint",
+                str(mini_checkpoint),
+            ]
+        )
+        == cli.EXIT_ERROR
+    )
     assert "--force" in capsys.readouterr().err
 
 
-def test_missing_official_base_names_its_file_and_sha256(vit_b_base, samadapt_home_dir, tmp_path, monkeypatch,
-                                                         capsys):
+def test_missing_official_base_names_its_file_and_sha256(vit_b_base, samadapt_home_dir, tmp_path, monkeypatch, capsys):
     """An adapter made on the official ViT-B (its sha256 patched to the test file's): the export says
     which file to put where, and its sha256."""
     name = "sam_vit_b_01ec64.pth"
@@ -440,7 +513,9 @@ def vit_b_lora(vit_b_base, perturb):
     image = _image(1)
     with torch.no_grad():
         embeddings = model.encode(model.transform.preprocess_image(image)[None])
-    (masks, scores, low), = model.predict_batch([image], [BOXES], return_logits=True, image_embeddings=[embeddings[0]])
+    ((masks, scores, low),) = model.predict_batch(
+        [image], [BOXES], return_logits=True, image_embeddings=[embeddings[0]]
+    )
     return model, image, masks, scores, low
 
 
@@ -454,7 +529,7 @@ def test_vit_b_sam_export_loads_with_sam_model_registry(vit_b_lora, vit_b_checkp
     base = torch.load(vit_b_checkpoint, weights_only=True)
     assert state.keys() == base.keys()  # upstream's registry keys, exactly
     assert not torch.equal(state[QKV], base[QKV])  # LoRA merged
-    (up_masks, up_scores), = _upstream_predictions([path], image, BOXES, tmp_path, registry="vit_b")
+    ((up_masks, up_scores),) = _upstream_predictions([path], image, BOXES, tmp_path, registry="vit_b")
     np.testing.assert_allclose(up_scores, scores, rtol=0, atol=1e-4)
     _assert_masks_equal(masks, up_masks, _high_res_logits(model, low[:, 0], image.shape[:2]))
 
@@ -485,8 +560,14 @@ def test_export_latency_benchmark_smoke_run(tmp_path):
     numbers docs/performance.md quotes (the full run's file is committed)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "export_latency.py"), "--smoke", "--out",
-                           str(tmp_path)], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "export_latency.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "export_latency-cpu-smoke.json").read_text())
     assert data["checks"] and all(c["passed"] for c in data["checks"])

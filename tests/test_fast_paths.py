@@ -52,8 +52,13 @@ def _mini(strategy: str, **options) -> samadapt.AdaptedSam:
 def test_sdpa_block_forward_and_backward_equal_upstream(window_size, rel_pos):
     torch.manual_seed(0)
     tokens = 20  # 20 is not a multiple of 14: the windowed block pads
-    block = Block(768, 12, use_rel_pos=True, window_size=window_size,
-                  input_size=(tokens, tokens) if window_size == 0 else (window_size, window_size))
+    block = Block(
+        768,
+        12,
+        use_rel_pos=True,
+        window_size=window_size,
+        input_size=(tokens, tokens) if window_size == 0 else (window_size, window_size),
+    )
     _randomise(block)
     fast = copy.deepcopy(block)
     assert enable_sdpa_attention(fast, rel_pos=rel_pos) == 1 and type(fast.attn) is SdpaAttention
@@ -131,8 +136,9 @@ BOXES = [torch.tensor([[10.0, 20, 120, 140], [60, 50, 250, 230]]), torch.tensor(
 )
 def test_checkpointing_and_sdpa_give_plain_outputs_and_gradients(strategy, options):
     model = _mini(strategy, **options)
-    plain_out, plain_grads = _step(model, X, BOXES, sdpa_attention=False, activation_checkpointing=False,
-                                   shared_decoding=False)
+    plain_out, plain_grads = _step(
+        model, X, BOXES, sdpa_attention=False, activation_checkpointing=False, shared_decoding=False
+    )
     for fast in (
         {"sdpa_attention": True},
         {"sdpa_attention": False, "activation_checkpointing": True},
@@ -185,10 +191,16 @@ def test_checkpointing_switches_and_no_grad():
 # ---------------------------------------------------------------------------------- batched decoding
 def _decoder(dim=64, heads=4, emb=8):
     torch.manual_seed(0)
-    pe = PromptEncoder(embed_dim=dim, image_embedding_size=(emb, emb), input_image_size=(16 * emb, 16 * emb),
-                       mask_in_chans=16)
-    md = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=dim,
-                     mlp_dim=128, num_heads=heads), transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=64)
+    pe = PromptEncoder(
+        embed_dim=dim, image_embedding_size=(emb, emb), input_image_size=(16 * emb, 16 * emb), mask_in_chans=16
+    )
+    md = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=128, num_heads=heads),
+        transformer_dim=dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=64,
+    )
     return pe.eval(), md.eval()
 
 
@@ -203,8 +215,9 @@ def test_batched_decode_equals_upstream_per_image(share, multimask):
     index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
     with torch.no_grad():
         sparse, dense = pe(points=None, boxes=boxes, masks=None)
-        lo, iou = decode_masks(md, emb, pe.get_dense_pe(), sparse, dense, index, multimask=multimask,
-                               share_image_work=share)
+        lo, iou = decode_masks(
+            md, emb, pe.get_dense_pe(), sparse, dense, index, multimask=multimask, share_image_work=share
+        )
         for i, n in enumerate(counts):
             sel = index == i
             if n == 0:
@@ -234,8 +247,9 @@ def test_decode_with_mask_prompts_and_gradients_to_embeddings():
     grads = []
     for share in (True, False):
         e = emb.clone().requires_grad_()
-        lo, iou = decode_masks(md, e, pe.get_dense_pe(), sparse.detach(), dense, index, multimask=True,
-                               share_image_work=share)
+        lo, iou = decode_masks(
+            md, e, pe.get_dense_pe(), sparse.detach(), dense, index, multimask=True, share_image_work=share
+        )
         (lo.tanh().sum() + iou.sum()).backward()
         grads.append(e.grad)
     _close(grads[0], grads[1], 1e-5)

@@ -161,8 +161,13 @@ def test_missing_official_base_checkpoint_says_where_and_how(model_type, samadap
     with pytest.raises(CheckpointNotFoundError) as e:
         hub.find_base_checkpoint(model_type, f"sha256:{official.sha256}")
     msg = str(e.value)
-    for part in (official.filename, official.sha256, official.url, f"samadapt download-checkpoint {model_type}",
-                 str(samadapt_home_dir / "checkpoints" / official.filename)):
+    for part in (
+        official.filename,
+        official.sha256,
+        official.url,
+        f"samadapt download-checkpoint {model_type}",
+        str(samadapt_home_dir / "checkpoints" / official.filename),
+    ):
         assert part in msg
 
 
@@ -224,8 +229,13 @@ def test_download_skips_a_verified_file(tmp_path):
     (tmp_path / "sam_vit_h_4b8939.pth").write_bytes(data)
     import hashlib
 
-    path = samadapt.download_checkpoint("vit_h", url="http://127.0.0.1:9/unreachable", directory=tmp_path,
-                                        sha256=hashlib.sha256(data).hexdigest(), progress=False)
+    path = samadapt.download_checkpoint(
+        "vit_h",
+        url="http://127.0.0.1:9/unreachable",
+        directory=tmp_path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        progress=False,
+    )
     assert path.read_bytes() == data
 
 

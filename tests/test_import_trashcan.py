@@ -32,8 +32,9 @@ from samadapt.errors import ConfigError, DataError
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 TRASHCAN = REALDATA / "trashcan"
 ANNOTATIONS = TRASHCAN / "original_data" / "annotations"
-pytestmark = pytest.mark.skipif(not (TRASHCAN / "original_data").is_dir(),
-                                reason=f"TrashCan frames not found at {TRASHCAN}")
+pytestmark = pytest.mark.skipif(
+    not (TRASHCAN / "original_data").is_dir(), reason=f"TrashCan frames not found at {TRASHCAN}"
+)
 
 FRAMES = ["vid_000035_frame0000087.jpg", "vid_000089_frame0000010.jpg", "vid_000108_frame0000022.jpg"]
 
@@ -70,8 +71,10 @@ def test_counts_follow_the_official_splits(imported):
             names = {Path(f).name for f in (imported.out / f"{version}_version" / split).iterdir()}
             assert names == set(_split(f"{version}_{split}")) & present
     # the frames of the official lists that are not here are reported, not invented
-    assert imported.reports["instance"]["notes"] == {"train frames of the official list not in SOURCE": 6065 - 2400,
-                                                     "val frames of the official list not in SOURCE": 1147 - 847}
+    assert imported.reports["instance"]["notes"] == {
+        "train frames of the official list not in SOURCE": 6065 - 2400,
+        "val frames of the official list not in SOURCE": 1147 - 847,
+    }
     assert imported.reports["frames"]["skipped_frames"] == {}
 
 
@@ -106,7 +109,7 @@ def _bitmap_unions(ann: dict) -> list[np.ndarray]:
         # canvas padded by one pixel
         x, y = (int(v) for v in obj["bitmap"]["origin"])
         full = np.zeros((h + small.shape[0], w + small.shape[1]), bool)
-        full[y:y + small.shape[0], x:x + small.shape[1]] = small
+        full[y : y + small.shape[0], x : x + small.shape[1]] = small
         key = str(obj.get("instance") or f"id{obj['id']}")
         groups[key] = groups.get(key, np.zeros((h, w), bool)) | full[:h, :w]
     return list(groups.values())
@@ -138,8 +141,10 @@ def test_every_mask_equals_the_decoded_bitmap_union(imported, version):
             assert not got - expected, f"{im['file_name']}: more annotations than objects"
     # every object is either an annotation or counted under a reason
     all_objects = sum(len(json.loads(p.read_text())["objects"]) for p in ANNOTATIONS.glob("*.json"))
-    groups = sum(len({str(o.get("instance") or f"id{o['id']}") for o in json.loads(p.read_text())["objects"]})
-                 for p in ANNOTATIONS.glob("*.json"))
+    groups = sum(
+        len({str(o.get("instance") or f"id{o['id']}") for o in json.loads(p.read_text())["objects"]})
+        for p in ANNOTATIONS.glob("*.json")
+    )
     assert all_objects == 5783 and n_checked + sum(dropped.values()) == groups
 
 
@@ -160,42 +165,47 @@ def test_the_untagged_trash_of_the_instance_version_is_reported(imported):
 
 # ---------------------------------------------------------------------------- the mapping
 def _obj(title: str, *tags: tuple[str, object]) -> dict:
-    return {"id": 1, "geometryType": "bitmap", "classTitle": title,
-            "tags": [{"name": n, "value": v} for n, v in tags]}
+    return {"id": 1, "geometryType": "bitmap", "classTitle": title, "tags": [{"name": n, "value": v} for n, v in tags]}
 
 
-@pytest.mark.parametrize("obj, version, expected", [
-    (_obj("rov", ("material", "plastic")), "instance", "rov"),
-    (_obj("unknown"), "instance", "trash_unknown_instance"),
-    (_obj("unknown"), "material", "trash_etc"),
-    (_obj("bio", ("plant", None)), "instance", "plant"),
-    (_obj("bio", ("animal", "1")), "instance", "animal_eel"),  # numeric tags index from -1: 1 -> [2]
-    (_obj("bio", ("animal", "shell")), "material", "animal_shells"),
-    (_obj("bio", ("animal", "stingray")), "instance", "animal_etc"),
-    (_obj("bio", ("overgrown", None), ("animal", "crab")), "instance", "animal_crab"),
-    (_obj("trash", ("instance", "8")), "instance", "trash_container"),
-    (_obj("trash", ("instance", "4")), "instance", "trash_unknown_instance"),  # glove
-    (_obj("trash", ("instance", "8\\")), "instance", "trash_can"),
-    (_obj("trash", ("instance", "wreakage")), "instance", "trash_wreckage"),
-    (_obj("trash", ("instance", "network")), "instance", "trash_net"),
-    (_obj("trash", ("instance", "unkonwn_instance")), "instance", "trash_unknown_instance"),
-    (_obj("trash", ("decay", None)), "instance", "trash_unknown_instance"),
-    (_obj("trash", ("material", "glass")), "material", "trash_etc"),
-    (_obj("trash", ("material", "metal")), "material", "trash_metal"),
-    (_obj("trash", ("overgrown", None)), "material", "trash_etc"),
-])
+@pytest.mark.parametrize(
+    "obj, version, expected",
+    [
+        (_obj("rov", ("material", "plastic")), "instance", "rov"),
+        (_obj("unknown"), "instance", "trash_unknown_instance"),
+        (_obj("unknown"), "material", "trash_etc"),
+        (_obj("bio", ("plant", None)), "instance", "plant"),
+        (_obj("bio", ("animal", "1")), "instance", "animal_eel"),  # numeric tags index from -1: 1 -> [2]
+        (_obj("bio", ("animal", "shell")), "material", "animal_shells"),
+        (_obj("bio", ("animal", "stingray")), "instance", "animal_etc"),
+        (_obj("bio", ("overgrown", None), ("animal", "crab")), "instance", "animal_crab"),
+        (_obj("trash", ("instance", "8")), "instance", "trash_container"),
+        (_obj("trash", ("instance", "4")), "instance", "trash_unknown_instance"),  # glove
+        (_obj("trash", ("instance", "8\\")), "instance", "trash_can"),
+        (_obj("trash", ("instance", "wreakage")), "instance", "trash_wreckage"),
+        (_obj("trash", ("instance", "network")), "instance", "trash_net"),
+        (_obj("trash", ("instance", "unkonwn_instance")), "instance", "trash_unknown_instance"),
+        (_obj("trash", ("decay", None)), "instance", "trash_unknown_instance"),
+        (_obj("trash", ("material", "glass")), "material", "trash_etc"),
+        (_obj("trash", ("material", "metal")), "material", "trash_metal"),
+        (_obj("trash", ("overgrown", None)), "material", "trash_etc"),
+    ],
+)
 def test_official_assignment(obj, version, expected):
     assert trashcan_category(obj, version) == (expected, None)
 
 
-@pytest.mark.parametrize("obj, reason", [
-    (_obj("trash"), "trash object without tags (the official instance-version script drops it)"),
-    (_obj("bio", ("overgrown", None)), "bio object without a plant or animal tag (the official script drops it)"),
-    (_obj("diver"), "classTitle 'diver' (the official script knows rov, unknown, bio and trash)"),
-    (_obj("trash", ("instance", "glass jar")), "'trash_glass jar' is not an official instance-version class"),
-    (_obj("trash", ("instance", "30")), "instance tag '30' is past the script's numbered list"),
-    ({**_obj("rov"), "geometryType": "polygon"}, "geometry 'polygon' (the official script reads bitmaps only)"),
-])
+@pytest.mark.parametrize(
+    "obj, reason",
+    [
+        (_obj("trash"), "trash object without tags (the official instance-version script drops it)"),
+        (_obj("bio", ("overgrown", None)), "bio object without a plant or animal tag (the official script drops it)"),
+        (_obj("diver"), "classTitle 'diver' (the official script knows rov, unknown, bio and trash)"),
+        (_obj("trash", ("instance", "glass jar")), "'trash_glass jar' is not an official instance-version class"),
+        (_obj("trash", ("instance", "30")), "instance tag '30' is past the script's numbered list"),
+        ({**_obj("rov"), "geometryType": "polygon"}, "geometry 'polygon' (the official script reads bitmaps only)"),
+    ],
+)
 def test_objects_without_an_official_class_say_why(obj, reason):
     assert trashcan_category(obj, "instance") == (None, reason)
 
@@ -287,8 +297,11 @@ def test_an_interrupted_import_leaves_nothing_under_the_final_names(small_source
     monkeypatch.undo()
     # a folder in the way that no import finished is not taken for one
     (out / "instance_version").mkdir()
-    with pytest.raises(ConfigError, match=r"instance_version' exists but no samadapt_import.json says an import "
-                                          r"finished there .* pass --overwrite"):
+    with pytest.raises(
+        ConfigError,
+        match=r"instance_version' exists but no samadapt_import.json says an import "
+        r"finished there .* pass --overwrite",
+    ):
         import_trashcan(small_source, out, progress=False)
     counts = import_trashcan(small_source, out, progress=False, overwrite=True).counts["instance"]
     assert counts["train"]["images"] + counts["val"]["images"] == 3
@@ -312,16 +325,29 @@ def project(tmp_path) -> Path:
     root = tmp_path / "project"
     (root / "ds1" / "ann").mkdir(parents=True)
     (root / "ds1" / "img").mkdir()
-    meta = {"classes": [{"title": t, "shape": "bitmap"} for t in ("trash", "rov", "bio", "unknown")],
-            "tags": []}
+    meta = {"classes": [{"title": t, "shape": "bitmap"} for t in ("trash", "rov", "bio", "unknown")], "tags": []}
     (root / "meta.json").write_text(json.dumps(meta))
     for f in FRAMES:
         ann = json.loads((ANNOTATIONS / f"{f}.json").read_text())
         if f == FRAMES[0]:
-            ann["objects"].append({"id": 7, "classTitle": "trash", "geometryType": "polygon", "tags": [],
-                                   "points": {"exterior": [[10, 10], [20, 10], [20, 15], [10, 15]], "interior": []}})
-            ann["objects"].append({"id": 8, "classTitle": "trash", "geometryType": "rectangle", "tags": [],
-                                   "points": {"exterior": [[1, 1], [5, 5]], "interior": []}})
+            ann["objects"].append(
+                {
+                    "id": 7,
+                    "classTitle": "trash",
+                    "geometryType": "polygon",
+                    "tags": [],
+                    "points": {"exterior": [[10, 10], [20, 10], [20, 15], [10, 15]], "interior": []},
+                }
+            )
+            ann["objects"].append(
+                {
+                    "id": 8,
+                    "classTitle": "trash",
+                    "geometryType": "rectangle",
+                    "tags": [],
+                    "points": {"exterior": [[1, 1], [5, 5]], "interior": []},
+                }
+            )
         (root / "ds1" / "ann" / f"{f}.json").write_text(json.dumps(ann))
         shutil.copy(TRASHCAN / "original_data" / "images" / f, root / "ds1" / "img" / f)
     return root
@@ -340,11 +366,18 @@ def test_project_with_a_class_the_mapping_lacks_is_reported(project, tmp_path, c
 
     assert cli_main(args + ["--skip-unmapped"]) == 0
     printed = capsys.readouterr().out
-    bio = sum(o["classTitle"] == "bio" for f in FRAMES for o in json.loads((ANNOTATIONS / f"{f}.json").read_text())["objects"])
-    rov = sum(o["classTitle"] == "rov" for f in FRAMES for o in json.loads((ANNOTATIONS / f"{f}.json").read_text())["objects"])
+    bio = sum(
+        o["classTitle"] == "bio" for f in FRAMES for o in json.loads((ANNOTATIONS / f"{f}.json").read_text())["objects"]
+    )
+    rov = sum(
+        o["classTitle"] == "rov" for f in FRAMES for o in json.loads((ANNOTATIONS / f"{f}.json").read_text())["objects"]
+    )
     report = json.loads((out / MANIFEST).read_text())["report"]
-    assert report["skipped_objects"] == {"class 'bio' is not in the mapping": bio, "class 'rov' mapped to null": rov,
-                                         "geometry 'rectangle' has no mask": 1}
+    assert report["skipped_objects"] == {
+        "class 'bio' is not in the mapping": bio,
+        "class 'rov' mapped to null": rov,
+        "geometry 'rectangle' has no mask": 1,
+    }
     assert f"{bio} x class 'bio' is not in the mapping" in printed
     ds = presets.coco(out / "ds1" / "images", out / "ds1" / "annotations.json")
     assert ds.categories == {1: "litter"} and len(ds) == 3

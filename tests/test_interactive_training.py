@@ -35,15 +35,21 @@ def _one_thread():
 
 
 # ============================================================================ options
-@pytest.mark.parametrize("bad, message", [
-    (dict(train_prompts=["box", "boxes"]), "`train_prompts` has 'boxes'; choose kinds from ['box', 'point']"),
-    (dict(train_prompts="point"), "`train_prompts` is 'point'; give a list of distinct kinds from ['box', 'point']"),
-    (dict(train_prompts=[]), "`train_prompts` is []; give a list"),
-    (dict(train_prompts=["point", "point"]), "`train_prompts` is ['point', 'point']; give a list of distinct"),
-    (dict(point_share=1.0), "`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got 1.0"),
-    (dict(click_rounds=-1), "`click_rounds` should be an integer >= 0 (SAM trained with 8), got -1"),
-    (dict(click_rounds=True), "`click_rounds` should be an integer >= 0 (SAM trained with 8), got True"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(train_prompts=["box", "boxes"]), "`train_prompts` has 'boxes'; choose kinds from ['box', 'point']"),
+        (
+            dict(train_prompts="point"),
+            "`train_prompts` is 'point'; give a list of distinct kinds from ['box', 'point']",
+        ),
+        (dict(train_prompts=[]), "`train_prompts` is []; give a list"),
+        (dict(train_prompts=["point", "point"]), "`train_prompts` is ['point', 'point']; give a list of distinct"),
+        (dict(point_share=1.0), "`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got 1.0"),
+        (dict(click_rounds=-1), "`click_rounds` should be an integer >= 0 (SAM trained with 8), got -1"),
+        (dict(click_rounds=True), "`click_rounds` should be an integer >= 0 (SAM trained with 8), got True"),
+    ],
+)
 def test_config_rejects_bad_prompt_options(bad, message):
     with pytest.raises(ConfigError) as e:
         TrainConfig(**bad)
@@ -109,8 +115,8 @@ def test_the_iou_head_can_be_trained_on_every_candidate():
     loss = SamLoss(focal_weight=0, dice_weight=1, iou_weight=1)
     only_best = loss(logits, pred, gt)
     every = loss(logits, pred, gt, supervise_all_iou=True)
-    assert only_best.best_index.tolist() == [0] and only_best.iou_mse.item() == pytest.approx(0.2 ** 2)
-    assert every.iou_mse.item() == pytest.approx((0.2 ** 2 + 0.4 ** 2 + 0.0) / 3)
+    assert only_best.best_index.tolist() == [0] and only_best.iou_mse.item() == pytest.approx(0.2**2)
+    assert every.iou_mse.item() == pytest.approx((0.2**2 + 0.4**2 + 0.0) / 3)
     assert every.dice.item() == pytest.approx(only_best.dice.item())  # the masks' loss is the same
 
 
@@ -152,8 +158,9 @@ def batch_and_model(demo_data_root, mini_checkpoint):
     def make(strategy="decoder", **cfg_kw):
         cfg = TrainConfig(strategy=strategy, **cfg_kw)
         model = samadapt.adapt(samadapt.build_sam("mini", mini_checkpoint), strategy)
-        ds = SamPromptDataset(presets.demo(demo_data_root, "train"), model.transform, training_prompt_config(cfg),
-                              max_instances=4)
+        ds = SamPromptDataset(
+            presets.demo(demo_data_root, "train"), model.transform, training_prompt_config(cfg), max_instances=4
+        )
         return cfg, model, collate_sam([ds[0], ds[1]])
 
     return make
@@ -249,8 +256,18 @@ def test_points_only_training_takes_no_boxes(batch_and_model):
 # ============================================================================ whole runs
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_interactive_training_runs_for_every_strategy(strategy, tmp_path, demo_data_root, mini_checkpoint):
-    result = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, strategy=strategy, epochs=1,
-                                 prompts_per_image=2, train_prompts=["box", "point"], click_rounds=1))
+    result = _train(
+        _tiny_config(
+            demo_data_root,
+            tmp_path,
+            mini_checkpoint,
+            strategy=strategy,
+            epochs=1,
+            prompts_per_image=2,
+            train_prompts=["box", "point"],
+            click_rounds=1,
+        )
+    )
     assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
     assert result.adapter_path.is_file()
     # the frozen-encoder strategy trains on the embedding cache: no encoder forward in training
@@ -269,8 +286,27 @@ def test_interactive_recipe_writes_its_section(tmp_path, samadapt_home_dir):
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     out = tmp_path / "docs"
-    assert recipe.main(["--epochs", "1", "--demo-train-images", "6", "--demo-val-images", "3", "--max-clicks", "2",
-                        "--bootstrap", "50", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    assert (
+        recipe.main(
+            [
+                "--epochs",
+                "1",
+                "--demo-train-images",
+                "6",
+                "--demo-val-images",
+                "3",
+                "--max-clicks",
+                "2",
+                "--bootstrap",
+                "50",
+                "--out",
+                str(out),
+                "--runs",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     page = (out / "strategies.md").read_text()
     assert "<!-- compare:interactive -->" in page and "| mixed-trained |" in page and "NoC@90" in page
     data = json.loads((out / "interactive.json").read_text())
@@ -279,10 +315,18 @@ def test_interactive_recipe_writes_its_section(tmp_path, samadapt_home_dir):
     assert set(data["checks"]) == {"box_within", "one_click_gain"}
     assert (out / "figures" / "interactive_clicks.png").stat().st_size > 0
     argv = json.loads((tmp_path / "runs" / "mixed" / "compare_args.json").read_text())
-    assert argv[argv.index("--train-prompts") + 1:] == ["box", "point", "--click-rounds", "3", "--point-share", "0.5",
-                                                         "--click-sampling", "interior"]
+    assert argv[argv.index("--train-prompts") + 1 :] == [
+        "box",
+        "point",
+        "--click-rounds",
+        "3",
+        "--point-share",
+        "0.5",
+        "--click-sampling",
+        "interior",
+    ]
     box_argv = json.loads((tmp_path / "runs" / "box" / "compare_args.json").read_text())
-    assert box_argv[box_argv.index("--train-prompts") + 1:] == ["box", "--click-rounds", "0"]
+    assert box_argv[box_argv.index("--train-prompts") + 1 :] == ["box", "--click-rounds", "0"]
 
 
 # ============================================================================ interior clicks

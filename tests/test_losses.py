@@ -85,7 +85,7 @@ def test_multimask_picks_lowest_loss_and_only_it_gets_gradient():
     chosen = logits.detach()[[0, 1], [1, 2]]
     f = focal_loss(chosen, gt).mean()
     d = dice_loss(chosen, gt).mean()
-    mse = ((0.5 - 1.0) ** 2)  # candidate 1 matches the GT exactly: IoU 1
+    mse = (0.5 - 1.0) ** 2  # candidate 1 matches the GT exactly: IoU 1
     assert out.loss.item() == pytest.approx(20 * f.item() + d.item() + mse, rel=1e-5)
     assert out.focal.item() == pytest.approx(f.item(), rel=1e-5)
     assert out.iou_mse.item() == pytest.approx(mse)
@@ -142,12 +142,15 @@ def test_single_mask_output():
     assert out.iou_mse.item() == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("kwargs, bad", [
-    ({"focal_weight": -1.0}, "-1.0"),
-    ({"dice_weight": float("nan")}, "nan"),
-    ({"iou_weight": -0.5}, "-0.5"),
-    ({"focal_weight": 0.0, "dice_weight": 0.0}, "both 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        ({"focal_weight": -1.0}, "-1.0"),
+        ({"dice_weight": float("nan")}, "nan"),
+        ({"iou_weight": -0.5}, "-0.5"),
+        ({"focal_weight": 0.0, "dice_weight": 0.0}, "both 0"),
+    ],
+)
 def test_bad_weights_are_named(kwargs, bad):
     with pytest.raises(ConfigError, match=bad):
         SamLoss(**kwargs)

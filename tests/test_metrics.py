@@ -141,10 +141,16 @@ def test_empty_summary_is_nan():
 def _eval_records(pred, gt, cats, image_id=0):
     """The per-instance store of these instances (as evaluate_records fills it)."""
     m = instance_metrics(pred, gt)
-    return EvalRecords(iou=m["iou"], precision=m["precision"], recall=m["recall"], f1=m["f1"],
-                       category_ids=np.asarray(cats, dtype=np.int64), areas=m["gt_area"].astype(np.float64),
-                       image_ids=np.full(len(cats), image_id, dtype=np.int64),
-                       images=[{"id": image_id, "num_instances": len(cats)}])
+    return EvalRecords(
+        iou=m["iou"],
+        precision=m["precision"],
+        recall=m["recall"],
+        f1=m["f1"],
+        category_ids=np.asarray(cats, dtype=np.int64),
+        areas=m["gt_area"].astype(np.float64),
+        image_ids=np.full(len(cats), image_id, dtype=np.int64),
+        images=[{"id": image_id, "num_instances": len(cats)}],
+    )
 
 
 def _summary(rec, categories):
@@ -172,8 +178,10 @@ def _records():
     """Two images, one GT each: A (10x10 = 100 px) and B (10x10), category 1; all small."""
     ga = block(32, 32, 2, 12, 2, 12)
     gb = block(32, 32, 5, 15, 5, 15)
-    recs = [{"image_id": 1, "height": 32, "width": 32, "masks": ga[None], "category_ids": [1]},
-            {"image_id": 2, "height": 32, "width": 32, "masks": gb[None], "category_ids": [1]}]
+    recs = [
+        {"image_id": 1, "height": 32, "width": 32, "masks": ga[None], "category_ids": [1]},
+        {"image_id": 2, "height": 32, "width": 32, "masks": gb[None], "category_ids": [1]},
+    ]
     return recs, ga, gb
 
 
@@ -205,8 +213,10 @@ def test_coco_ap_accepts_coco_dicts_and_wrong_category_misses():
     gt = M.build_coco_gt(recs, {1: "bottle", 2: "can"})
     assert [a["area"] for a in gt["annotations"]] == [100.0, 100.0]
     assert gt["annotations"][0]["bbox"] == [2.0, 2.0, 10.0, 10.0]
-    dets = [{"image_id": 1, "category_id": 1, "segmentation": M.encode_mask(ga), "score": 0.9},
-            {"image_id": 2, "category_id": 2, "segmentation": M.encode_mask(gb), "score": 0.8}]
+    dets = [
+        {"image_id": 1, "category_id": 1, "segmentation": M.encode_mask(ga), "score": 0.9},
+        {"image_id": 2, "category_id": 2, "segmentation": M.encode_mask(gb), "score": 0.8},
+    ]
     ap = coco_mask_ap(gt, dets)
     # category 1: one of its two GTs found (recall 0.5, precision 1) -> 51/101; category 2 has no GT -> ignored
     assert ap["AP"] == pytest.approx(51 / 101)

@@ -74,8 +74,9 @@ def test_mini_predict_matches_upstream_right_after_adapt(strategy, make_mini, rg
     model = samadapt.adapt(base, strategy)
     _check_box_parity(model, rgb_image, BOXES, upstream)
     _check_box_parity(model, rgb_image, BOXES[:2], upstream_multi, multimask=True)
-    masks, scores, low = model.predict(rgb_image, points=POINTS, labels=POINT_LABELS, multimask=True,
-                                       return_logits=True)
+    masks, scores, low = model.predict(
+        rgb_image, points=POINTS, labels=POINT_LABELS, multimask=True, return_logits=True
+    )
     np.testing.assert_allclose(low[0], u_low, rtol=0, atol=TOL)
     np.testing.assert_allclose(scores[0], u_scores, rtol=0, atol=TOL)
     _assert_masks_equal(masks[0], u_masks, u_logits)
@@ -90,8 +91,9 @@ def test_batched_forward_matches_upstream_sam_forward(make_mini, mini_batch):
         expected = []
         for i in range(len(images)):
             sparse, dense = base.prompt_encoder(points=None, boxes=boxes[i], masks=None)
-            low, iou = base.mask_decoder(embeddings[i : i + 1], base.prompt_encoder.get_dense_pe(), sparse, dense,
-                                         multimask_output=True)
+            low, iou = base.mask_decoder(
+                embeddings[i : i + 1], base.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
+            )
             expected.append((low, iou))
         model = samadapt.adapt(base, "decoder")
         model.max_prompts_per_pass = 2  # also exercise the chunking
@@ -122,7 +124,7 @@ def test_predict_batch_on_precomputed_embeddings(make_mini, rgb_image):
         emb = [model.encode(model.transform.preprocess_image(im)[None])[0] for im in (rgb_image, other)]
     for img, e, boxes in zip([rgb_image, other], emb, [BOXES, BOXES[:1]]):
         seen = model.encoder_images_seen
-        (masks, scores, low), = model.predict_batch([img], [boxes], image_embeddings=[e], return_logits=True)
+        ((masks, scores, low),) = model.predict_batch([img], [boxes], image_embeddings=[e], return_logits=True)
         assert model.encoder_images_seen == seen  # the encoder did not run
         m1, s1, low1 = model.predict(img, boxes=boxes, return_logits=True)
         np.testing.assert_array_equal(low, low1)  # the same computation otherwise: the same numbers
@@ -130,8 +132,11 @@ def test_predict_batch_on_precomputed_embeddings(make_mini, rgb_image):
         np.testing.assert_array_equal(masks, m1)
     with pytest.raises(samadapt.ConfigError, match="got 2 images but 1 image embeddings"):
         model.predict_batch([rgb_image, other], [BOXES, BOXES], image_embeddings=emb[:1])
-    with pytest.raises(samadapt.ConfigError, match=r"image_embeddings\[1\] has shape \(128, 8, 8\); this 'mini' model's "
-                                                   r"encoder gives \(128, 16, 16\)"):
+    with pytest.raises(
+        samadapt.ConfigError,
+        match=r"image_embeddings\[1\] has shape \(128, 8, 8\); this 'mini' model's "
+        r"encoder gives \(128, 16, 16\)",
+    ):
         model.predict_batch([rgb_image, other], [BOXES, BOXES], image_embeddings=[emb[0], emb[1][:, :8, :8]])
 
 
@@ -150,8 +155,9 @@ def test_adapted_sam_works_with_upstream_predictor_and_generator(strategy, optio
     np.testing.assert_allclose(low[0], u_low, rtol=0, atol=TOL)
     np.testing.assert_allclose(scores, u_scores, rtol=0, atol=TOL)
 
-    generated = SamAutomaticMaskGenerator(model.sam, points_per_side=4, pred_iou_thresh=0.0,
-                                          stability_score_thresh=0.0).generate(rgb_image)
+    generated = SamAutomaticMaskGenerator(
+        model.sam, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    ).generate(rgb_image)
     assert isinstance(generated, list)
     for record in generated:
         assert record["segmentation"].shape == rgb_image.shape[:2]

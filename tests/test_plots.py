@@ -22,8 +22,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _history(epochs: int) -> list[dict]:
-    return [{"epoch": e, "step": 4 * e, "train_loss": 1.0 / e, "val_mean_iou": 0.5 + 0.05 * e,
-             "val_mean_f1": 0.6 + 0.04 * e} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "step": 4 * e,
+            "train_loss": 1.0 / e,
+            "val_mean_iou": 0.5 + 0.05 * e,
+            "val_mean_f1": 0.6 + 0.04 * e,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def _axis(fig, title: str):
@@ -54,8 +62,9 @@ def test_no_zero_shot_line_without_zero_shot_metrics():
     fig = training_curves_figure(_history(2), zero_shot=None)
     assert not any(_zero_shot_lines(ax) for ax in fig.axes)
     # an F1 panel only when the history has F1
-    fig = training_curves_figure([{"epoch": 1, "step": 3, "train_loss": 0.5, "val_mean_iou": 0.6}],
-                                 zero_shot={"mean_iou": 0.4, "mean_f1": 0.5})
+    fig = training_curves_figure(
+        [{"epoch": 1, "step": 3, "train_loss": 0.5, "val_mean_iou": 0.6}], zero_shot={"mean_iou": 0.4, "mean_f1": 0.5}
+    )
     assert [a.get_title() for a in fig.axes] == ["training loss", "validation mean IoU"]
     assert len(_zero_shot_lines(fig.axes[1])) == 1
     # a loss-only history (pretraining) gets the loss panel alone, not an empty validation one
@@ -68,8 +77,11 @@ def test_epoch_and_step_ticks_are_whole_numbers(epochs):
     history = _history(epochs)
     fig = training_curves_figure(history, zero_shot={"mean_iou": 0.4, "mean_f1": 0.5})
     fig.canvas.draw()
-    for ax, xs in ((fig.axes[0], [r["step"] for r in history]), (fig.axes[1], [r["epoch"] for r in history]),
-                   (fig.axes[2], [r["epoch"] for r in history])):
+    for ax, xs in (
+        (fig.axes[0], [r["step"] for r in history]),
+        (fig.axes[1], [r["epoch"] for r in history]),
+        (fig.axes[2], [r["epoch"] for r in history]),
+    ):
         lo, hi = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
@@ -95,8 +107,9 @@ def test_trainer_passes_the_zero_shot_metrics_to_the_curves(tmp_path):
 
     zero_shot = {"mean_iou": 0.3, "mean_f1": 0.4}
     progress = trainer.TrainProgress(history=_history(1), zero_shot=zero_shot)
-    trainer._write_outputs(tmp_path, SimpleNamespace(dataset_tag="demo"), progress, {"mean_iou": 0.5, "mean_f1": 0.6},
-                           [], [], spy)
+    trainer._write_outputs(
+        tmp_path, SimpleNamespace(dataset_tag="demo"), progress, {"mean_iou": 0.5, "mean_f1": 0.6}, [], [], spy
+    )
     assert seen["zero_shot"] == zero_shot and seen["path"] == tmp_path / "curves.png"
 
 
@@ -112,13 +125,22 @@ def _examples():
     rng = np.random.default_rng(0)
     h, w = 40, 50
     rows = []
-    for image_id, gt_boxes, cats in ((1, [(2, 20, 2, 20), (22, 38, 25, 48)], [1, 2]),
-                                     (2, [(5, 30, 5, 30), (5, 30, 31, 45)], [2, 7])):
+    for image_id, gt_boxes, cats in (
+        (1, [(2, 20, 2, 20), (22, 38, 25, 48)], [1, 2]),
+        (2, [(5, 30, 5, 30), (5, 30, 31, 45)], [2, 7]),
+    ):
         gt = np.stack([_box(h, w, *b) for b in gt_boxes])
-        rows.append({"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "gt": gt,
-                     "category_ids": np.array(cats), "category_names": {1: "bottle", 2: "can"} if image_id == 1
-                     else {2: "can"}, "image_id": image_id, "file_name": f"dir/img{image_id}.jpg",
-                     "boxes": np.array([[x0, y0, x1 - 1, y1 - 1] for y0, y1, x0, x1 in gt_boxes], np.float32)})
+        rows.append(
+            {
+                "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                "gt": gt,
+                "category_ids": np.array(cats),
+                "category_names": {1: "bottle", 2: "can"} if image_id == 1 else {2: "can"},
+                "image_id": image_id,
+                "file_name": f"dir/img{image_id}.jpg",
+                "boxes": np.array([[x0, y0, x1 - 1, y1 - 1] for y0, y1, x0, x1 in gt_boxes], np.float32),
+            }
+        )
     zero = [{**r, "pred": np.roll(r["gt"], 6, axis=2)} for r in rows]  # shifted: partial overlap
     tuned = [{**r, "pred": np.roll(r["gt"], 1, axis=1)} for r in rows]
     return {"zero-shot": zero, "fine-tuned": tuned}
@@ -154,8 +176,12 @@ def test_legend_names_the_categories_in_their_mask_colours():
     colors = {t.get_text(): np.array(p.get_facecolor()[:3]) for t, p in zip(legend.get_texts(), legend.get_patches())}
     # a ground-truth pixel inside an instance, away from its outline: image blended half-half with its colour
     axes = np.array(fig.axes).reshape(2, 4)
-    for r, (y, x, name) in ((0, (10, 10, "bottle")), (0, (30, 35, "can")), (1, (15, 15, "can")),
-                            (1, (15, 38, "carton"))):
+    for r, (y, x, name) in (
+        (0, (10, 10, "bottle")),
+        (0, (30, 35, "can")),
+        (1, (15, 15, "can")),
+        (1, (15, 38, "carton")),
+    ):
         shown = np.asarray(axes[r, 1].get_images()[0].get_array())[y, x]
         image = ex["zero-shot"][r]["image"][y, x] / 255.0
         np.testing.assert_allclose(shown, 0.5 * image + 0.5 * colors[name], atol=1e-6)
@@ -166,8 +192,10 @@ def test_unnamed_category_is_shown_by_number_and_no_categories_means_no_legend()
     ex = _examples()
     fig = examples_figure(ex)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["bottle", "can", "category 7"]
-    plain = {m: [{k: v for k, v in e.items() if k not in ("category_ids", "category_names")} for e in rows]
-             for m, rows in ex.items()}
+    plain = {
+        m: [{k: v for k, v in e.items() if k not in ("category_ids", "category_names")} for e in rows]
+        for m, rows in ex.items()
+    }
     assert not examples_figure(plain).legends
 
 
@@ -191,8 +219,13 @@ def test_evaluate_examples_carry_iou_and_category_names(tmp_path):
     rng = np.random.default_rng(3)
     h, w = 36, 44
     masks = np.stack([_box(h, w, 3, 20, 4, 24), _box(h, w, 18, 34, 20, 40)])
-    item = {"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "masks": masks,
-            "category_ids": np.array([2, 1]), "image_id": 5, "file_name": "a.png"}
+    item = {
+        "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "masks": masks,
+        "category_ids": np.array([2, 1]),
+        "image_id": 5,
+        "file_name": "a.png",
+    }
     dataset = OneImage(item, {1: "bottle", 2: "can", 3: "unused"})
     r = evaluate(model, dataset, progress=False, coco=False, return_examples=1)
     (e,) = r.examples

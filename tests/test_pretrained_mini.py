@@ -18,7 +18,9 @@ from samadapt.models.registry import builtin_weights_path, get_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_WEIGHTS = builtin_weights_path(get_model_card("mini")) is not None
-needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="built-in mini weights not installed (run recipes/pretrain_mini.py)")
+needs_weights = pytest.mark.skipif(
+    not HAVE_WEIGHTS, reason="built-in mini weights not installed (run recipes/pretrain_mini.py)"
+)
 
 
 @needs_weights
@@ -40,27 +42,71 @@ def test_each_strategy_clearly_improves_on_zero_shot(strategy, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = TrainConfig(strategy=strategy, epochs=2, demo_train_images=24, demo_val_images=8, batch_size=4,
-                          prompts_per_image=8, lr=1e-3, warmup_steps=2, patience=2, seed=0, progress=False,
-                          log_with=None, publish=False, num_examples=0, output_dir=str(tmp_path / strategy),
-                          data_root=str(tmp_path.parent / "issue5-demo"), cache_dir=str(tmp_path / "cache"))
+        cfg = TrainConfig(
+            strategy=strategy,
+            epochs=2,
+            demo_train_images=24,
+            demo_val_images=8,
+            batch_size=4,
+            prompts_per_image=8,
+            lr=1e-3,
+            warmup_steps=2,
+            patience=2,
+            seed=0,
+            progress=False,
+            log_with=None,
+            publish=False,
+            num_examples=0,
+            output_dir=str(tmp_path / strategy),
+            data_root=str(tmp_path.parent / "issue5-demo"),
+            cache_dir=str(tmp_path / "cache"),
+        )
         result = train(cfg)
     finally:
         torch.set_num_threads(threads)
     gain = result.fine_tuned["mean_iou"] - result.zero_shot["mean_iou"]
     print(f"{strategy}: gain {gain:.4f}")
-    assert gain >= 0.03, f"{strategy}: zero-shot {result.zero_shot['mean_iou']:.4f} -> {result.fine_tuned['mean_iou']:.4f}"
+    assert gain >= 0.03, (
+        f"{strategy}: zero-shot {result.zero_shot['mean_iou']:.4f} -> {result.fine_tuned['mean_iou']:.4f}"
+    )
 
 
 @needs_weights
 def test_compare_recipe_writes_the_page(tmp_path):
     """A shortened `python recipes/compare.py --dataset demo` writes the table, figures and JSON."""
     out, runs = tmp_path / "docs", tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SAMADAPT_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, str(REPO / "recipes" / "compare.py"), "--dataset", "demo", "--epochs", "1",
-           "--demo-train-images", "6", "--demo-val-images", "3", "--strategies", "decoder", "lora",
-           "--examples", "2", "--out", str(out), "--runs", str(runs), "--", "--log-with", "none", "--prompts-per-image", "4"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "SAMADAPT_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable,
+        str(REPO / "recipes" / "compare.py"),
+        "--dataset",
+        "demo",
+        "--epochs",
+        "1",
+        "--demo-train-images",
+        "6",
+        "--demo-val-images",
+        "3",
+        "--strategies",
+        "decoder",
+        "lora",
+        "--examples",
+        "2",
+        "--out",
+        str(out),
+        "--runs",
+        str(runs),
+        "--",
+        "--log-with",
+        "none",
+        "--prompts-per-image",
+        "4",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     page = (out / "strategies.md").read_text()

@@ -39,8 +39,15 @@ REPO = Path(__file__).resolve().parents[1]
 FINETUNE = REPO / "recipes" / "finetune.py"
 EVALUATE = REPO / "recipes" / "evaluate.py"
 PUBLISHED = {"decoder": "demo-mini", "lora": "demo-mini-lora", "adapter": "demo-mini-adapter"}
-RUN_FILES = ("adapter.safetensors", "metrics.json", "metrics.md", "examples.png", "curves.png", "config.yaml",
-             "history.json")
+RUN_FILES = (
+    "adapter.safetensors",
+    "metrics.json",
+    "metrics.md",
+    "examples.png",
+    "curves.png",
+    "config.yaml",
+    "history.json",
+)
 
 
 def _recipe(name: str):
@@ -54,14 +61,33 @@ def _recipe(name: str):
 def _env(home: Path) -> dict[str, str]:
     """Subprocess environment: our SAMADAPT_HOME, one thread (bit-identical reruns), this checkout
     first on the path, and no user Accelerate config."""
-    env = {**os.environ, "SAMADAPT_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HOME": str(home / "hf"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "SAMADAPT_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "HF_HOME": str(home / "hf"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     return env
 
 
 def _accelerate_launch(*args) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", str(FINETUNE), *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--cpu",
+        str(FINETUNE),
+        *map(str, args),
+    ]
 
 
 def _reset_accelerate() -> None:
@@ -99,18 +125,30 @@ def trained(tmp_path_factory, mini_checkpoint, tiny_run_args, demo_data_root) ->
     for strategy in ("decoder", "lora"):
         run_dir = root / "runs" / strategy
         out, err = open(root / f"{strategy}.out", "w"), open(root / f"{strategy}.err", "w")
-        cmd = _accelerate_launch("--strategy", strategy, "--checkpoint", mini_checkpoint, *tiny_run_args,
-                                 "--output-dir", run_dir)
+        cmd = _accelerate_launch(
+            "--strategy", strategy, "--checkpoint", mini_checkpoint, *tiny_run_args, "--output-dir", run_dir
+        )
         procs[strategy] = (subprocess.Popen(cmd, cwd=root, env=_env(home), stdout=out, stderr=err), run_dir, out, err)
 
     try:
         # adapter: in this process, from a YAML file whose `epochs` the command line overrides
         config = root / "adapter.yaml"
-        config.write_text(yaml.safe_dump({
-            "strategy": "adapter", "checkpoint": str(mini_checkpoint), "data-root": str(demo_data_root),
-            "demo_train_images": 6, "demo_val_images": 3, "epochs": 5, "prompts_per_image": 4, "batch_size": 2,
-            "progress": False, "log_with": "none",
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "strategy": "adapter",
+                    "checkpoint": str(mini_checkpoint),
+                    "data-root": str(demo_data_root),
+                    "demo_train_images": 6,
+                    "demo_val_images": 3,
+                    "epochs": 5,
+                    "prompts_per_image": 4,
+                    "batch_size": 2,
+                    "progress": False,
+                    "log_with": "none",
+                }
+            )
+        )
         run_dir = root / "runs" / "adapter"
         buf = io.StringIO()
         threads = torch.get_num_threads()
@@ -133,8 +171,9 @@ def trained(tmp_path_factory, mini_checkpoint, tiny_run_args, demo_data_root) ->
                     proc.wait()
                 out.close(), err.close()
             stdout = (root / f"{strategy}.out").read_text()
-            runs[strategy] = Run(run_dir, stdout, proc.returncode,
-                                 stdout + (root / f"{strategy}.err").read_text()[-4000:])
+            runs[strategy] = Run(
+                run_dir, stdout, proc.returncode, stdout + (root / f"{strategy}.err").read_text()[-4000:]
+            )
     return Trained(home, mini_checkpoint, tiny_run_args, demo_data_root, runs)
 
 
@@ -217,14 +256,28 @@ def test_config_from_args_merges_yaml_and_command_line(tmp_path):
     finetune = _recipe("finetune")
     config = tmp_path / "run.yaml"
     config.write_text("strategy: lora\nepochs: 5\nlr: 0.001\nstrategy_options: {rank: 8}\ndataset: taco\n")
-    cfg = finetune.config_from_args(["--config", str(config), "--epochs", "3", "--lora-alpha", "2",
-                                     "--data-root", str(tmp_path), "--no-progress", "--log-with", "none"])
+    cfg = finetune.config_from_args(
+        [
+            "--config",
+            str(config),
+            "--epochs",
+            "3",
+            "--lora-alpha",
+            "2",
+            "--data-root",
+            str(tmp_path),
+            "--no-progress",
+            "--log-with",
+            "none",
+        ]
+    )
     assert (cfg.strategy, cfg.epochs, cfg.lr, cfg.dataset, cfg.data_root) == ("lora", 3, 0.001, "taco", str(tmp_path))
     assert cfg.strategy_options == {"rank": 8, "alpha": 2.0}  # the file's and the command line's
     assert cfg.progress is False and cfg.log_with is None
     # the command line's strategy options override the file's
-    assert finetune.config_from_args(["--config", str(config), "--lora-rank", "2",
-                                      "--data-root", str(tmp_path)]).strategy_options == {"rank": 2}
+    assert finetune.config_from_args(
+        ["--config", str(config), "--lora-rank", "2", "--data-root", str(tmp_path)]
+    ).strategy_options == {"rank": 2}
 
 
 def test_config_from_args_errors(tmp_path):
@@ -249,8 +302,18 @@ def test_resume_after_kill_is_bit_identical(trained, tmp_path):
     reference = trained.runs["decoder"]
     assert reference.returncode == 0, reference.log
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(FINETUNE), "--strategy", "decoder", "--checkpoint", str(trained.checkpoint),
-           *trained.args, "--output-dir", str(run_dir), "--no-publish"]
+    cmd = [
+        sys.executable,
+        str(FINETUNE),
+        "--strategy",
+        "decoder",
+        "--checkpoint",
+        str(trained.checkpoint),
+        *trained.args,
+        "--output-dir",
+        str(run_dir),
+        "--no-publish",
+    ]
     env = _env(trained.home)  # the same embedding cache as the reference run
 
     with open(tmp_path / "killed.log", "w") as log:
@@ -298,8 +361,17 @@ def test_resume_with_other_settings_is_refused(trained, tmp_path, monkeypatch, c
     shutil.copy(reference.run_dir / "config.yaml", run_dir / "config.yaml")
     before = (run_dir / "config.yaml").read_text()
     monkeypatch.setenv("SAMADAPT_HOME", str(trained.home))
-    args = ["--strategy", "decoder", "--checkpoint", str(trained.checkpoint), *map(str, trained.args),
-            "--output-dir", str(run_dir), "--resume", "--no-publish"]
+    args = [
+        "--strategy",
+        "decoder",
+        "--checkpoint",
+        str(trained.checkpoint),
+        *map(str, trained.args),
+        "--output-dir",
+        str(run_dir),
+        "--resume",
+        "--no-publish",
+    ]
     try:
         assert _recipe("finetune").main(args + ["--lr", "0.5", "--epochs", "4"]) == 2
     finally:
@@ -318,14 +390,22 @@ def _builtin_mini_weights() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _builtin_mini_weights(), reason="samadapt/weights/mini.safetensors is not installed (made by "
-                    "recipes/pretrain_mini.py; committed for CI)")
+@pytest.mark.skipif(
+    not _builtin_mini_weights(),
+    reason="samadapt/weights/mini.safetensors is not installed (made by recipes/pretrain_mini.py; committed for CI)",
+)
 def test_default_command_on_builtin_weights(tmp_path, tiny_run_args, monkeypatch):
     """`accelerate launch recipes/finetune.py --strategy decoder` with no checkpoint: the built-in
     mini weights, the default output folder, and `samadapt.load("demo-mini")` with no checkpoint."""
     home = tmp_path / "home"
-    proc = subprocess.run(_accelerate_launch("--strategy", "decoder", *tiny_run_args), cwd=tmp_path, env=_env(home),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        _accelerate_launch("--strategy", "decoder", *tiny_run_args),
+        cwd=tmp_path,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "zero-shot: mean IoU" in proc.stdout and "load it with          samadapt.load('demo-mini')" in proc.stdout
     run_dir = tmp_path / "outputs" / "demo-mini"
@@ -347,11 +427,27 @@ def test_evaluate_recipe(trained, tmp_path, monkeypatch, capsys, demo_data_root,
         assert run.returncode == 0, run.log
     monkeypatch.setenv("SAMADAPT_HOME", str(trained.home))
     out = tmp_path / "eval"
-    rc = _recipe("evaluate").main([
-        "--dataset", "demo", "--data-root", str(demo_data_root), "--model", "mini", "--checkpoint",
-        str(trained.checkpoint), "--adapter", "demo-mini", "--adapter", "demo-mini-lora",
-        "--adapter", str(trained.runs["adapter"].run_dir / "adapter.safetensors"), "--out", str(out), "--no-progress",
-    ])
+    rc = _recipe("evaluate").main(
+        [
+            "--dataset",
+            "demo",
+            "--data-root",
+            str(demo_data_root),
+            "--model",
+            "mini",
+            "--checkpoint",
+            str(trained.checkpoint),
+            "--adapter",
+            "demo-mini",
+            "--adapter",
+            "demo-mini-lora",
+            "--adapter",
+            str(trained.runs["adapter"].run_dir / "adapter.safetensors"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0, printed
     for name in ("metrics.json", "metrics.md", "examples.png"):
@@ -364,8 +460,12 @@ def test_evaluate_recipe(trained, tmp_path, monkeypatch, capsys, demo_data_root,
     def trainer_metrics(strategy, label):
         return json.loads((trained.runs[strategy].run_dir / "metrics.json").read_text())["models"][label]
 
-    expected = {"zero-shot": trainer_metrics("decoder", "zero-shot"), "demo-mini": trainer_metrics("decoder", "fine-tuned"),
-                "demo-mini-lora": trainer_metrics("lora", "fine-tuned"), "adapter": trainer_metrics("adapter", "fine-tuned")}
+    expected = {
+        "zero-shot": trainer_metrics("decoder", "zero-shot"),
+        "demo-mini": trainer_metrics("decoder", "fine-tuned"),
+        "demo-mini-lora": trainer_metrics("lora", "fine-tuned"),
+        "adapter": trainer_metrics("adapter", "fine-tuned"),
+    }
     for label, want in expected.items():
         got = results[label]
         assert got["num_images"] == want["num_images"] == 3 and got["num_instances"] == want["num_instances"]
@@ -374,7 +474,9 @@ def test_evaluate_recipe(trained, tmp_path, monkeypatch, capsys, demo_data_root,
 
     assert "demo/test: 3 images, prompts: box (seed 0)" in printed
     for label in expected:
-        assert re.search(rf"^{re.escape(label)} +\d+\.\d\d +\d+\.\d\d +\d+\.\d\d +\d+\.\d\d +\d+$", printed, re.M), printed
+        assert re.search(rf"^{re.escape(label)} +\d+\.\d\d +\d+\.\d\d +\d+\.\d\d +\d+\.\d\d +\d+$", printed, re.M), (
+            printed
+        )
     assert "| demo-mini-lora |" in (out / "metrics.md").read_text()
 
 
@@ -384,14 +486,45 @@ def test_evaluate_recipe_prompt_kinds(trained, tmp_path, monkeypatch, capsys, de
     error that says what to pass."""
     monkeypatch.setenv("SAMADAPT_HOME", str(trained.home))
     evaluate = _recipe("evaluate")
-    rc = evaluate.main(["--dataset", "demo", "--data-root", str(demo_data_root), "--adapter", "demo-mini",
-                        "--out", str(tmp_path / "e"), "--no-progress"])
+    rc = evaluate.main(
+        [
+            "--dataset",
+            "demo",
+            "--data-root",
+            str(demo_data_root),
+            "--adapter",
+            "demo-mini",
+            "--out",
+            str(tmp_path / "e"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "base checkpoint with sha256" in err and "checkpoint" in err.split("sha256")[-1], err
-    rc = evaluate.main(["--dataset", "demo", "--data-root", str(demo_data_root), "--adapter", "demo-mini",
-                        "--checkpoint", str(trained.checkpoint), "--prompt", "points", "--num-points", "2",
-                        "--max-images", "1", "--no-zero-shot", "--num-examples", "0", "--out", str(tmp_path / "e"),
-                        "--no-progress"])
+    rc = evaluate.main(
+        [
+            "--dataset",
+            "demo",
+            "--data-root",
+            str(demo_data_root),
+            "--adapter",
+            "demo-mini",
+            "--checkpoint",
+            str(trained.checkpoint),
+            "--prompt",
+            "points",
+            "--num-points",
+            "2",
+            "--max-images",
+            "1",
+            "--no-zero-shot",
+            "--num-examples",
+            "0",
+            "--out",
+            str(tmp_path / "e"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     results = json.loads((tmp_path / "e" / "metrics.json").read_text())["models"]
     assert list(results) == ["demo-mini"] and results["demo-mini"]["prompt"] == "points"
@@ -420,5 +553,10 @@ def test_evaluate_parser_is_reusable():
     parser = argparse.ArgumentParser(prog="samadapt eval")
     add_eval_arguments(parser)
     args = parser.parse_args(["--adapter", "a", "--adapter", "b", "--prompt", "jitter", "--no-zero-shot"])
-    assert (args.adapter, args.prompt, args.zero_shot, args.dataset, args.split) == (["a", "b"], "jitter", False,
-                                                                                       "demo", "test")
+    assert (args.adapter, args.prompt, args.zero_shot, args.dataset, args.split) == (
+        ["a", "b"],
+        "jitter",
+        False,
+        "demo",
+        "test",
+    )

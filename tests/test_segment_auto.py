@@ -31,8 +31,9 @@ def test_automatic_masks_equal_upstreams_generator(pretrained_mini, demo_data_ro
     image = demo(demo_data_root, "val").load_image(0)
     cfg = AutoConfig(points_per_side=8, pred_iou_thresh=0.3, stability_score_thresh=0.5, max_masks=None)
     ours = propose_masks(pretrained_mini, encode_images(pretrained_mini, [image])[0], image.shape[:2], cfg)
-    upstream = SamAutomaticMaskGenerator(pretrained_mini.sam, points_per_side=8, pred_iou_thresh=0.3,
-                                         stability_score_thresh=0.5, output_mode="coco_rle").generate(image)
+    upstream = SamAutomaticMaskGenerator(
+        pretrained_mini.sam, points_per_side=8, pred_iou_thresh=0.3, stability_score_thresh=0.5, output_mode="coco_rle"
+    ).generate(image)
     assert len(ours) == len(upstream) > 5
     ious = np.asarray(mask_utils.iou(ours.rles, [u["segmentation"] for u in upstream], [0] * len(upstream)))
     assert ious.diagonal().min() > 0.99  # same masks in the same order (batched decoding: float rounding only)
@@ -60,9 +61,13 @@ def test_at_sams_fixed_thresholds_mini_keeps_no_mask(pretrained_mini, demo_data_
     """Why SamAutomaticMaskGenerator(model.sam) returns nothing: mini's predicted IoU stays below 0.88."""
     image = demo(demo_data_root, "val").load_image(0)
     emb = encode_images(pretrained_mini, [image])[0]
-    all_masks = propose_masks(pretrained_mini, emb, image.shape[:2],
-                              SAM_DEFAULTS.replace(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0),
-                              keep_all=True)
+    all_masks = propose_masks(
+        pretrained_mini,
+        emb,
+        image.shape[:2],
+        SAM_DEFAULTS.replace(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0),
+        keep_all=True,
+    )
     assert float(all_masks["iou_preds"].max()) < SAM_DEFAULTS.pred_iou_thresh
     assert len(propose_masks(pretrained_mini, emb, image.shape[:2], SAM_DEFAULTS.replace(points_per_side=8))) == 0
 
@@ -110,12 +115,38 @@ def test_calibration_is_saved_in_the_adapter_and_used_next_time(tmp_path, classi
 
     adapter = shutil.copy(classify_adapter, tmp_path / "a.safetensors")
     images, ann = demo_data_root / "val" / "images", demo_data_root / "val" / "annotations.json"
-    common = ["segment", "--adapter", str(adapter), "--images", str(images), "--auto", "--annotation-file", str(ann),
-              "--points-per-side", "4", "--no-progress"]
+    common = [
+        "segment",
+        "--adapter",
+        str(adapter),
+        "--images",
+        str(images),
+        "--auto",
+        "--annotation-file",
+        str(ann),
+        "--points-per-side",
+        "4",
+        "--no-progress",
+    ]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert cli.main([*common, "--out", str(tmp_path / "r1.json"), "--calibrate-annotation-file", str(ann),
-                         "--calibrate-images", str(images), "--calibrate-max-images", "1", "--save-calibration"]) == 0
+        assert (
+            cli.main(
+                [
+                    *common,
+                    "--out",
+                    str(tmp_path / "r1.json"),
+                    "--calibrate-annotation-file",
+                    str(ann),
+                    "--calibrate-images",
+                    str(images),
+                    "--calibrate-max-images",
+                    "1",
+                    "--save-calibration",
+                ]
+            )
+            == 0
+        )
     assert f"stored the calibration in {adapter}" in out.getvalue()
     model = samadapt.load(adapter)
     assert model.auto_calibration is not None and model.auto_calibration.images == 1
@@ -142,11 +173,14 @@ def test_uncalibrated_automatic_masks_use_sams_thresholds_and_warn(pretrained_mi
     assert resolve_auto_config(pretrained_mini, AutoConfig(points_per_side=2)).points_per_side == 2
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"points_per_side": 0}, "`points_per_side` should be a positive integer, got 0"),
-    ({"pred_iou_thresh": 1.5}, "`pred_iou_thresh` should be a number in [0, 1], got 1.5"),
-    ({"max_masks": 0}, "`max_masks` should be a positive integer or None, got 0"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"points_per_side": 0}, "`points_per_side` should be a positive integer, got 0"),
+        ({"pred_iou_thresh": 1.5}, "`pred_iou_thresh` should be a number in [0, 1], got 1.5"),
+        ({"max_masks": 0}, "`max_masks` should be a positive integer or None, got 0"),
+    ],
+)
 def test_auto_config_is_checked(kw, message):
     with pytest.raises(ConfigError) as e:
         AutoConfig(**kw)
@@ -155,9 +189,24 @@ def test_auto_config_is_checked(kw, message):
 
 def test_auto_needs_no_detections_and_save_calibration_needs_an_adapter(tmp_path, demo_data_root, capsys):
     images, ann = demo_data_root / "val" / "images", demo_data_root / "val" / "annotations.json"
-    code = cli.main(["segment", "--images", str(images), "--auto", "--out", str(tmp_path / "r.json"),
-                     "--calibrate-annotation-file", str(ann), "--calibrate-images", str(images), "--save-calibration"])
+    code = cli.main(
+        [
+            "segment",
+            "--images",
+            str(images),
+            "--auto",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--calibrate-annotation-file",
+            str(ann),
+            "--calibrate-images",
+            str(images),
+            "--save-calibration",
+        ]
+    )
     assert code == 2
-    assert "--save-calibration stores a new calibration in the adapter file: it needs --adapter" in capsys.readouterr().err
+    assert (
+        "--save-calibration stores a new calibration in the adapter file: it needs --adapter" in capsys.readouterr().err
+    )
     assert cli.main(["segment", "--images", str(images), "--auto", "--detections", "d.json", "--out", "r.json"]) == 2
     assert "argument --detections: not allowed with argument --auto" in capsys.readouterr().err

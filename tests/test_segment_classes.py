@@ -39,8 +39,12 @@ def _with_head(seed: int = 0):
 def test_the_head_is_a_trainable_tensor_of_the_adapter_and_round_trips(tmp_path, rgb_image):
     model = _with_head()
     names = [n for n, _ in model.trainable_named_parameters() if n.startswith("class_head.")]
-    assert names == ["class_head.mlp.layers.0.weight", "class_head.mlp.layers.0.bias", "class_head.mlp.layers.1.weight",
-                     "class_head.mlp.layers.1.bias"]
+    assert names == [
+        "class_head.mlp.layers.0.weight",
+        "class_head.mlp.layers.0.bias",
+        "class_head.mlp.layers.1.weight",
+        "class_head.mlp.layers.1.bias",
+    ]
     path = samadapt.save_adapter(model, tmp_path / "a.safetensors")
     with safe_open(str(path), framework="pt") as f:
         assert set(names) <= set(f.keys())
@@ -133,8 +137,9 @@ def test_segment_labels_masks_without_a_category(demo_data_root):
     model = _with_head()
     sample = demo(demo_data_root, "val")[0]
     boxes = sample["boxes"][:3]
-    recs = model.segment(sample["image"], boxes=boxes, scores=[0.9, 0.8, 0.5], category_ids=[None, 2, None],
-                         classify=True)
+    recs = model.segment(
+        sample["image"], boxes=boxes, scores=[0.9, 0.8, 0.5], category_ids=[None, 2, None], classify=True
+    )
     emb = encode_images(model, [sample["image"]])[0]
     probs = classify_boxes(model, emb[None], [model.transform.apply_boxes(boxes, sample["image"].shape[:2])])[0]
     head = class_head_of(model)
@@ -174,7 +179,6 @@ def test_training_with_classify_saves_a_head_of_the_datasets_categories(classify
     assert class_head_of(model).categories == CATEGORIES
 
 
-
 def test_resume_restores_the_class_head(tmp_path, demo_data_root):
     """``--resume`` with a head: the epoch state holds the head's tensors (a trainable tensor of ``Sam``), the
     resumed run loads that state (strictly: a missing or extra head tensor fails) and writes the same head."""
@@ -183,10 +187,24 @@ def test_resume_restores_the_class_head(tmp_path, demo_data_root):
 
     from samadapt.training.trainer import train
 
-    cfg = TrainConfig(strategy="decoder", dataset="demo", data_root=str(demo_data_root), demo_train_images=6,
-                      demo_val_images=3, epochs=1, prompts_per_image=4, batch_size=2, progress=False, zero_shot=False,
-                      num_examples=0, log_with=None, publish=False, output_dir=str(tmp_path / "run"),
-                      cache_dir=str(tmp_path / "cache"), classify=True)
+    cfg = TrainConfig(
+        strategy="decoder",
+        dataset="demo",
+        data_root=str(demo_data_root),
+        demo_train_images=6,
+        demo_val_images=3,
+        epochs=1,
+        prompts_per_image=4,
+        batch_size=2,
+        progress=False,
+        zero_shot=False,
+        num_examples=0,
+        log_with=None,
+        publish=False,
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        classify=True,
+    )
     try:
         first = train(cfg).adapter_path
         before = {k: v for k, v in load_file(str(first)).items() if k.startswith("class_head.")}

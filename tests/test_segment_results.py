@@ -20,8 +20,9 @@ def _val(root: Path) -> tuple[Path, Path]:
     return root / "val" / "images", root / "val" / "annotations.json"
 
 
-def _gt_detections(annotation_file: Path, *, jitter: float = 0.0, seed: int = 0, by: str = "image_id",
-                   with_category: bool = True) -> list[dict]:
+def _gt_detections(
+    annotation_file: Path, *, jitter: float = 0.0, seed: int = 0, by: str = "image_id", with_category: bool = True
+) -> list[dict]:
     """One detection per ground-truth instance: its box (jittered by ``jitter`` x its side), score 1."""
     gt = json.loads(annotation_file.read_text())
     names = {im["id"]: im["file_name"] for im in gt["images"]}
@@ -106,9 +107,11 @@ def test_jittered_ground_truth_boxes_give_nearly_the_ground_truth_box_ap(tmp_pat
 def test_missing_images_are_counted_and_listed_and_the_rest_segmented(tmp_path, demo_data_root):
     images, ann = _val(demo_data_root)
     entries = _gt_detections(ann, by="file_name")
-    entries += [{"file_name": "not_there.jpg", "bbox": [1, 1, 5, 5], "score": 0.9},
-                {"file_name": "not_there.jpg", "bbox": [2, 2, 5, 5], "score": 0.8},
-                {"file_name": "gone/x.png", "bbox": [2, 2, 5, 5], "score": 0.8}]
+    entries += [
+        {"file_name": "not_there.jpg", "bbox": [1, 1, 5, 5], "score": 0.9},
+        {"file_name": "not_there.jpg", "bbox": [2, 2, 5, 5], "score": 0.8},
+        {"file_name": "gone/x.png", "bbox": [2, 2, 5, 5], "score": 0.8},
+    ]
     dets, res = tmp_path / "dets.json", tmp_path / "res.json"
     dets.write_text(json.dumps(entries))
     code, out, _ = _run("--images", images, "--detections", dets, "--out", res)
@@ -135,8 +138,10 @@ def test_clipped_boxes_end_to_end(tmp_path, demo_data_root, pretrained_mini):
     images, ann = _val(demo_data_root)
     first = json.loads(ann.read_text())["images"][0]
     w = first["width"]
-    entries = [{"image_id": first["id"], "bbox": [-30, -30, 80, 80], "score": 1.0},  # corner: clipped
-               {"image_id": first["id"], "bbox": [w + 10, 5, 20, 20], "score": 1.0}]  # right of the image: no mask
+    entries = [
+        {"image_id": first["id"], "bbox": [-30, -30, 80, 80], "score": 1.0},  # corner: clipped
+        {"image_id": first["id"], "bbox": [w + 10, 5, 20, 20], "score": 1.0},
+    ]  # right of the image: no mask
     dets, res = tmp_path / "dets.json", tmp_path / "res.json"
     dets.write_text(json.dumps(entries))
     code, out, _ = _run("--images", images, "--detections", dets, "--annotation-file", ann, "--out", res)
@@ -158,19 +163,27 @@ def test_empty_detections_give_empty_results_and_exit_0(tmp_path, demo_data_root
     assert json.loads(res.with_name("res.metrics.json").read_text())["metrics"]["class_agnostic"]["AP"] == 0.0
 
 
-@pytest.mark.parametrize("entry, problem", [
-    ({"image_id": 1, "bbox": [1, 2, 3], "score": 0.5}, "bbox [1, 2, 3] is not 4 finite numbers [x, y, width, height]"),
-    ({"image_id": 1, "bbox": [1, 2, -3, 4]}, "bbox [1, 2, -3, 4] has a negative width or height"),
-    ({"bbox": [1, 2, 3, 4]}, "has neither image_id nor file_name"),
-    ({"image_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}, "score 'high' is not a finite number"),
-    ({"image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 1.5}, "category_id 1.5 is not an integer"),
-    ("box", "is a str, not an object"),
-])
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        (
+            {"image_id": 1, "bbox": [1, 2, 3], "score": 0.5},
+            "bbox [1, 2, 3] is not 4 finite numbers [x, y, width, height]",
+        ),
+        ({"image_id": 1, "bbox": [1, 2, -3, 4]}, "bbox [1, 2, -3, 4] has a negative width or height"),
+        ({"bbox": [1, 2, 3, 4]}, "has neither image_id nor file_name"),
+        ({"image_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}, "score 'high' is not a finite number"),
+        ({"image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 1.5}, "category_id 1.5 is not an integer"),
+        ("box", "is a str, not an object"),
+    ],
+)
 def test_a_malformed_detection_is_an_error_naming_the_entry(tmp_path, demo_data_root, entry, problem):
     images, ann = _val(demo_data_root)
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 1, "bbox": [0, 0, 5, 5], "score": 1.0}, entry]))
-    code, _, err = _run("--images", images, "--detections", dets, "--annotation-file", ann, "--out", tmp_path / "r.json")
+    code, _, err = _run(
+        "--images", images, "--detections", dets, "--annotation-file", ann, "--out", tmp_path / "r.json"
+    )
     assert code == 2
     assert f"detections file {str(dets)!r}: entry 1 ({json.dumps(entry)}) {problem}; each entry needs" in err
     assert not (tmp_path / "r.json").exists()
@@ -199,8 +212,19 @@ def test_labels_from_an_adapter_without_a_class_head_is_an_error(tmp_path, demo_
     adapter = samadapt.save_adapter(pretrained_mini, tmp_path / "plain.safetensors")
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps(_gt_detections(ann, with_category=False)))
-    code, _, err = _run("--adapter", adapter, "--images", images, "--detections", dets, "--out", tmp_path / "r.json",
-                        "--annotation-file", ann, "--classify")
+    code, _, err = _run(
+        "--adapter",
+        adapter,
+        "--images",
+        images,
+        "--detections",
+        dets,
+        "--out",
+        tmp_path / "r.json",
+        "--annotation-file",
+        ann,
+        "--classify",
+    )
     assert code == 2
     assert "labels were asked for, but this model has no class head: train the adapter with --classify" in err
     image = np.zeros((40, 50, 3), np.uint8)

@@ -105,7 +105,7 @@ def test_backward_reaches_exactly_the_intended_parameters(strategy, model_type, 
     assert _with_grad(model) == {n for n in intended if not BOX_PROMPT_UNUSED.match(n)}
 
 
-@pytest.mark.parametrize("strategy, options", VARIANTS[len(STRATEGIES):], ids=VARIANT_IDS[len(STRATEGIES):])
+@pytest.mark.parametrize("strategy, options", VARIANTS[len(STRATEGIES) :], ids=VARIANT_IDS[len(STRATEGIES) :])
 def test_options_change_the_trainable_set_as_intended(strategy, options, make_mini, mini_batch):
     model = samadapt.adapt(make_mini(), strategy, **options)
     intended = _check_intended(model, strategy, options)
@@ -119,7 +119,9 @@ def test_where_the_inserted_modules_go(make_mini):
     lora = samadapt.adapt(make_mini(), "lora", targets=("qkv", "mlp"))
     expected = {
         f"image_encoder.blocks.{i}.{layer}.lora_{ab}.default.weight"
-        for i in range(depth) for layer in ("attn.qkv", "mlp.lin1", "mlp.lin2") for ab in "AB"
+        for i in range(depth)
+        for layer in ("attn.qkv", "mlp.lin1", "mlp.lin2")
+        for ab in "AB"
     }
     assert {n for n in _trainable(lora) if "lora_" in n} == expected
     adapter = samadapt.adapt(make_mini(), "adapter", prompt_generator=True)
@@ -202,8 +204,13 @@ def test_a_prefix_is_checked_when_registered():
         def apply(self, sam, config):  # pragma: no cover
             pass
 
-    for bad, words in [("Lora-", "'Lora-'"), ((), "()"), (("ok_", 3), "3"), ("lora_x", "overlaps"),
-                       ("adapter", "overlaps")]:
+    for bad, words in [
+        ("Lora-", "'Lora-'"),
+        ((), "()"),
+        (("ok_", 3), "3"),
+        ("lora_x", "overlaps"),
+        ("adapter", "overlaps"),
+    ]:
         Prefixed.prefix = bad
         with pytest.raises(ConfigError, match=re.escape(words)):
             register_strategy(Prefixed)
@@ -217,11 +224,17 @@ DECODER_ATTENTION = "mask_decoder.transformer.*_proj"
 def _decoder_attention_lora(depth: int) -> set[str]:
     """The LoRA weights of every attention projection of the decoder's two-way transformer,
     written out from upstream's module layout (segment_anything/modeling/transformer.py)."""
-    attentions = [f"layers.{i}.{a}" for i in range(depth)
-                  for a in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")]
-    return {f"mask_decoder.transformer.{a}.{proj}.lora_{ab}.default.weight"
-            for a in attentions + ["final_attn_token_to_image"] for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
-            for ab in "AB"}
+    attentions = [
+        f"layers.{i}.{a}"
+        for i in range(depth)
+        for a in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")
+    ]
+    return {
+        f"mask_decoder.transformer.{a}.{proj}.lora_{ab}.default.weight"
+        for a in attentions + ["final_attn_token_to_image"]
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
+        for ab in "AB"
+    }
 
 
 def test_lora_on_the_mask_decoder_is_a_target_pattern(make_mini, mini_batch, tmp_path):
@@ -254,18 +267,24 @@ def test_short_target_names_select_the_modules_they_always_did(make_mini):
     and peft exports stay as they were); the same layers written as a pattern train the same names."""
     from samadapt.strategies.lora import LoraConfig
 
-    assert LoraConfig(targets=("qkv", "mlp")).to_peft().target_modules == \
-        r"image_encoder\.blocks\.\d+\.(attn\.qkv|mlp\.lin[12])"
+    assert (
+        LoraConfig(targets=("qkv", "mlp")).to_peft().target_modules
+        == r"image_encoder\.blocks\.\d+\.(attn\.qkv|mlp\.lin[12])"
+    )
     short = samadapt.adapt(make_mini(), "lora", targets=("qkv", "mlp"))
-    pattern = samadapt.adapt(make_mini(), "lora", targets=("image_encoder.blocks.*.attn.qkv",
-                                                          "image_encoder.blocks.*.mlp.lin?"))
+    pattern = samadapt.adapt(
+        make_mini(), "lora", targets=("image_encoder.blocks.*.attn.qkv", "image_encoder.blocks.*.mlp.lin?")
+    )
     assert _trainable(short) == _trainable(pattern)
 
 
-@pytest.mark.parametrize("targets, words", [
-    (("mask_decoder.nothing_here*",), ["'mask_decoder.nothing_here*'", "no nn.Linear", "mask_decoder.transformer"]),
-    (("prompt_encoder.*",), ["'prompt_encoder.*'", "no nn.Linear"]),
-])
+@pytest.mark.parametrize(
+    "targets, words",
+    [
+        (("mask_decoder.nothing_here*",), ["'mask_decoder.nothing_here*'", "no nn.Linear", "mask_decoder.transformer"]),
+        (("prompt_encoder.*",), ["'prompt_encoder.*'", "no nn.Linear"]),
+    ],
+)
 def test_a_pattern_that_selects_no_linear_layer_is_refused_before_anything_changes(targets, words, make_mini):
     sam = make_mini()
     snapshot = _untouched_snapshot(sam)
@@ -423,7 +442,9 @@ def test_import_does_not_load_peft():
     import subprocess
     import sys
 
-    code = ("import sys, samadapt; assert 'peft' not in sys.modules, 'peft imported'; "
-            "samadapt.strategies.get_strategy('lora').make_config(rank=2).to_peft(); assert 'peft' in sys.modules")
+    code = (
+        "import sys, samadapt; assert 'peft' not in sys.modules, 'peft imported'; "
+        "samadapt.strategies.get_strategy('lora').make_config(rank=2).to_peft(); assert 'peft' in sys.modules"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -36,10 +36,25 @@ REPO = Path(__file__).resolve().parents[1]
 def _tiny_config(demo_data_root: Path, tmp_path: Path, checkpoint: Path, **overrides) -> TrainConfig:
     """The tiny run of ``tiny_run_args`` as a config, quiet and without the extras (zero-shot
     evaluation, example figures, TensorBoard, publishing) unless asked for."""
-    kw = dict(strategy="decoder", model="mini", checkpoint=str(checkpoint), dataset="demo", data_root=str(demo_data_root),
-              demo_train_images=6, demo_val_images=3, epochs=2, prompts_per_image=4, batch_size=2, progress=False,
-              zero_shot=False, num_examples=0, log_with=None, publish=False, output_dir=str(tmp_path / "run"),
-              cache_dir=str(tmp_path / "cache"))
+    kw = dict(
+        strategy="decoder",
+        model="mini",
+        checkpoint=str(checkpoint),
+        dataset="demo",
+        data_root=str(demo_data_root),
+        demo_train_images=6,
+        demo_val_images=3,
+        epochs=2,
+        prompts_per_image=4,
+        batch_size=2,
+        progress=False,
+        zero_shot=False,
+        num_examples=0,
+        log_with=None,
+        publish=False,
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+    )
     kw.update(overrides)
     return TrainConfig(**kw)
 
@@ -62,8 +77,12 @@ def _train(cfg: TrainConfig):
 
 
 def _subprocess_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "SAMADAPT_HOME": str(home), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "SAMADAPT_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     env.update(extra)
     return env
 
@@ -98,12 +117,16 @@ def test_cache_rejects_other_dtypes(tmp_path):
         _cache(tmp_path, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("change", [
-    {"base_id": "sha256:" + "b" * 64},
-    {"image_size": 1024},
-    {"model_type": "vit_b"},
-    {"dtype": torch.float16},
-], ids=["base_id", "image_size", "model_type", "dtype"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_id": "sha256:" + "b" * 64},
+        {"image_size": 1024},
+        {"model_type": "vit_b"},
+        {"dtype": torch.float16},
+    ],
+    ids=["base_id", "image_size", "model_type", "dtype"],
+)
 def test_cache_namespace_changes_with_the_base(tmp_path, change):
     base = _cache(tmp_path)
     base.put("img", torch.ones(2, 2, 2))
@@ -173,8 +196,9 @@ def test_cache_stats(tmp_path):
 
 
 # ============================================================================ the cache in training
-def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini_checkpoint, other_mini_checkpoint,
-                                                 monkeypatch, capsys):
+def test_decoder_training_encodes_each_image_once(
+    tmp_path, demo_data_root, mini_checkpoint, other_mini_checkpoint, monkeypatch, capsys
+):
     from samadapt.data import presets
     from samadapt.data.sam_dataset import file_sha1
 
@@ -201,8 +225,9 @@ def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini
 
     # 1. fresh cache: the fills encode every training image (bf16) and validation image (fp32)
     # exactly once; training, the zero-shot, epoch and final evaluations encode none
-    first = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a"),
-                                zero_shot=True))
+    first = _train(
+        _tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a"), zero_shot=True)
+    )
     out = capsys.readouterr().out
     assert sorted(writes[torch.bfloat16]) == image_keys and sorted(writes[torch.float32]) == val_keys
     assert "encoded 6 new image(s)" in out and "encoded 3 new image(s)" in out
@@ -222,8 +247,9 @@ def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini
     assert "6 hits / 0 misses (hit rate 100%)" in out
     assert [row["encoder_images"] for row in second.history] == [0]
     # the cached validation scores what the model predicts from the images (up to float rounding)
-    fresh = evaluate(samadapt.load(tmp_path / "b" / "adapter.safetensors", checkpoint=mini_checkpoint), val_set,
-                     progress=False)
+    fresh = evaluate(
+        samadapt.load(tmp_path / "b" / "adapter.safetensors", checkpoint=mini_checkpoint), val_set, progress=False
+    )
     for k in ("mean_iou", "mean_precision", "mean_f1"):
         assert second.fine_tuned[k] == pytest.approx(fresh.metrics[k], abs=1e-4), k
 
@@ -236,7 +262,8 @@ def test_decoder_training_encodes_each_image_once(tmp_path, demo_data_root, mini
     namespaces = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
     assert len(namespaces) == 4  # (2 bases) x (bf16 training, fp32 validation)
     assert {json.loads((p / "namespace.json").read_text())["base_id"] for p in namespaces} == {
-        f"sha256:{d}" for d in (_sha256(mini_checkpoint), _sha256(other_mini_checkpoint))}
+        f"sha256:{d}" for d in (_sha256(mini_checkpoint), _sha256(other_mini_checkpoint))
+    }
     assert sorted(len(list(p.glob("*.npy"))) for p in namespaces) == [3, 3, 6, 6]
 
 
@@ -252,7 +279,9 @@ def test_no_cache_for_strategies_that_train_the_encoder(tmp_path, demo_data_root
     assert not (tmp_path / "cache").exists()
 
 
-def test_mixed_precision_defaults_to_the_launchers_choice(tmp_path, demo_data_root, mini_checkpoint, monkeypatch, capsys):
+def test_mixed_precision_defaults_to_the_launchers_choice(
+    tmp_path, demo_data_root, mini_checkpoint, monkeypatch, capsys
+):
     """`accelerate launch --mixed_precision bf16 recipes/finetune.py` (no --mixed-precision) trains in
     bf16; the resolved value is printed and saved in config.yaml."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the launcher sets
@@ -268,9 +297,18 @@ def test_resume_accepts_only_settings_that_change_nothing_computed(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(saved.to_yaml())
     on_disk = TrainConfig.from_yaml(path)
-    for resumed in (dataclasses.replace(saved, resume=True, progress=False, num_workers=2, log_with=None,
-                                        publish=False, cache_dir=str(tmp_path / "elsewhere")),
-                    dataclasses.replace(on_disk, resume=True)):
+    for resumed in (
+        dataclasses.replace(
+            saved,
+            resume=True,
+            progress=False,
+            num_workers=2,
+            log_with=None,
+            publish=False,
+            cache_dir=str(tmp_path / "elsewhere"),
+        ),
+        dataclasses.replace(on_disk, resume=True),
+    ):
         resumed.check_resumable(on_disk, path)
     changed = dataclasses.replace(saved, resume=True, epochs=3, strategy_options={"rank": 2})
     with pytest.raises(ConfigError, match=r"strategy_options \{'rank': 4\} -> \{'rank': 2\}, epochs 2 -> 3") as e:
@@ -279,8 +317,9 @@ def test_resume_accepts_only_settings_that_change_nothing_computed(tmp_path):
 
 
 # ============================================================================ non-finite loss
-def test_nan_loss_stops_without_writing_an_adapter(tmp_path, demo_data_root, mini_checkpoint, samadapt_home_dir,
-                                                   monkeypatch):
+def test_nan_loss_stops_without_writing_an_adapter(
+    tmp_path, demo_data_root, mini_checkpoint, samadapt_home_dir, monkeypatch
+):
     from samadapt.training import losses
 
     real_forward = losses.SamLoss.forward
@@ -394,7 +433,8 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
     # Each rank saves its trainable tensors as training ends (before the best epoch's adapter is
     # loaded back from disk, which would make them equal anyway).
     wrapper = tmp_path / "finetune_dump_ranks.py"
-    wrapper.write_text(textwrap.dedent(f"""
+    wrapper.write_text(
+        textwrap.dedent(f"""
         import os, runpy, sys
         from safetensors.torch import save_file
         import samadapt.training.trainer as trainer
@@ -409,15 +449,39 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
         trainer._load_trainable = load_best
         sys.argv = [{str(REPO / "recipes" / "finetune.py")!r}] + sys.argv[1:]
         runpy.run_path(sys.argv[0], run_name="__main__")
-    """))
+    """)
+    )
     dump = tmp_path / "ranks"
     dump.mkdir()
     run_dir = tmp_path / "run"
     # the documented command (docs/training.md): Accelerate's own launcher, on a machine without GPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(wrapper), "--strategy", "decoder", "--checkpoint",
-           str(mini_checkpoint), *tiny_run_args, "--output-dir", str(run_dir), "--no-publish", "--log-with", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(wrapper),
+        "--strategy",
+        "decoder",
+        "--checkpoint",
+        str(mini_checkpoint),
+        *tiny_run_args,
+        "--output-dir",
+        str(run_dir),
+        "--no-publish",
+        "--log-with",
+        "none",
+    ]
     env = _subprocess_env(tmp_path / "home", DUMP_DIR=str(dump))
     env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -429,8 +493,10 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
     # the cache fill split the 6 training images between the processes: each encoded 3, none twice
     assert "encoded 3 new image(s) on this process" in proc.stdout
     # (and the 3 validation images, in fp32, 2 + 1)
-    counts = {json.loads((ns / "namespace.json").read_text())["dtype"]: len(list(ns.glob("*.npy")))
-              for ns in (tmp_path / "home" / "cache").iterdir()}
+    counts = {
+        json.loads((ns / "namespace.json").read_text())["dtype"]: len(list(ns.glob("*.npy")))
+        for ns in (tmp_path / "home" / "cache").iterdir()
+    }
     assert counts == {"bf16": 6, "fp32": 3}
 
     rank0, rank1 = (load_file(str(dump / f"rank{r}.safetensors")) for r in (0, 1))

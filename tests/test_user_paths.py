@@ -23,8 +23,21 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE = REPO / "recipes" / "finetune.py"
-TINY = ["--epochs", "1", "--batch-size", "2", "--prompts-per-image", "2", "--no-progress", "--log-with", "none",
-        "--num-examples", "1", "--warmup-steps", "0"]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--prompts-per-image",
+    "2",
+    "--no-progress",
+    "--log-with",
+    "none",
+    "--num-examples",
+    "1",
+    "--warmup-steps",
+    "0",
+]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -38,8 +51,20 @@ def _run(cmd: list[str], cwd: Path, home: Path, timeout: int = 600, **extra) -> 
 
 
 def _accelerate(*args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *args,
+    ]
 
 
 def _samadapt(*args: str) -> list[str]:
@@ -59,8 +84,15 @@ def _scene(rng: np.random.Generator, h: int, w: int, n: int) -> tuple[np.ndarray
     return img, polys
 
 
-def _write_split(images_dir: Path, ann_file: Path, names: list[str], categories: list[dict], seed: int,
-                 ext_format: str = "JPEG", size: tuple[int, int] = (72, 96)) -> dict:
+def _write_split(
+    images_dir: Path,
+    ann_file: Path,
+    names: list[str],
+    categories: list[dict],
+    seed: int,
+    ext_format: str = "JPEG",
+    size: tuple[int, int] = (72, 96),
+) -> dict:
     rng = np.random.default_rng(seed)
     coco = {"images": [], "annotations": [], "categories": categories}
     for i, name in enumerate(names):
@@ -71,10 +103,17 @@ def _write_split(images_dir: Path, ann_file: Path, names: list[str], categories:
         coco["images"].append({"id": i + 1, "file_name": name, "height": size[0], "width": size[1]})
         for k, poly in enumerate(polys):
             xs, ys = poly[0::2], poly[1::2]
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": categories[k % len(categories)]["id"],
-                "segmentation": [poly], "area": float((max(xs) - min(xs)) * (max(ys) - min(ys))),
-                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], "iscrowd": 0})
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": categories[k % len(categories)]["id"],
+                    "segmentation": [poly],
+                    "area": float((max(xs) - min(xs)) * (max(ys) - min(ys))),
+                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                    "iscrowd": 0,
+                }
+            )
     ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps(coco))
     return coco
@@ -83,30 +122,59 @@ def _write_split(images_dir: Path, ann_file: Path, names: list[str], categories:
 def write_layout(preset: str, root: Path) -> list[str]:
     """Write a tiny dataset in ``preset``'s official layout; returns the data options of the command."""
     if preset == "taco":  # data/annotations.json, batch folders, no split (seeded 80/20), ids from 0
-        cats = [{"id": 0, "name": "Aluminium foil", "supercategory": "Aluminium foil"},
-                {"id": 1, "name": "Bottle cap", "supercategory": "Bottle cap"}]
+        cats = [
+            {"id": 0, "name": "Aluminium foil", "supercategory": "Aluminium foil"},
+            {"id": 1, "name": "Bottle cap", "supercategory": "Bottle cap"},
+        ]
         _write_split(root, root / "annotations.json", [f"batch_{1 + i // 3}/{i:06d}.jpg" for i in range(6)], cats, 0)
         return ["--dataset", "taco", "--data-root", str(root)]
     if preset == "zerowaste":  # splits_final_deblurred/{train,val,test}/{data/*.PNG, labels.json}
-        cats = [{"id": i, "name": n, "supercategory": n} for i, n in
-                enumerate(["rigid_plastic", "cardboard", "metal", "soft_plastic"], start=1)]
+        cats = [
+            {"id": i, "name": n, "supercategory": n}
+            for i, n in enumerate(["rigid_plastic", "cardboard", "metal", "soft_plastic"], start=1)
+        ]
         base = root / "splits_final_deblurred"
         for seed, split in enumerate(("train", "val", "test")):
-            _write_split(base / split / "data", base / split / "labels.json",
-                         [f"{split}_frame_{i:04d}.PNG" for i in range(3)], cats, seed, ext_format="PNG")
+            _write_split(
+                base / split / "data",
+                base / split / "labels.json",
+                [f"{split}_frame_{i:04d}.PNG" for i in range(3)],
+                cats,
+                seed,
+                ext_format="PNG",
+            )
         return ["--dataset", "zerowaste", "--data-root", str(root)]
     if preset == "trashcan":  # {instance,material}_version/instances_{train,val}_trashcan.json + images
-        cats = [{"id": 1, "name": "rov", "supercategory": "rov"}, {"id": 2, "name": "trash_bottle", "supercategory": "trash"}]
+        cats = [
+            {"id": 1, "name": "rov", "supercategory": "rov"},
+            {"id": 2, "name": "trash_bottle", "supercategory": "trash"},
+        ]
         for seed, split in enumerate(("train", "val")):
-            _write_split(root / "instance_version" / split, root / "instance_version" / f"instances_{split}_trashcan.json",
-                         [f"vid_{seed:06d}_frame{i:07d}.jpg" for i in range(3)], cats, seed)
+            _write_split(
+                root / "instance_version" / split,
+                root / "instance_version" / f"instances_{split}_trashcan.json",
+                [f"vid_{seed:06d}_frame{i:07d}.jpg" for i in range(3)],
+                cats,
+                seed,
+            )
         return ["--dataset", "trashcan", "--data-root", str(root)]
     if preset == "coco":
-        cats = [{"id": 1, "name": "bottle", "supercategory": "waste"}, {"id": 2, "name": "can", "supercategory": "waste"}]
+        cats = [
+            {"id": 1, "name": "bottle", "supercategory": "waste"},
+            {"id": 2, "name": "can", "supercategory": "waste"},
+        ]
         _write_split(root / "images", root / "train.json", [f"t{i}.jpg" for i in range(3)], cats, 0)
         _write_split(root / "images", root / "val.json", [f"v{i}.jpg" for i in range(2)], cats, 1)
-        return ["--dataset", "coco", "--images-root", str(root / "images"), "--annotation-file", str(root / "train.json"),
-                "--val-annotation-file", str(root / "val.json")]
+        return [
+            "--dataset",
+            "coco",
+            "--images-root",
+            str(root / "images"),
+            "--annotation-file",
+            str(root / "train.json"),
+            "--val-annotation-file",
+            str(root / "val.json"),
+        ]
     assert preset == "demo"
     return ["--dataset", "demo", "--data-root", str(root), "--demo-train-images", "3", "--demo-val-images", "2"]
 
@@ -143,8 +211,21 @@ def test_every_preset_trains_under_accelerate_launch_and_evaluates(preset, tmp_p
     assert "note" not in card["data"]  # validated on held-out images
 
     out = tmp_path / "eval"
-    ev = _run(_samadapt("eval", "--adapter", name, *_eval_data_args(preset, data), "--out", str(out), "--no-progress",
-                        "--num-examples", "1"), tmp_path, home)
+    ev = _run(
+        _samadapt(
+            "eval",
+            "--adapter",
+            name,
+            *_eval_data_args(preset, data),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--num-examples",
+            "1",
+        ),
+        tmp_path,
+        home,
+    )
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]) == {"zero-shot", name}
@@ -163,13 +244,17 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
 def test_coco_without_validation_file_is_refused(tmp_path):
     data = write_layout("coco", tmp_path / "data")
     data = data[: data.index("--val-annotation-file")]
-    proc = _run([sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(tmp_path / "run")], tmp_path,
-                tmp_path / "home")
+    proc = _run(
+        [sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(tmp_path / "run")],
+        tmp_path,
+        tmp_path / "home",
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "finetune: error: dataset 'coco' without --val-annotation-file would validate on the training images and "
         "report that as the gain. Give the held-out file (--val-annotation-file FILE.json, and --val-images-root if "
-        "its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)")
+        "its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -178,8 +263,11 @@ def test_validate_on_train_is_said_on_the_card_and_in_the_list(tmp_path):
     data = write_layout("coco", tmp_path / "data")
     data = data[: data.index("--val-annotation-file")]
     home = tmp_path / "home"
-    proc = _run([sys.executable, str(FINETUNE), *data, *TINY, "--validate-on-train", "--output-dir",
-                 str(tmp_path / "run")], tmp_path, home)
+    proc = _run(
+        [sys.executable, str(FINETUNE), *data, *TINY, "--validate-on-train", "--output-dir", str(tmp_path / "run")],
+        tmp_path,
+        home,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on the TRAINING images (--validate-on-train), not held out" in proc.stdout
     card = json.loads((home / "adapters" / "coco-mini" / "card.json").read_text())
@@ -195,18 +283,36 @@ def test_bad_name_is_refused_before_any_data_is_read(tmp_path):
     ann.write_text("{not json")  # reading it would fail with another message
     (tmp_path / "images").mkdir()
     t0 = time.monotonic()
-    proc = _run([sys.executable, str(FINETUNE), "--dataset", "coco", "--images-root", str(tmp_path / "images"),
-                 "--annotation-file", str(ann), "--val-annotation-file", str(ann), "--name", "labelme-lora", *TINY],
-                tmp_path, tmp_path / "home")
+    proc = _run(
+        [
+            sys.executable,
+            str(FINETUNE),
+            "--dataset",
+            "coco",
+            "--images-root",
+            str(tmp_path / "images"),
+            "--annotation-file",
+            str(ann),
+            "--val-annotation-file",
+            str(ann),
+            "--name",
+            "labelme-lora",
+            *TINY,
+        ],
+        tmp_path,
+        tmp_path / "home",
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "finetune: error: adapter name 'labelme-lora': 'lora' is not a model tag; names are "
-        "<dataset>-<tag>[-<strategy>] with tag in ['mini', 'vitb', 'vith', 'vitl'] (for example 'labelme-mini-lora')")
+        "<dataset>-<tag>[-<strategy>] with tag in ['mini', 'vitb', 'vith', 'vitl'] (for example 'labelme-mini-lora')"
+    )
     assert time.monotonic() - t0 < 60 and not (tmp_path / "outputs").exists()
     wrong_model = _run([sys.executable, str(FINETUNE), "--name", "labelme-vith", *TINY], tmp_path, tmp_path / "home")
     assert wrong_model.returncode == 2 and "name it labelme-mini" in wrong_model.stderr
-    missing_ckpt = _run([sys.executable, str(FINETUNE), "--checkpoint", str(tmp_path / "nope.pth"), *TINY], tmp_path,
-                        tmp_path / "home")
+    missing_ckpt = _run(
+        [sys.executable, str(FINETUNE), "--checkpoint", str(tmp_path / "nope.pth"), *TINY], tmp_path, tmp_path / "home"
+    )
     assert missing_ckpt.returncode == 2 and "does not exist" in missing_ckpt.stderr
     _no_traceback(missing_ckpt)
 
@@ -218,19 +324,28 @@ def test_non_empty_run_folder_is_refused_then_overwritten(tmp_path):
     (run_dir / "config.yaml").write_text("epochs: 9\n")
     before = _tree(run_dir)
     data = write_layout("demo", tmp_path / "data")
-    proc = _run([sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir)], tmp_path, tmp_path / "home")
+    proc = _run(
+        [sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir)], tmp_path, tmp_path / "home"
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"finetune: error: the run folder {str(run_dir)!r} is not empty (a run was started there). Continue it with "
-        f"--resume, delete it and start afresh with --overwrite, or choose another --output-dir")
+        f"--resume, delete it and start afresh with --overwrite, or choose another --output-dir"
+    )
     assert _tree(run_dir) == before  # untouched
     _no_traceback(proc)
-    both = _run([sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir), "--resume", "--overwrite"],
-                tmp_path, tmp_path / "home")
+    both = _run(
+        [sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir), "--resume", "--overwrite"],
+        tmp_path,
+        tmp_path / "home",
+    )
     assert both.returncode == 2 and "give one of them" in both.stderr and _tree(run_dir) == before
 
-    over = _run([sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir), "--overwrite", "--no-publish"],
-                tmp_path, tmp_path / "home")
+    over = _run(
+        [sys.executable, str(FINETUNE), *data, *TINY, "--output-dir", str(run_dir), "--overwrite", "--no-publish"],
+        tmp_path,
+        tmp_path / "home",
+    )
     assert over.returncode == 0, over.stderr[-3000:]
     states = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert states == ["epoch_0001"]  # the stale epoch 7 is gone: a later --resume continues this run
@@ -243,10 +358,12 @@ def test_ctrl_c_saves_and_names_resume(tmp_path):
     then finishes the run."""
     data = write_layout("demo", tmp_path / "data")
     run_dir = tmp_path / "run"
-    cmd = _samadapt("train", *data, *TINY, "--epochs", "40", "--patience", "0", "--output-dir", str(run_dir),
-                    "--no-publish")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path / "home"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = _samadapt(
+        "train", *data, *TINY, "--epochs", "40", "--patience", "0", "--output-dir", str(run_dir), "--no-publish"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(tmp_path / "home"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 300
         while not (run_dir / "checkpoints" / "epoch_0001").is_dir():
@@ -262,10 +379,15 @@ def test_ctrl_c_saves_and_names_resume(tmp_path):
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("samadapt: interrupted: the state after epoch ") and lines[0].endswith(
-        "; continue with the same command and --resume")
+        "; continue with the same command and --resume"
+    )
     assert not (run_dir / "adapter.safetensors").exists()
-    resumed = _run(cmd[:cmd.index("--epochs", cmd.index("--warmup-steps"))] + ["--epochs", "2", "--patience", "0",
-                   "--output-dir", str(run_dir), "--no-publish", "--resume"], tmp_path, tmp_path / "home")
+    resumed = _run(
+        cmd[: cmd.index("--epochs", cmd.index("--warmup-steps"))]
+        + ["--epochs", "2", "--patience", "0", "--output-dir", str(run_dir), "--no-publish", "--resume"],
+        tmp_path,
+        tmp_path / "home",
+    )
     # a shorter run is another computation: --resume refuses it and names the setting
     assert resumed.returncode == 2 and "epochs 40 -> 2" in resumed.stderr
 
@@ -273,9 +395,27 @@ def test_ctrl_c_saves_and_names_resume(tmp_path):
 def test_errors_under_accelerate_launch_quiet_have_no_traceback(tmp_path):
     """Accelerate's launcher adds its own CalledProcessError traceback to a failed script unless
     given -q (docs/training.md says so); the script's own error is one line."""
-    proc = _run([sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1", "--num_machines", "1",
-                 "--mixed_precision", "no", "--dynamo_backend", "no", str(FINETUNE), "--dataset", "taco"],
-                tmp_path, tmp_path / "home")
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "-q",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(FINETUNE),
+            "--dataset",
+            "taco",
+        ],
+        tmp_path,
+        tmp_path / "home",
+    )
     assert proc.returncode != 0
     assert "finetune: error: dataset 'taco' needs --data-root" in proc.stderr
     _no_traceback(proc)

@@ -33,19 +33,40 @@ def build(spec, checkpoint):
     emb = c["image_size"] // c["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=c["encoder_depth"], embed_dim=c["encoder_embed_dim"], img_size=c["image_size"], mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=c["encoder_num_heads"],
-            patch_size=c["patch_size"], qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=c["encoder_global_attn_indexes"], window_size=c["window_size"],
-            out_chans=c["prompt_embed_dim"]),
-        prompt_encoder=PromptEncoder(embed_dim=c["prompt_embed_dim"], image_embedding_size=(emb, emb),
-                                     input_image_size=(c["image_size"], c["image_size"]),
-                                     mask_in_chans=c["mask_in_chans"]),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=2, embedding_dim=c["prompt_embed_dim"], mlp_dim=c["decoder_mlp_dim"],
-            num_heads=c["decoder_num_heads"]), transformer_dim=c["prompt_embed_dim"], iou_head_depth=3,
-            iou_head_hidden_dim=c["iou_head_hidden_dim"]),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+            depth=c["encoder_depth"],
+            embed_dim=c["encoder_embed_dim"],
+            img_size=c["image_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=c["encoder_num_heads"],
+            patch_size=c["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=c["encoder_global_attn_indexes"],
+            window_size=c["window_size"],
+            out_chans=c["prompt_embed_dim"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c["prompt_embed_dim"],
+            image_embedding_size=(emb, emb),
+            input_image_size=(c["image_size"], c["image_size"]),
+            mask_in_chans=c["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=c["prompt_embed_dim"],
+                mlp_dim=c["decoder_mlp_dim"],
+                num_heads=c["decoder_num_heads"],
+            ),
+            transformer_dim=c["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=c["iou_head_hidden_dim"],
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
     sam.load_state_dict(torch.load(checkpoint, weights_only=True), strict=True)
     return sam
 

@@ -80,8 +80,9 @@ class CocoInstances(Dataset):
             raise ConfigError(f"empty_images={empty_images!r}; choose one of {EMPTY_IMAGES}")
         roots = [images_root] if isinstance(images_root, (str, os.PathLike)) else list(images_root)
         if not roots:
-            raise ConfigError("images_root is an empty list; give the folder the images' file_name entries are "
-                              "relative to")
+            raise ConfigError(
+                "images_root is an empty list; give the folder the images' file_name entries are relative to"
+            )
         self.images_roots: tuple[Path, ...] = tuple(Path(r) for r in roots)
         self.images_root = self.images_roots[0]
         self.annotation_file = Path(annotation_file)
@@ -109,8 +110,10 @@ class CocoInstances(Dataset):
             wanted = list(image_ids)
             unknown = [i for i in wanted if i not in f.images]
             if unknown:
-                raise DataError(f"{self.name}: image ids {unknown[:10]} are not in {str(self.annotation_file)!r}"
-                                f"{' (and more)' if len(unknown) > 10 else ''}")
+                raise DataError(
+                    f"{self.name}: image ids {unknown[:10]} are not in {str(self.annotation_file)!r}"
+                    f"{' (and more)' if len(unknown) > 10 else ''}"
+                )
             wanted_set = set(wanted)
             ids = [i for i in f.images if i in wanted_set]
             self._scope = wanted_set
@@ -119,8 +122,13 @@ class CocoInstances(Dataset):
             for i in ids:
                 path = self._paths.get(i) or self._resolve(f.images[i]["file_name"])
                 if path is None:
-                    f.issues.add("missing_image", image_id=i, annotation_id=None, key=("missing_image", i),
-                                 detail=f"{f.images[i]['file_name']!r} not under {self._roots_text()}")
+                    f.issues.add(
+                        "missing_image",
+                        image_id=i,
+                        annotation_id=None,
+                        key=("missing_image", i),
+                        detail=f"{f.images[i]['file_name']!r} not under {self._roots_text()}",
+                    )
                 else:
                     self._paths[i] = path
                     kept.append(i)
@@ -228,9 +236,11 @@ class CocoInstances(Dataset):
             file_name = self._file.images[image_id]["file_name"]
             path = self._resolve(file_name)
             if path is None:
-                raise DataError(f"{self.name}: image file {file_name!r} (image id {image_id}) not found under "
-                                f"{self._roots_text()}. Check images_root, or pass missing_images='skip' to "
-                                "leave out images whose file is missing")
+                raise DataError(
+                    f"{self.name}: image file {file_name!r} (image id {image_id}) not found under "
+                    f"{self._roots_text()}. Check images_root, or pass missing_images='skip' to "
+                    "leave out images whose file is missing"
+                )
             self._paths[image_id] = path
         return path
 
@@ -240,11 +250,16 @@ class CocoInstances(Dataset):
         image = read_image(path)
         h, w = self.original_size(idx)
         if image.shape[:2] != (h, w):
-            hint = (" The swapped size matches: the annotation file and the image disagree about EXIF "
-                    "orientation (the annotations must be in the frame of the EXIF-rotated image)."
-                    if image.shape[:2] == (w, h) else "")
-            raise DataError(f"{self.name}: image {self._ids[idx]} ({str(path)!r}) is {image.shape[0]}x{image.shape[1]} "
-                            f"(HxW, after EXIF rotation) but the annotation file says {h}x{w}.{hint}")
+            hint = (
+                " The swapped size matches: the annotation file and the image disagree about EXIF "
+                "orientation (the annotations must be in the frame of the EXIF-rotated image)."
+                if image.shape[:2] == (w, h)
+                else ""
+            )
+            raise DataError(
+                f"{self.name}: image {self._ids[idx]} ({str(path)!r}) is {image.shape[0]}x{image.shape[1]} "
+                f"(HxW, after EXIF rotation) but the annotation file says {h}x{w}.{hint}"
+            )
         return image
 
     def instance_annotations(self, idx: int) -> list[dict]:
@@ -264,12 +279,19 @@ class CocoInstances(Dataset):
         rles = []
         for ann in annotations:
             if ann["image_id"] != image_id:
-                raise DataError(f"{self.name}: annotation {ann.get('orig_id')} belongs to image {ann['image_id']}, "
-                                f"not to image {image_id} (index {idx})")
+                raise DataError(
+                    f"{self.name}: annotation {ann.get('orig_id')} belongs to image {ann['image_id']}, "
+                    f"not to image {image_id} (index {idx})"
+                )
             rle = segmentation_to_rle(ann["segmentation"], h, w)
             if not ann.get("iscrowd") and rle_area(rle) == 0:
-                self._file.issues.add("empty_mask", image_id=image_id, annotation_id=ann.get("orig_id"),
-                                      key=("empty_mask", ann["id"]), detail="no pixel after rasterising")
+                self._file.issues.add(
+                    "empty_mask",
+                    image_id=image_id,
+                    annotation_id=ann.get("orig_id"),
+                    key=("empty_mask", ann["id"]),
+                    detail="no pixel after rasterising",
+                )
             rles.append(rle)
         return rles
 
@@ -314,8 +336,9 @@ class CocoInstances(Dataset):
             "masks": lazy if lazy_masks else np.asarray(lazy),
             "boxes": lazy.boxes(),
             "category_ids": np.asarray([a["category_id"] for a in anns], dtype=np.int64),
-            "annotation_ids": np.asarray([a["orig_id"] if isinstance(a["orig_id"], int) else -1 for a in anns],
-                                         dtype=np.int64),
+            "annotation_ids": np.asarray(
+                [a["orig_id"] if isinstance(a["orig_id"], int) else -1 for a in anns], dtype=np.int64
+            ),
             "image_id": int(info["id"]),
             "file_name": info["file_name"],
             "original_size": self.original_size(idx),
@@ -335,9 +358,13 @@ class CocoInstances(Dataset):
         """Look up every image file now; raise one :class:`DataError` listing the missing ones."""
         missing = self.missing_image_files()
         if missing:
-            raise DataError(f"{self.name}: {len(missing)} of {len(self)} image files not found under "
-                            f"{self._roots_text()}, e.g. {missing[:5]}")
+            raise DataError(
+                f"{self.name}: {len(missing)} of {len(self)} image files not found under "
+                f"{self._roots_text()}, e.g. {missing[:5]}"
+            )
 
     def __repr__(self) -> str:
-        return (f"CocoInstances(name={self.name!r}, images={len(self)}, instances={self.num_instances}, "
-                f"categories={len(self._file.categories)})")
+        return (
+            f"CocoInstances(name={self.name!r}, images={len(self)}, instances={self.num_instances}, "
+            f"categories={len(self._file.categories)})"
+        )

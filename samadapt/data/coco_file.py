@@ -36,6 +36,7 @@ from .skips import IssueLog
 
 __all__ = ["ParsedFile", "annotation_area", "ignore_predicate", "load_coco_json"]
 
+
 def load_coco_json(path: str | os.PathLike) -> dict:
     """Read a COCO annotation file and check its top-level structure.
 
@@ -56,15 +57,21 @@ def load_coco_json(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as e:
         raise DataError(f"annotation file {str(path)!r} is not UTF-8 text ({e}); is it really a COCO JSON file?") from e
     except json.JSONDecodeError as e:
-        raise DataError(f"annotation file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
-                        f"column {e.colno}. The file may be truncated; download it again") from e
+        raise DataError(
+            f"annotation file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
+            f"column {e.colno}. The file may be truncated; download it again"
+        ) from e
     if not isinstance(data, dict):
-        raise DataError(f"annotation file {str(path)!r} holds a JSON {type(data).__name__}, expected a COCO object "
-                        "with 'images', 'annotations' and 'categories'")
+        raise DataError(
+            f"annotation file {str(path)!r} holds a JSON {type(data).__name__}, expected a COCO object "
+            "with 'images', 'annotations' and 'categories'"
+        )
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise DataError(f"annotation file {str(path)!r} has no {key!r} key (it has {sorted(data)}); a COCO "
-                            "instance-segmentation file needs 'images', 'annotations' and 'categories'")
+            raise DataError(
+                f"annotation file {str(path)!r} has no {key!r} key (it has {sorted(data)}); a COCO "
+                "instance-segmentation file needs 'images', 'annotations' and 'categories'"
+            )
         if not isinstance(data[key], list):
             raise DataError(f"annotation file {str(path)!r}: {key!r} is a {type(data[key]).__name__}, expected a list")
     return data
@@ -147,8 +154,13 @@ def _clean_polygons(parts: list[np.ndarray], height: int, width: int) -> _Polygo
             out.dropped.append(("degenerate_polygon", _degenerate_detail(k, xs, ys)))
             continue
         if xs.max() <= 0 or ys.max() <= 0 or xs.min() >= width or ys.min() >= height:
-            out.dropped.append(("outside_image", f"part {k} spans x {xs.min():g}..{xs.max():g}, "
-                                                 f"y {ys.min():g}..{ys.max():g} in a {width}x{height} (WxH) image"))
+            out.dropped.append(
+                (
+                    "outside_image",
+                    f"part {k} spans x {xs.min():g}..{xs.max():g}, "
+                    f"y {ys.min():g}..{ys.max():g} in a {width}x{height} (WxH) image",
+                )
+            )
             continue
         if xs.min() < 0 or ys.min() < 0 or xs.max() > width or ys.max() > height:
             # The vertices are kept: moving them would move the polygon's edges inside the image too
@@ -207,8 +219,10 @@ class ParsedFile:
             self._check_image(k, img)
             if img["id"] in self.images:
                 first = self.images[img["id"]]["file_name"]
-                raise DataError(f"{source}: image id {img['id']} appears twice in 'images' ({first!r} and "
-                                f"{img['file_name']!r}); image ids must be unique")
+                raise DataError(
+                    f"{source}: image id {img['id']} appears twice in 'images' ({first!r} and "
+                    f"{img['file_name']!r}); image ids must be unique"
+                )
             self.images[img["id"]] = img
         self.all_categories: dict[int, str] = {}
         for k, cat in enumerate(data["categories"]):
@@ -230,8 +244,10 @@ class ParsedFile:
             raise DataError(f"{self.source}: images[{k}] is a {type(img).__name__}, expected an object")
         for key in ("id", "file_name", "height", "width"):
             if key not in img:
-                raise DataError(f"{self.source}: images[{k}] (id {img.get('id')!r}) has no {key!r}; every image needs "
-                                "'id', 'file_name', 'height' and 'width'")
+                raise DataError(
+                    f"{self.source}: images[{k}] (id {img.get('id')!r}) has no {key!r}; every image needs "
+                    "'id', 'file_name', 'height' and 'width'"
+                )
         if not isinstance(img["id"], int) or isinstance(img["id"], bool):
             raise DataError(f"{self.source}: images[{k}] has id {img['id']!r}; image ids must be integers")
         if not isinstance(img["file_name"], str) or not img["file_name"]:
@@ -239,23 +255,33 @@ class ParsedFile:
         for key in ("height", "width"):
             v = img[key]
             if not _is_number(v) or v != int(v) or v <= 0:
-                raise DataError(f"{self.source}: image {img['id']} ({img['file_name']!r}) has {key} {v!r}; "
-                                "expected a positive integer")
+                raise DataError(
+                    f"{self.source}: image {img['id']} ({img['file_name']!r}) has {key} {v!r}; "
+                    "expected a positive integer"
+                )
 
     def _parse_annotations(self, annotations: list) -> None:
         id_counts = Counter(_hashable_id(a) for a in annotations if isinstance(a, dict))
         seen_ids: set = set()
         for uid, ann in enumerate(annotations):
             if not isinstance(ann, dict):
-                self.issues.add("malformed", image_id=None, annotation_id=None,
-                                detail=f"annotations[{uid}] is a {type(ann).__name__}")
+                self.issues.add(
+                    "malformed",
+                    image_id=None,
+                    annotation_id=None,
+                    detail=f"annotations[{uid}] is a {type(ann).__name__}",
+                )
                 continue
             orig_id, image_id = _hashable_id(ann), ann.get("image_id")
             img = self.images.get(image_id) if isinstance(image_id, int) else None
             if orig_id is not None and id_counts[orig_id] > 1:
                 if orig_id in seen_ids:
-                    self.issues.add("duplicate_id", image_id=image_id if img else None, annotation_id=orig_id,
-                                    detail=f"annotations[{uid}] reuses it")
+                    self.issues.add(
+                        "duplicate_id",
+                        image_id=image_id if img else None,
+                        annotation_id=orig_id,
+                        detail=f"annotations[{uid}] reuses it",
+                    )
                 seen_ids.add(orig_id)
             cleaned = self._clean(uid, ann, img)
             if cleaned is not None:
@@ -266,12 +292,16 @@ class ParsedFile:
         orig_id, image_id, cat = _hashable_id(ann), ann.get("image_id"), ann.get("category_id")
 
         def skip(reason: str, detail: str = "") -> None:
-            self.issues.add(reason, image_id=image_id if img is not None else None, annotation_id=orig_id,
-                            detail=detail)
+            self.issues.add(
+                reason, image_id=image_id if img is not None else None, annotation_id=orig_id, detail=detail
+            )
 
         if not isinstance(image_id, int) or not _is_number(cat) or "segmentation" not in ann:
-            return skip("malformed", f"image_id={image_id!r}, category_id={cat!r}, "
-                                     f"segmentation {'present' if 'segmentation' in ann else 'missing'}")
+            return skip(
+                "malformed",
+                f"image_id={image_id!r}, category_id={cat!r}, "
+                f"segmentation {'present' if 'segmentation' in ann else 'missing'}",
+            )
         if img is None:
             return skip("unknown_image", f"image_id {image_id} is not in 'images'")
         if cat not in self.all_categories:
@@ -334,8 +364,7 @@ class ParsedFile:
                         anns.append(a2)
             anns.sort(key=lambda a: a["id"])
             coco = COCO()
-            coco.dataset = {"images": list(self.images.values()), "annotations": anns,
-                            "categories": self.category_info}
+            coco.dataset = {"images": list(self.images.values()), "annotations": anns, "categories": self.category_info}
             with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
                 coco.createIndex()
             self._coco = coco

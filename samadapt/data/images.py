@@ -100,5 +100,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             return to_rgb_array(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image file {str(path)!r}: {e}. Check that it is a complete image "
-                        "(JPEG, PNG, ...) and re-download it if it is truncated") from e
+        raise DataError(
+            f"cannot read image file {str(path)!r}: {e}. Check that it is a complete image "
+            "(JPEG, PNG, ...) and re-download it if it is truncated"
+        ) from e

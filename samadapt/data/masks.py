@@ -96,8 +96,8 @@ def rle_sampler(rle: dict) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         out = np.empty((len(rows), len(cols)), dtype=bool)
         step = max(1, _SAMPLE_CHUNK // max(len(rows), 1))
         for c0 in range(0, len(cols), step):
-            flat = cols[None, c0:c0 + step] * height + rows[:, None]
-            out[:, c0:c0 + step] = np.searchsorted(ends, flat, side="right") % 2 == 1
+            flat = cols[None, c0 : c0 + step] * height + rows[:, None]
+            out[:, c0 : c0 + step] = np.searchsorted(ends, flat, side="right") % 2 == 1
         return out
 
     return sample

@@ -29,8 +29,20 @@ from ..errors import ConfigError, DataError, UnknownNameError
 from .coco import CocoInstances
 from .coco_file import ignore_predicate as _ignore_predicate
 
-__all__ = ["DATASETS", "DATASET_CARDS", "DatasetCard", "get_dataset", "get_dataset_card", "taco", "zerowaste", "trashcan", "coco", "demo", "seeded_split",
-           "read_split_file"]
+__all__ = [
+    "DATASETS",
+    "DATASET_CARDS",
+    "DatasetCard",
+    "get_dataset",
+    "get_dataset_card",
+    "taco",
+    "zerowaste",
+    "trashcan",
+    "coco",
+    "demo",
+    "seeded_split",
+    "read_split_file",
+]
 
 
 def _root(root: str | os.PathLike, dataset: str, layout: str) -> Path:
@@ -49,8 +61,9 @@ def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
 # Splits
 
 
-def seeded_split(images: Iterable[tuple[int, str]], *, seed: int = 0, test_fraction: float = 0.2
-                 ) -> tuple[list[int], list[int]]:
+def seeded_split(
+    images: Iterable[tuple[int, str]], *, seed: int = 0, test_fraction: float = 0.2
+) -> tuple[list[int], list[int]]:
     """Split images into (train ids, test ids), deterministically and disjointly.
 
     Each image is ranked by ``sha1(f"{seed}/{file_name}")`` and the first ``round(test_fraction * n)``
@@ -90,8 +103,9 @@ def read_split_file(path: str | os.PathLike, split: str, images: dict[int, dict]
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"split file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
-                            f"column {e.colno}") from e
+            raise DataError(
+                f"split file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+            ) from e
         if isinstance(data, dict):
             if split in data:
                 entries = data[split]
@@ -126,33 +140,52 @@ def _match_entries(entries: list, images: dict[int, dict], path: Path) -> list[i
         else:
             unknown.append(e)
     if unknown:
-        raise DataError(f"split file {str(path)!r} names {len(unknown)} images not in the annotation file, e.g. "
-                        f"{unknown[:5]}; entries are file_names, file_names without extension, or image ids")
+        raise DataError(
+            f"split file {str(path)!r} names {len(unknown)} images not in the annotation file, e.g. "
+            f"{unknown[:5]}; entries are file_names, file_names without extension, or image ids"
+        )
     return list(dict.fromkeys(ids))
 
 
 # ---------------------------------------------------------------------------------------------
 # Presets
 
-TACO_LAYOUT = ("root/annotations.json with images root/batch_1/000006.jpg ... (root = TACO's data/ folder), "
-               "or root/data/annotations.json (root = the TACO repository)")
+TACO_LAYOUT = (
+    "root/annotations.json with images root/batch_1/000006.jpg ... (root = TACO's data/ folder), "
+    "or root/data/annotations.json (root = the TACO repository)"
+)
 
 
-def _taco_annotations(root: str | os.PathLike, split: str = "train", *, annotation_name: str = "annotations.json",
-                      split_file: str | os.PathLike | None = None, **_: object) -> Path:
+def _taco_annotations(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    annotation_name: str = "annotations.json",
+    split_file: str | os.PathLike | None = None,
+    **_: object,
+) -> Path:
     root = _root(root, "TACO", TACO_LAYOUT)
     if split_file is not None and not Path(split_file).is_file():
         raise DataError(f"split file {str(split_file)!r} does not exist")
     for folder in (root, root / "data"):
         if (folder / annotation_name).is_file():
             return folder / annotation_name
-    raise DataError(f"TACO annotations not found: neither {str(root / annotation_name)!r} nor "
-                    f"{str(root / 'data' / annotation_name)!r} exists. Expected layout: {TACO_LAYOUT}")
+    raise DataError(
+        f"TACO annotations not found: neither {str(root / annotation_name)!r} nor "
+        f"{str(root / 'data' / annotation_name)!r} exists. Expected layout: {TACO_LAYOUT}"
+    )
 
 
-def taco(root: str | os.PathLike, split: str = "train", *, split_file: str | os.PathLike | None = None,
-         seed: int = 0, test_fraction: float = 0.2, annotation_name: str = "annotations.json",
-         **kw) -> CocoInstances:
+def taco(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    split_file: str | os.PathLike | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    annotation_name: str = "annotations.json",
+    **kw,
+) -> CocoInstances:
     """TACO (Proença & Simões 2020). No official split: ``"train"`` / ``"test"`` are a seeded 80/20
     split by image (:func:`seeded_split`), or come from ``split_file`` (:func:`read_split_file`);
     ``"all"`` is every image.
@@ -175,14 +208,17 @@ def taco(root: str | os.PathLike, split: str = "train", *, split_file: str | os.
     if split_file is not None:
         ids = read_split_file(split_file, split, images)
     else:
-        train, test = seeded_split(((i, img["file_name"]) for i, img in images.items()), seed=seed,
-                                   test_fraction=test_fraction)
+        train, test = seeded_split(
+            ((i, img["file_name"]) for i, img in images.items()), seed=seed, test_fraction=test_fraction
+        )
         ids = train if split == "train" else test
     return ds.subset(ids, name=kw["name"])
 
 
-ZEROWASTE_LAYOUT = ("root/{train,val,test}/labels.json with frames root/<split>/data/*.PNG (root = "
-                    "splits_final_deblurred/ of zerowaste-f-final.zip, or the folder holding it)")
+ZEROWASTE_LAYOUT = (
+    "root/{train,val,test}/labels.json with frames root/<split>/data/*.PNG (root = "
+    "splits_final_deblurred/ of zerowaste-f-final.zip, or the folder holding it)"
+)
 
 
 def _zerowaste_annotations(root: str | os.PathLike, split: str = "train", **_: object) -> Path:
@@ -190,9 +226,11 @@ def _zerowaste_annotations(root: str | os.PathLike, split: str = "train", **_: o
     for base in (root, root / "splits_final_deblurred"):
         if (base / split / "labels.json").is_file():
             return base / split / "labels.json"
-    raise DataError(f"ZeroWaste {split} annotations not found: neither {str(root / split / 'labels.json')!r} nor "
-                    f"{str(root / 'splits_final_deblurred' / split / 'labels.json')!r} exists. "
-                    f"Expected layout: {ZEROWASTE_LAYOUT}")
+    raise DataError(
+        f"ZeroWaste {split} annotations not found: neither {str(root / split / 'labels.json')!r} nor "
+        f"{str(root / 'splits_final_deblurred' / split / 'labels.json')!r} exists. "
+        f"Expected layout: {ZEROWASTE_LAYOUT}"
+    )
 
 
 def zerowaste(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
@@ -203,12 +241,15 @@ def zerowaste(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstan
     return CocoInstances([base / split / "data", base / split], base / split / "labels.json", **kw)
 
 
-TRASHCAN_LAYOUT = ("root/{instance,material}_version/instances_{train,val}_trashcan.json with images "
-                   "root/<version>_version/{train,val}/*.jpg (root = TrashCan's dataset/ folder)")
+TRASHCAN_LAYOUT = (
+    "root/{instance,material}_version/instances_{train,val}_trashcan.json with images "
+    "root/<version>_version/{train,val}/*.jpg (root = TrashCan's dataset/ folder)"
+)
 
 
-def _trashcan_annotations(root: str | os.PathLike, split: str = "train", *, version: str = "instance",
-                          **_: object) -> Path:
+def _trashcan_annotations(
+    root: str | os.PathLike, split: str = "train", *, version: str = "instance", **_: object
+) -> Path:
     _check_choice(version, "version", ("instance", "material"))
     root = _root(root, "TrashCan", TRASHCAN_LAYOUT)
     file_split = "val" if split == "test" else split
@@ -217,14 +258,17 @@ def _trashcan_annotations(root: str | os.PathLike, split: str = "train", *, vers
         vdir = root  # root is the version folder itself
     ann = vdir / f"instances_{file_split}_trashcan.json"
     if not ann.is_file():
-        raise DataError(f"TrashCan {version} {file_split} annotations not found at {str(ann)!r}. "
-                        f"Expected layout: {TRASHCAN_LAYOUT}. `samadapt data import-trashcan` writes this layout "
-                        f"from TrashCan's original Supervise.ly data")
+        raise DataError(
+            f"TrashCan {version} {file_split} annotations not found at {str(ann)!r}. "
+            f"Expected layout: {TRASHCAN_LAYOUT}. `samadapt data import-trashcan` writes this layout "
+            f"from TrashCan's original Supervise.ly data"
+        )
     return ann
 
 
-def trashcan(root: str | os.PathLike, split: str = "train", *, version: str = "instance",
-             trash_only: bool = False, **kw) -> CocoInstances:
+def trashcan(
+    root: str | os.PathLike, split: str = "train", *, version: str = "instance", trash_only: bool = False, **kw
+) -> CocoInstances:
     """TrashCan 1.0 (Hong et al. 2020). No test split: ``"test"`` is the val split, as in the paper.
 
     Args:
@@ -241,8 +285,10 @@ def trashcan(root: str | os.PathLike, split: str = "train", *, version: str = "i
     kw.setdefault("name", f"trashcan-{version}/{split}")
     ds = CocoInstances([vdir / file_split, vdir], ann, **kw)
     if trash_only and not ds.categories:
-        raise DataError(f"{str(ann)!r}: trash_only=True but no category name starts with 'trash' (categories: "
-                        f"{sorted(ds._file.all_categories.values())})")
+        raise DataError(
+            f"{str(ann)!r}: trash_only=True but no category name starts with 'trash' (categories: "
+            f"{sorted(ds._file.all_categories.values())})"
+        )
     return ds
 
 
@@ -251,8 +297,10 @@ def coco(images_root: str | os.PathLike, annotation_file: str | os.PathLike, **k
     return CocoInstances(images_root, annotation_file, **kw)
 
 
-DEMO_LAYOUT = ("root/{train,val}/annotations.json with images root/<split>/images/*.jpg; create it with "
-               "samadapt.data.make_demo_dataset(root)")
+DEMO_LAYOUT = (
+    "root/{train,val}/annotations.json with images root/<split>/images/*.jpg; create it with "
+    "samadapt.data.make_demo_dataset(root)"
+)
 
 
 def _demo_annotations(root: str | os.PathLike, split: str = "train", **_: object) -> Path:
@@ -273,11 +321,14 @@ def demo(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
     return CocoInstances([root / file_split / "images", root / file_split], ann, **kw)
 
 
-def _coco_annotations(images_root: str | os.PathLike, annotation_file: str | os.PathLike, split: str = "train",
-                      **_: object) -> Path:
+def _coco_annotations(
+    images_root: str | os.PathLike, annotation_file: str | os.PathLike, split: str = "train", **_: object
+) -> Path:
     if not Path(images_root).expanduser().is_dir():
-        raise DataError(f"images folder {str(images_root)!r} is not a folder (--images-root: the folder the "
-                        f"file_name entries of the annotation file are relative to)")
+        raise DataError(
+            f"images folder {str(images_root)!r} is not a folder (--images-root: the folder the "
+            f"file_name entries of the annotation file are relative to)"
+        )
     if not Path(annotation_file).expanduser().is_file():
         raise DataError(f"annotation file {str(annotation_file)!r} does not exist")
     return Path(annotation_file)
@@ -317,8 +368,10 @@ class DatasetCard:
         """Check a split name, the options and that the files exist, reading no data; returns the
         annotation file."""
         if split not in self.splits:
-            raise ConfigError(f"{what} {split!r} is not a split of {self.name}; choose one of {list(self.splits)} "
-                              f"(its held-out split is {self.val_split!r})")
+            raise ConfigError(
+                f"{what} {split!r} is not a split of {self.name}; choose one of {list(self.splits)} "
+                f"(its held-out split is {self.val_split!r})"
+            )
         options = dict(options or {})
         unknown = sorted(set(options) - set(self.options))
         if unknown:
@@ -342,21 +395,71 @@ class DatasetCard:
 #: keyword options every preset passes on to :class:`CocoInstances`
 COCO_OPTIONS = ("strict", "missing_images", "empty_images", "ignore_categories", "name")
 
-DATASET_CARDS: dict[str, DatasetCard] = {c.name: c for c in (
-    DatasetCard("taco", taco, "TACO litter in the wild (no official split: seeded 80/20 by image)", TACO_LAYOUT,
-                ("train", "test", "all"), "train", "test", ("data_root",), _taco_annotations, ("train", "test")),
-    DatasetCard("zerowaste", zerowaste, "ZeroWaste-f conveyor-belt recycling, official train/val/test",
-                ZEROWASTE_LAYOUT, ("train", "val", "test"), "train", "val", ("data_root",), _zerowaste_annotations,
-                ("train", "val", "test")),
-    DatasetCard("trashcan", trashcan, "TrashCan 1.0 underwater debris, instance or material version (val = test)",
-                TRASHCAN_LAYOUT, ("train", "val", "test"), "train", "val", ("data_root",), _trashcan_annotations,
-                ("train", "val")),
-    DatasetCard("coco", coco, "any COCO instance-segmentation file (give the validation file separately)",
-                "--images-root IMAGES --annotation-file FILE.json", ("train", "val"), "train", "val",
-                ("images_root", "annotation_file"), _coco_annotations, ("train",)),
-    DatasetCard("demo", demo, "generated waste-domain demo scenes (samadapt.data.synthetic)", DEMO_LAYOUT,
-                ("train", "val", "test"), "train", "val", ("data_root",), _demo_annotations, ("train", "val")),
-)}
+DATASET_CARDS: dict[str, DatasetCard] = {
+    c.name: c
+    for c in (
+        DatasetCard(
+            "taco",
+            taco,
+            "TACO litter in the wild (no official split: seeded 80/20 by image)",
+            TACO_LAYOUT,
+            ("train", "test", "all"),
+            "train",
+            "test",
+            ("data_root",),
+            _taco_annotations,
+            ("train", "test"),
+        ),
+        DatasetCard(
+            "zerowaste",
+            zerowaste,
+            "ZeroWaste-f conveyor-belt recycling, official train/val/test",
+            ZEROWASTE_LAYOUT,
+            ("train", "val", "test"),
+            "train",
+            "val",
+            ("data_root",),
+            _zerowaste_annotations,
+            ("train", "val", "test"),
+        ),
+        DatasetCard(
+            "trashcan",
+            trashcan,
+            "TrashCan 1.0 underwater debris, instance or material version (val = test)",
+            TRASHCAN_LAYOUT,
+            ("train", "val", "test"),
+            "train",
+            "val",
+            ("data_root",),
+            _trashcan_annotations,
+            ("train", "val"),
+        ),
+        DatasetCard(
+            "coco",
+            coco,
+            "any COCO instance-segmentation file (give the validation file separately)",
+            "--images-root IMAGES --annotation-file FILE.json",
+            ("train", "val"),
+            "train",
+            "val",
+            ("images_root", "annotation_file"),
+            _coco_annotations,
+            ("train",),
+        ),
+        DatasetCard(
+            "demo",
+            demo,
+            "generated waste-domain demo scenes (samadapt.data.synthetic)",
+            DEMO_LAYOUT,
+            ("train", "val", "test"),
+            "train",
+            "val",
+            ("data_root",),
+            _demo_annotations,
+            ("train", "val"),
+        ),
+    )
+}
 
 #: name -> loader, for ``get_dataset``
 DATASETS: dict[str, Callable[..., CocoInstances]] = {name: c.loader for name, c in DATASET_CARDS.items()}

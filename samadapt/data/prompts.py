@@ -24,8 +24,19 @@ import numpy as np
 from ..errors import ConfigError
 from ..options import check_keys
 
-__all__ = ["POINT_KINDS", "PromptConfig", "as_generator", "boxes_from_masks", "center_points", "distance_to_background",
-           "extreme_points", "jitter_boxes", "loosen_boxes", "make_prompts", "sample_points"]
+__all__ = [
+    "POINT_KINDS",
+    "PromptConfig",
+    "as_generator",
+    "boxes_from_masks",
+    "center_points",
+    "distance_to_background",
+    "extreme_points",
+    "jitter_boxes",
+    "loosen_boxes",
+    "make_prompts",
+    "sample_points",
+]
 
 #: label of a padding point, ignored by SAM's prompt encoder
 PAD_LABEL = -1
@@ -81,8 +92,14 @@ def _sides(boxes: np.ndarray) -> np.ndarray:
     return np.abs(wh[:, [0, 1, 0, 1]])
 
 
-def jitter_boxes(boxes: np.ndarray, generator: np.random.Generator | int | None, *, std_ratio: float = 0.1,
-                 max_px: float = 20.0, image_hw: tuple[int, int]) -> np.ndarray:
+def jitter_boxes(
+    boxes: np.ndarray,
+    generator: np.random.Generator | int | None,
+    *,
+    std_ratio: float = 0.1,
+    max_px: float = 20.0,
+    image_hw: tuple[int, int],
+) -> np.ndarray:
     """SAM's training noise on box prompts.
 
     Each coordinate moves by a gaussian offset whose standard deviation is ``std_ratio`` times the box
@@ -144,11 +161,16 @@ def center_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(ys):
             continue
         y0, x0 = ys.min(), xs.min()
-        core = np.pad(masks[i, y0:ys.max() + 1, x0:xs.max() + 1], 1)  # cropped, with a background border
+        core = np.pad(masks[i, y0 : ys.max() + 1, x0 : xs.max() + 1], 1)  # cropped, with a background border
         while True:  # erode until nothing would be left: what remains is the most interior ring
             eroded = core.copy()
-            eroded[1:-1, 1:-1] = np.logical_and.reduce([core[1 + dy:core.shape[0] - 1 + dy, 1 + dx:core.shape[1] - 1 + dx]
-                                                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+            eroded[1:-1, 1:-1] = np.logical_and.reduce(
+                [
+                    core[1 + dy : core.shape[0] - 1 + dy, 1 + dx : core.shape[1] - 1 + dx]
+                    for dy in (-1, 0, 1)
+                    for dx in (-1, 0, 1)
+                ]
+            )
             eroded[[0, -1], :] = False
             eroded[:, [0, -1]] = False
             if not eroded.any():
@@ -182,9 +204,9 @@ def distance_to_background(mask: np.ndarray) -> np.ndarray:
     return dist
 
 
-def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
-                  generator: np.random.Generator | int | None, *, interior: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def sample_points(
+    masks: np.ndarray, n_pos: int, n_neg: int, generator: np.random.Generator | int | None, *, interior: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Click prompts for each mask: ``n_pos`` inside it, then ``n_neg`` outside it.
 
     Positives are uniform over the mask's pixels (SAM's training clicks); with ``interior`` their
@@ -233,7 +255,7 @@ def sample_points(masks: np.ndarray, n_pos: int, n_neg: int,
                 labels[i, :n_pos] = 1
         if n_neg:
             x1, y1, x2, y2 = boxes[i]
-            crop = ~m[y1:y2 + 1, x1:x2 + 1]
+            crop = ~m[y1 : y2 + 1, x1 : x2 + 1]
             cw = x2 - x1 + 1
             outside = np.flatnonzero(crop)
             if len(outside) and m.any():
@@ -282,8 +304,18 @@ def extreme_points(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return int(np.sort(values)[(len(values) - 1) // 2])
 
         left, right, top, bottom = xs.min(), xs.max(), ys.min(), ys.max()
-        coords[i] = np.array([[left, middle(ys[xs == left])], [right, middle(ys[xs == right])],
-                              [middle(xs[ys == top]), top], [middle(xs[ys == bottom]), bottom]], np.float32) + 0.5
+        coords[i] = (
+            np.array(
+                [
+                    [left, middle(ys[xs == left])],
+                    [right, middle(ys[xs == right])],
+                    [middle(xs[ys == top]), top],
+                    [middle(xs[ys == bottom]), bottom],
+                ],
+                np.float32,
+            )
+            + 0.5
+        )
         labels[i] = 1
     return coords, labels
 
@@ -333,11 +365,14 @@ class PromptConfig:
         if self.points not in POINT_KINDS:
             raise ConfigError(f"PromptConfig.points is {self.points!r}; choose one of {list(POINT_KINDS)}")
         if self.points != "sampled" and (self.num_points or self.num_negative_points):
-            raise ConfigError(f"PromptConfig(points={self.points!r}) places its own clicks; leave num_points and "
-                              f"num_negative_points at 0 (got {self.num_points} and {self.num_negative_points})")
+            raise ConfigError(
+                f"PromptConfig(points={self.points!r}) places its own clicks; leave num_points and "
+                f"num_negative_points at 0 (got {self.num_points} and {self.num_negative_points})"
+            )
         if not self.use_boxes and self.points_per_instance == 0:
-            raise ConfigError("PromptConfig has no prompt: use_boxes=False and num_points=0; set use_boxes=True "
-                              "or num_points >= 1")
+            raise ConfigError(
+                "PromptConfig has no prompt: use_boxes=False and num_points=0; set use_boxes=True or num_points >= 1"
+            )
 
     @property
     def points_per_instance(self) -> int:
@@ -353,9 +388,14 @@ class PromptConfig:
         return cls(**d)
 
 
-def make_prompts(masks: np.ndarray | Callable[[], np.ndarray], config: PromptConfig,
-                 generator: np.random.Generator | int | None, *, boxes: np.ndarray | None = None,
-                 image_hw: tuple[int, int] | None = None) -> dict[str, np.ndarray | None]:
+def make_prompts(
+    masks: np.ndarray | Callable[[], np.ndarray],
+    config: PromptConfig,
+    generator: np.random.Generator | int | None,
+    *,
+    boxes: np.ndarray | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray | None]:
     """The prompts of some instances as ``config`` says: the one prompt builder of training
     (:class:`~samadapt.data.sam_dataset.SamPromptDataset`, one instance at a time) and evaluation
     (:func:`~samadapt.evaluation.evaluate.evaluate_records`, one image at a time).
@@ -406,6 +446,7 @@ def make_prompts(masks: np.ndarray | Callable[[], np.ndarray], config: PromptCon
     elif config.points == "extreme":
         coords, labels = extreme_points(get_masks())
     elif config.points_per_instance:
-        coords, labels = sample_points(get_masks(), config.num_points, config.num_negative_points, rng,
-                                       interior=config.interior_points)
+        coords, labels = sample_points(
+            get_masks(), config.num_points, config.num_negative_points, rng, interior=config.interior_points
+        )
     return {"boxes": box if config.use_boxes else None, "points": coords, "labels": labels}

@@ -70,9 +70,17 @@ class SamPromptDataset(Dataset):
         ``original_size``: int64 (2,) (H, W); ``input_size``: int64 (2,) (h, w) after resizing.
     """
 
-    def __init__(self, instances: CocoInstances, transform: SamTransform, prompts: PromptConfig, *,
-                 max_instances: int | None = 16, seed: int = 0, load_image: bool = True,
-                 image_keys: bool | None = None) -> None:
+    def __init__(
+        self,
+        instances: CocoInstances,
+        transform: SamTransform,
+        prompts: PromptConfig,
+        *,
+        max_instances: int | None = 16,
+        seed: int = 0,
+        load_image: bool = True,
+        image_keys: bool | None = None,
+    ) -> None:
         if max_instances is not None and (not isinstance(max_instances, int) or max_instances < 1):
             raise ConfigError(f"max_instances must be a positive integer or None, got {max_instances!r}")
         if not isinstance(prompts, PromptConfig):
@@ -197,8 +205,9 @@ def check_dataset(dataset: SamPromptDataset, n: int = 2) -> None:
     """
     if len(dataset) == 0:
         name = getattr(getattr(dataset, "instances", None), "name", "dataset")
-        raise DataError(f"{name} has no images: check the dataset root, the split, and the missing_images / "
-                        "empty_images options")
+        raise DataError(
+            f"{name} has no images: check the dataset root, the split, and the missing_images / empty_images options"
+        )
     s = dataset.transform.image_size
     for index in sorted({round(k * (len(dataset) - 1) / max(n - 1, 1)) for k in range(n)}):
         info = dataset.instances.image_info(index)
@@ -215,8 +224,9 @@ def check_dataset(dataset: SamPromptDataset, n: int = 2) -> None:
             problems.append(f"image shape {tuple(sample['image'].shape)} != (3, {s}, {s})")
         if tuple(sample["gt_masks"].shape[1:]) != (s // 4, s // 4):
             problems.append(f"gt_masks shape {tuple(sample['gt_masks'].shape)}")
-        if sample["boxes"] is not None and (sample["boxes"].shape != (n_inst, 4)
-                                            or not torch.isfinite(sample["boxes"]).all()):
+        if sample["boxes"] is not None and (
+            sample["boxes"].shape != (n_inst, 4) or not torch.isfinite(sample["boxes"]).all()
+        ):
             problems.append(f"boxes {tuple(sample['boxes'].shape)} not ({n_inst}, 4) or not finite")
         if "image" in sample and not torch.isfinite(sample["image"]).all():
             problems.append("image has non-finite values")

@@ -29,10 +29,15 @@ REASONS: dict[str, tuple[str, str]] = {
     "malformed": (DROPPED, "annotation lacks image_id, category_id or segmentation, or they have the wrong type"),
     "bad_segmentation": (DROPPED, "segmentation is neither polygons nor RLE, or the RLE is invalid"),
     "rle_size_mismatch": (DROPPED, "RLE size differs from the image's height/width"),
-    "empty_segmentation": (DROPPED, "no usable polygon left (empty list, or every part degenerate or outside "
-                                    "the image)"),
-    "degenerate_polygon": (DROPPED, "polygon part with fewer than 3 distinct points or zero area (counted per part; "
-                                    "the annotation is kept when other parts remain)"),
+    "empty_segmentation": (
+        DROPPED,
+        "no usable polygon left (empty list, or every part degenerate or outside the image)",
+    ),
+    "degenerate_polygon": (
+        DROPPED,
+        "polygon part with fewer than 3 distinct points or zero area (counted per part; "
+        "the annotation is kept when other parts remain)",
+    ),
     "outside_image": (DROPPED, "polygon part entirely outside the image (counted per part)"),
     "unknown_image": (DROPPED, "image_id is not in the file's images"),
     "unknown_category": (DROPPED, "category_id is not in the file's categories"),
@@ -95,8 +100,15 @@ class IssueLog:
         self._logged_at_load = False
         self._logged_late = False
 
-    def add(self, reason: str, *, image_id: int | None, annotation_id: int | None, detail: str = "",
-            key: Hashable | None = None) -> bool:
+    def add(
+        self,
+        reason: str,
+        *,
+        image_id: int | None,
+        annotation_id: int | None,
+        detail: str = "",
+        key: Hashable | None = None,
+    ) -> bool:
         """Record one issue; returns False if ``key`` was recorded before (nothing is added)."""
         if reason not in REASONS:
             raise ValueError(f"unknown issue reason {reason!r}")  # internal invariant
@@ -106,13 +118,19 @@ class IssueLog:
             self._seen.add(key)
         issue = Issue(reason, image_id, annotation_id, detail)
         if self.strict and issue.kind != FILTERED:
-            raise DataError(f"{self.source}: {issue.describe()}. Fix the annotation file, or pass strict=False "
-                            "to skip or repair such annotations (they are counted in dataset.skips)")
+            raise DataError(
+                f"{self.source}: {issue.describe()}. Fix the annotation file, or pass strict=False "
+                "to skip or repair such annotations (they are counted in dataset.skips)"
+            )
         self._issues.append(issue)
         if self._logged_at_load and not self._logged_late and issue.kind != FILTERED:
             self._logged_late = True
-            logger.warning("%s: %s. Later problems found while decoding are counted (`samadapt data summary`; "
-                           "in Python: dataset.skips) without being logged.", self.source, issue.describe())
+            logger.warning(
+                "%s: %s. Later problems found while decoding are counted (`samadapt data summary`; "
+                "in Python: dataset.skips) without being logged.",
+                self.source,
+                issue.describe(),
+            )
         return True
 
     def issues(self, image_ids: set[int] | None = None) -> list[Issue]:
@@ -144,15 +162,18 @@ class IssueLog:
         problems = [i for i in self._issues if i.kind != FILTERED]
         filtered = Counter(i.reason for i in self._issues if i.kind == FILTERED)
         if filtered:
-            logger.info("%s: not used as instances: %s", self.source,
-                        ", ".join(f"{r}={c}" for r, c in filtered.items()))
+            logger.info(
+                "%s: not used as instances: %s", self.source, ", ".join(f"{r}={c}" for r, c in filtered.items())
+            )
         if not problems:
             return
         counts = Counter(i.reason for i in problems)
         lines = [f"  {i.describe()}" for i in _first(problems, n_examples)]
-        report = (f"{self.source}: skipped or repaired: {', '.join(f'{r}={c}' for r, c in counts.items())} "
-                  f"(`samadapt data summary` counts them by split; in Python: dataset.skips). "
-                  f"First {len(lines)}:\n" + "\n".join(lines))
+        report = (
+            f"{self.source}: skipped or repaired: {', '.join(f'{r}={c}' for r, c in counts.items())} "
+            f"(`samadapt data summary` counts them by split; in Python: dataset.skips). "
+            f"First {len(lines)}:\n" + "\n".join(lines)
+        )
         # train and validation splits read from one file (TACO, coco) find the same problems: say it once
         if report not in IssueLog._reported:
             IssueLog._reported.add(report)

@@ -76,8 +76,14 @@ def _summarize_one(dataset: Any) -> dict:
 
 def _image_files(ds: CocoInstances) -> dict:
     missing = ds.missing_image_files()
-    return {"image_files": {"found": len(ds) - len(missing), "missing": len(missing), "first_missing": missing[:5],
-                            "images_root": " or ".join(repr(str(r)) for r in ds.images_roots)}}
+    return {
+        "image_files": {
+            "found": len(ds) - len(missing),
+            "missing": len(missing),
+            "first_missing": missing[:5],
+            "images_root": " or ".join(repr(str(r)) for r in ds.images_roots),
+        }
+    }
 
 
 def summarize(dataset: Any | Mapping[str, Any]) -> dict:
@@ -92,8 +98,11 @@ def summarize(dataset: Any | Mapping[str, Any]) -> dict:
     """
     if isinstance(dataset, Mapping):
         splits = {k: _summarize_one(v) for k, v in dataset.items()}
-        return {"splits": splits, "images": sum(s["images"] for s in splits.values()),
-                "instances": sum(s["instances"] for s in splits.values())}
+        return {
+            "splits": splits,
+            "images": sum(s["images"] for s in splits.values()),
+            "instances": sum(s["instances"] for s in splits.values()),
+        }
     return _summarize_one(dataset)
 
 
@@ -106,7 +115,8 @@ def _format_one(s: dict, indent: str = "") -> list[str]:
         *_format_files(s["image_files"], indent),
         f"{indent}  instances: {s['instances']} (per image: mean {ipi['mean']}, median {ipi['median']}, "
         f"max {ipi['max']}); crowd regions: {s['crowd_regions']}",
-        f"{indent}  object areas: " + ", ".join(f"{k} {v}" for k, v in s["areas"].items())
+        f"{indent}  object areas: "
+        + ", ".join(f"{k} {v}" for k, v in s["areas"].items())
         + f"  (small < {AREA_SMALL} px^2 <= medium < {AREA_MEDIUM} px^2 <= large)",
         f"{indent}  image sizes: H {sz['height'][0]}..{sz['height'][1]}, W {sz['width'][0]}..{sz['width'][1]}; "
         "most common " + ", ".join(f"{h}x{w} ({n})" for h, w, n in sz["most_common"]),
@@ -124,8 +134,10 @@ def _format_one(s: dict, indent: str = "") -> list[str]:
 def _format_files(f: dict, indent: str) -> list[str]:
     if not f["missing"]:
         return [f"{indent}  image files: all {f['found']} found"]
-    return [f"{indent}  image files: {f['missing']} of {f['found'] + f['missing']} MISSING under {f['images_root']}, "
-            f"e.g. {', '.join(f['first_missing'])}"]
+    return [
+        f"{indent}  image files: {f['missing']} of {f['found'] + f['missing']} MISSING under {f['images_root']}, "
+        f"e.g. {', '.join(f['first_missing'])}"
+    ]
 
 
 def format_summary(summary: dict) -> str:

@@ -31,44 +31,84 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     from ..data.presets import DATASET_CARDS
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="demo", choices=sorted(DATASET_CARDS),
-                      help="dataset preset, or coco for any COCO file (default: demo)")
+    data.add_argument(
+        "--dataset",
+        default="demo",
+        choices=sorted(DATASET_CARDS),
+        help="dataset preset, or coco for any COCO file (default: demo)",
+    )
     data.add_argument("--data-root", help="folder holding the dataset (demo: default SAMADAPT_HOME/data/demo-waste)")
-    data.add_argument("--split", default="test",
-                      help="split of the preset (default test: TACO's seeded test, ZeroWaste-f's test, "
-                           "TrashCan's and demo's val)")
+    data.add_argument(
+        "--split",
+        default="test",
+        help="split of the preset (default test: TACO's seeded test, ZeroWaste-f's test, TrashCan's and demo's val)",
+    )
     data.add_argument("--images-root", help="dataset coco: the images folder")
     data.add_argument("--annotation-file", help="dataset coco: the COCO annotation file")
-    data.add_argument("--dataset-options", type=json.loads, default=None, metavar="JSON",
-                      help='options of the preset, e.g. \'{"version": "material"}\' for trashcan')
-    data.add_argument("--demo-train-images", type=int, default=None,
-                      help="demo: regenerate the demo data with this many training images (as training did)")
-    data.add_argument("--demo-val-images", type=int, default=None,
-                      help="demo: regenerate the demo data with this many validation images (as training did)")
+    data.add_argument(
+        "--dataset-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='options of the preset, e.g. \'{"version": "material"}\' for trashcan',
+    )
+    data.add_argument(
+        "--demo-train-images",
+        type=int,
+        default=None,
+        help="demo: regenerate the demo data with this many training images (as training did)",
+    )
+    data.add_argument(
+        "--demo-val-images",
+        type=int,
+        default=None,
+        help="demo: regenerate the demo data with this many validation images (as training did)",
+    )
 
     models = parser.add_argument_group("models")
-    models.add_argument("--adapter", action="append", default=[], metavar="NAME_OR_PATH",
-                        help="a named adapter (demo-mini, taco-vith-lora) or an adapter file; repeat for several")
-    models.add_argument("--model", default=None,
-                        help="model type of the zero-shot baseline (default: the first adapter's, else mini)")
-    models.add_argument("--checkpoint", default=None,
-                        help="base SAM checkpoint, for the zero-shot baseline and the adapters (default: the "
-                             "adapters' recorded base, the built-in mini weights, or the official file in "
-                             "SAMADAPT_HOME/checkpoints)")
-    models.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=True,
-                        help="also evaluate the un-tuned base (default: yes)")
+    models.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME_OR_PATH",
+        help="a named adapter (demo-mini, taco-vith-lora) or an adapter file; repeat for several",
+    )
+    models.add_argument(
+        "--model", default=None, help="model type of the zero-shot baseline (default: the first adapter's, else mini)"
+    )
+    models.add_argument(
+        "--checkpoint",
+        default=None,
+        help="base SAM checkpoint, for the zero-shot baseline and the adapters (default: the "
+        "adapters' recorded base, the built-in mini weights, or the official file in "
+        "SAMADAPT_HOME/checkpoints)",
+    )
+    models.add_argument(
+        "--zero-shot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate the un-tuned base (default: yes)",
+    )
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
-    groups = {"data": data, "prompts": parser.add_argument_group("prompts"), "output": parser.add_argument_group("output")}
+    groups = {
+        "data": data,
+        "prompts": parser.add_argument_group("prompts"),
+        "output": parser.add_argument_group("output"),
+    }
     hints = typing.get_type_hints(EvalConfig)
     for f in dataclasses.fields(EvalConfig):
         if not f.metadata.get("hidden"):
-            _add_option(groups[_GROUPS.get(f.name, "prompts")], "--" + f.name.replace("_", "-"), f, hints[f.name],
-                        f.name)
+            _add_option(
+                groups[_GROUPS.get(f.name, "prompts")], "--" + f.name.replace("_", "-"), f, hints[f.name], f.name
+            )
 
     out = groups["output"]
-    out.add_argument("--out", default=None, help="folder for metrics.json, metrics.md, examples.png "
-                                                  "(default: outputs/eval-<dataset>)")
+    out.add_argument(
+        "--out",
+        default=None,
+        help="folder for metrics.json, metrics.md, examples.png (default: outputs/eval-<dataset>)",
+    )
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
@@ -123,22 +163,32 @@ def run_eval(args: argparse.Namespace) -> int:
     # check every adapter name before the (slow) dataset and models
     paths = [resolve_adapter(a) for a in args.adapter]
     metas = [read_adapter_metadata(p) for p in paths]
-    dataset = load_eval_dataset(args.dataset, data_root=args.data_root, split=args.split, images_root=args.images_root,
-                                annotation_file=args.annotation_file, dataset_options=args.dataset_options,
-                                demo_train_images=args.demo_train_images, demo_val_images=args.demo_val_images,
-                                progress=args.progress)
+    dataset = load_eval_dataset(
+        args.dataset,
+        data_root=args.data_root,
+        split=args.split,
+        images_root=args.images_root,
+        annotation_file=args.annotation_file,
+        dataset_options=args.dataset_options,
+        demo_train_images=args.demo_train_images,
+        demo_val_images=args.demo_val_images,
+        progress=args.progress,
+    )
     dataset.verify_images()  # seconds, before the models: names the missing files
     if dataset.num_instances == 0:
-        raise DataError(f"{dataset.name}: {len(dataset)} images but no instance to evaluate (skips: "
-                        f"{dataset.skips or 'none'}); check --split and the annotation file")
+        raise DataError(
+            f"{dataset.name}: {len(dataset)} images but no instance to evaluate (skips: "
+            f"{dataset.skips or 'none'}); check --split and the annotation file"
+        )
 
     models = {}
     taken: set[str] = {ZERO_SHOT_LABEL}
     if args.zero_shot:
         model_type = args.model or (metas[0]["model_type"] if metas else "mini")
         same_base = bool(metas) and metas[0]["model_type"] == model_type
-        models[ZERO_SHOT_LABEL] = zero_shot_model(model_type, args.checkpoint,
-                                                  base_id=metas[0]["base_id"] if same_base else None, device=device)
+        models[ZERO_SHOT_LABEL] = zero_shot_model(
+            model_type, args.checkpoint, base_id=metas[0]["base_id"] if same_base else None, device=device
+        )
     for name, path in zip(args.adapter, paths):
         models[_label(name, taken)] = load(path, checkpoint=args.checkpoint, device=device)
 

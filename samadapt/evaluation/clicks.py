@@ -36,8 +36,15 @@ import torch
 from ..errors import ConfigError
 from .metrics import instance_metrics
 
-__all__ = ["NOC_THRESHOLDS", "ClickRecords", "click_summary", "evaluate_clicks", "first_click", "next_click",
-           "number_of_clicks"]
+__all__ = [
+    "NOC_THRESHOLDS",
+    "ClickRecords",
+    "click_summary",
+    "evaluate_clicks",
+    "first_click",
+    "next_click",
+    "number_of_clicks",
+]
 
 #: the IoU targets of the NoC metrics (RITM and SAM report NoC@85 and NoC@90)
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -51,7 +58,7 @@ def _interior_point(region: np.ndarray) -> tuple[int, int]:
 
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     r0, c0 = rows[0], cols[0]  # on the bounding box only: a small object in a large photo stays cheap
-    dist = distance_to_background(region[r0:rows[-1] + 1, c0:cols[-1] + 1])
+    dist = distance_to_background(region[r0 : rows[-1] + 1, c0 : cols[-1] + 1])
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(r0 + r), int(c0 + c)
 
@@ -161,8 +168,12 @@ class ClickRecords:
         parts = list(parts)
         if not parts or len({p.iou.shape[1] for p in parts}) != 1:
             raise ConfigError("merge needs at least one ClickRecords, all with the same number of clicks")
-        return cls(np.concatenate([p.iou for p in parts]), np.concatenate([p.image_ids for p in parts]),
-                   np.concatenate([p.category_ids for p in parts]), [im for p in parts for im in p.images])
+        return cls(
+            np.concatenate([p.iou for p in parts]),
+            np.concatenate([p.image_ids for p in parts]),
+            np.concatenate([p.category_ids for p in parts]),
+            [im for p in parts for im in p.images],
+        )
 
     def after(self, clicks: int):
         """The IoUs after ``clicks`` clicks as :class:`~samadapt.evaluation.evaluate.EvalRecords`
@@ -171,14 +182,22 @@ class ClickRecords:
 
         if not 1 <= clicks <= self.iou.shape[1]:
             raise ConfigError(f"clicks must be in 1..{self.iou.shape[1]}, got {clicks!r}")
-        return EvalRecords(iou=self.iou[:, clicks - 1].copy(), category_ids=self.category_ids,
-                           image_ids=self.image_ids, images=[dict(im) for im in self.images])
+        return EvalRecords(
+            iou=self.iou[:, clicks - 1].copy(),
+            category_ids=self.category_ids,
+            image_ids=self.image_ids,
+            images=[dict(im) for im in self.images],
+        )
 
     def metrics(self) -> dict[str, Any]:
         """What ``metrics.json`` holds per model: ``prompt``, counts and ``clicks`` (:func:`click_summary`)."""
         summary = click_summary(self.iou)
-        return {"prompt": "clicks", "num_images": self.num_images, "num_instances": summary.pop("num_instances"),
-                "clicks": summary}
+        return {
+            "prompt": "clicks",
+            "num_images": self.num_images,
+            "num_instances": summary.pop("num_instances"),
+            "clicks": summary,
+        }
 
 
 # ---------------------------------------------------------------------------- the protocol
@@ -210,9 +229,14 @@ def _predict_rounds(model, emb: torch.Tensor, gt: np.ndarray, max_clicks: int, m
             lab[i, 0] = int(positive)
         coords, labels = np.concatenate([coords, new], 1), np.concatenate([labels, lab], 1)
         multimask = k == 0
-        out = model.decode(emb, None, [tf.apply_points(coords, (h, w)).to(device)],
-                           [torch.from_numpy(labels).to(device)], multimask=multimask,
-                           mask_inputs=[prev.to(emb.dtype)] if (mask_prompt and prev is not None) else None)
+        out = model.decode(
+            emb,
+            None,
+            [tf.apply_points(coords, (h, w)).to(device)],
+            [torch.from_numpy(labels).to(device)],
+            multimask=multimask,
+            mask_inputs=[prev.to(emb.dtype)] if (mask_prompt and prev is not None) else None,
+        )
         logits, scores = out.low_res_logits.float(), out.iou_predictions.float()
         if multimask:  # the most confident of the three
             logits = logits[torch.arange(n, device=device), scores.argmax(dim=1)][:, None]
@@ -274,8 +298,9 @@ def evaluate_clicks(
                 gt = np.asarray(sample["masks"], dtype=bool)
                 image = np.asarray(sample["image"])
                 if gt.ndim != 3 or gt.shape[1:] != image.shape[:2]:
-                    raise ConfigError(f"dataset[{index}]: masks of shape {gt.shape} do not match the image "
-                                      f"{image.shape[:2]}")
+                    raise ConfigError(
+                        f"dataset[{index}]: masks of shape {gt.shape} do not match the image {image.shape[:2]}"
+                    )
                 images.append({"id": int(sample["image_id"]), "num_instances": int(gt.shape[0])})
                 if gt.shape[0] == 0:
                     continue
@@ -285,7 +310,7 @@ def evaluate_clicks(
                     emb = model.encode(model.transform.preprocess_image(image)[None].to(model.device, dtype))
                 per_chunk = max(1, max_mask_pixels // int(np.prod(gt.shape[1:])))
                 for s in range(0, gt.shape[0], per_chunk):
-                    ious.append(_predict_rounds(model, emb, gt[s:s + per_chunk], max_clicks, mask_prompt))
+                    ious.append(_predict_rounds(model, emb, gt[s : s + per_chunk], max_clicks, mask_prompt))
                 image_ids.append(np.full(gt.shape[0], int(sample["image_id"]), dtype=np.int64))
                 category_ids.append(np.asarray(sample["category_ids"], dtype=np.int64).reshape(-1))
     finally:

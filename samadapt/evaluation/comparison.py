@@ -26,8 +26,16 @@ from ..files import atomic_write_text
 from .evaluate import EvalRecords, evaluate_records, summarize_records
 from .uncertainty import Interval, bootstrap_interval, t_interval
 
-__all__ = ["PROMPT_KINDS", "box_fill_baseline", "choose_frames", "compare_records", "evaluate_prompts", "image_embeddings",
-           "intervals_to_json", "write_trashcan_subset"]
+__all__ = [
+    "PROMPT_KINDS",
+    "box_fill_baseline",
+    "choose_frames",
+    "compare_records",
+    "evaluate_prompts",
+    "image_embeddings",
+    "intervals_to_json",
+    "write_trashcan_subset",
+]
 
 #: prompt robustness: label -> evaluate_records options. Tight box (the paper's protocol), SAM's box
 #: noise, a box 20% looser on each side (the Sama study's loose boxes), one click at the centre.
@@ -39,8 +47,9 @@ PROMPT_KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def choose_frames(train_ids: Sequence[int], test_ids: Sequence[int], *, n_select: int, n_train: int, n_test: int,
-                  seed: int = 0) -> dict[str, list[int]]:
+def choose_frames(
+    train_ids: Sequence[int], test_ids: Sequence[int], *, n_select: int, n_train: int, n_test: int, seed: int = 0
+) -> dict[str, list[int]]:
     """Seeded, disjoint frame choices: ``select`` (best-epoch selection) and ``train`` from the
     official training frames, ``test`` from the official held-out frames. Each list is a prefix of
     one seeded permutation, so a smaller ``n_train`` gives a subset of a larger one (the shares of
@@ -50,23 +59,32 @@ def choose_frames(train_ids: Sequence[int], test_ids: Sequence[int], *, n_select
         ConfigError: more frames asked for than there are.
     """
     if n_select + n_train > len(train_ids) or n_test > len(test_ids) or min(n_select, n_train, n_test) < 1:
-        raise ConfigError(f"asked for {n_select} selection + {n_train} training frames of {len(train_ids)} and "
-                          f"{n_test} test frames of {len(test_ids)}; each must be >= 1 and fit")
+        raise ConfigError(
+            f"asked for {n_select} selection + {n_train} training frames of {len(train_ids)} and "
+            f"{n_test} test frames of {len(test_ids)}; each must be >= 1 and fit"
+        )
     rng = np.random.default_rng(seed)
     train = [int(i) for i in rng.permutation(np.asarray(train_ids))]
     test = [int(i) for i in rng.permutation(np.asarray(test_ids))]
-    return {"select": sorted(train[:n_select]), "train": train[n_select:n_select + n_train],
-            "test": sorted(test[:n_test])}
+    return {
+        "select": sorted(train[:n_select]),
+        "train": train[n_select : n_select + n_train],
+        "test": sorted(test[:n_test]),
+    }
 
 
 def _subset_coco(data: dict, ids: Sequence[int]) -> dict:
     keep = set(int(i) for i in ids)
-    return {**data, "images": [im for im in data["images"] if im["id"] in keep],
-            "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    return {
+        **data,
+        "images": [im for im in data["images"] if im["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+    }
 
 
-def write_trashcan_subset(root: str | os.PathLike, version: str, train_ids: Sequence[int],
-                          select_ids: Sequence[int], dst: str | os.PathLike) -> Path:
+def write_trashcan_subset(
+    root: str | os.PathLike, version: str, train_ids: Sequence[int], select_ids: Sequence[int], dst: str | os.PathLike
+) -> Path:
     """A folder in TrashCan's layout (``dst/<version>_version/...``) whose ``train`` split holds the
     frames ``train_ids`` and whose ``val`` split the frames ``select_ids``, both from the official
     training file under ``root``; images are symbolic links. Rewritten when the frames differ."""
@@ -123,14 +141,21 @@ def box_fill_baseline(dataset) -> float:
         masks = np.asarray(dataset[i]["masks"], dtype=bool)
         for m, box in zip(masks, boxes_from_masks(masks).astype(np.int64)):  # inclusive pixel indices
             fill = np.zeros_like(m)
-            fill[box[1]:box[3] + 1, box[0]:box[2] + 1] = True
+            fill[box[1] : box[3] + 1, box[0] : box[2] + 1] = True
             ious.append((fill & m).sum() / max(1, (fill | m).sum()))
     return float(np.mean(ious)) if ious else float("nan")
 
 
-def evaluate_prompts(model, dataset, kinds: Mapping[str, Mapping[str, Any]], *, seed: int = 0, examples: int = 0,
-                     coco_for: Sequence[str] = ("tight box",), progress: bool = False
-                     ) -> dict[str, tuple[EvalRecords, dict]]:
+def evaluate_prompts(
+    model,
+    dataset,
+    kinds: Mapping[str, Mapping[str, Any]],
+    *,
+    seed: int = 0,
+    examples: int = 0,
+    coco_for: Sequence[str] = ("tight box",),
+    progress: bool = False,
+) -> dict[str, tuple[EvalRecords, dict]]:
     """Evaluate ``model`` on every image of ``dataset`` under each prompt kind.
 
     Prompts are drawn from (seed, image id) (:func:`~samadapt.evaluation.evaluate.evaluate_records`),
@@ -148,16 +173,32 @@ def evaluate_prompts(model, dataset, kinds: Mapping[str, Mapping[str, Any]], *, 
     out = {}
     for k, (label, opts) in enumerate(kinds.items()):
         coco = label in coco_for
-        rec = evaluate_records(model, dataset, seed=seed, progress=progress, desc=label, coco=coco,
-                               return_examples=examples if k == 0 else 0, embeddings=embeddings.__getitem__, **opts)
+        rec = evaluate_records(
+            model,
+            dataset,
+            seed=seed,
+            progress=progress,
+            desc=label,
+            coco=coco,
+            return_examples=examples if k == 0 else 0,
+            embeddings=embeddings.__getitem__,
+            **opts,
+        )
         out[label] = (rec, summarize_records(rec, dataset.categories, prompt=opts.get("prompt"), coco=coco))
     return out
 
 
-def compare_records(records: Mapping[str, Sequence[EvalRecords]], zero_shot: str, *,
-                    ap: Mapping[str, Sequence[float]] | None = None, baseline: str | None = None,
-                    categories: Mapping[int, str] | None = None, top_classes: int = 0, n_boot: int = 2000,
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
+def compare_records(
+    records: Mapping[str, Sequence[EvalRecords]],
+    zero_shot: str,
+    *,
+    ap: Mapping[str, Sequence[float]] | None = None,
+    baseline: str | None = None,
+    categories: Mapping[int, str] | None = None,
+    top_classes: int = 0,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """The statistics of one comparison table.
 
     Args:
@@ -182,19 +223,22 @@ def compare_records(records: Mapping[str, Sequence[EvalRecords]], zero_shot: str
     frequent = sorted(counts, key=lambda c: (-counts[c], c))[:top_classes]
     out: dict[str, dict[str, Any]] = {}
     for label, runs in records.items():
-        row: dict[str, Any] = {name: bootstrap_interval(runs, metric, n_boot=n_boot, seed=seed)
-                               for name, metric in (("mean_iou", "iou"), ("mean_precision", "precision"),
-                                                    ("mean_f1", "f1"))}
+        row: dict[str, Any] = {
+            name: bootstrap_interval(runs, metric, n_boot=n_boot, seed=seed)
+            for name, metric in (("mean_iou", "iou"), ("mean_precision", "precision"), ("mean_f1", "f1"))
+        }
         if label != zero_shot:
             row["gain"] = bootstrap_interval(runs, "iou", reference=records[zero_shot], n_boot=n_boot, seed=seed)
             if baseline is not None and baseline in records and label != baseline:
-                row[f"gain_over_{baseline}"] = bootstrap_interval(runs, "iou", reference=records[baseline],
-                                                                  n_boot=n_boot, seed=seed)
+                row[f"gain_over_{baseline}"] = bootstrap_interval(
+                    runs, "iou", reference=records[baseline], n_boot=n_boot, seed=seed
+                )
         if ap is not None and label in ap:
             row["mask_ap"] = t_interval(ap[label])
-        row["per_class"] = {(categories or {}).get(c, str(c)): bootstrap_interval(runs, "iou", category=c,
-                                                                                  n_boot=n_boot, seed=seed)
-                            for c in frequent}
+        row["per_class"] = {
+            (categories or {}).get(c, str(c)): bootstrap_interval(runs, "iou", category=c, n_boot=n_boot, seed=seed)
+            for c in frequent
+        }
         row["num_instances"] = int(runs[0].num_instances)
         out[label] = row
     out[zero_shot]["class_counts"] = {(categories or {}).get(c, str(c)): counts[c] for c in frequent}

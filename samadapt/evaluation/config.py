@@ -40,12 +40,15 @@ class EvalConfig:
     """The options of an evaluation; every model evaluated with one config meets the same prompts
     (drawn from a generator seeded by (seed, image id))."""
 
-    prompt: str = option("box", "box: exact ground-truth boxes (the paper's protocol); jitter: SAM's box noise; "
-                                "loose: boxes grown by --loose-margin; points: clicks inside the object; center: one "
-                                "click at the object's most interior pixel; extreme: the four extreme clicks and the "
-                                "box they span; clicks: the interactive protocol, --max-clicks corrective clicks per "
-                                "instance (mIoU per click, NoC@85/90; samadapt eval only)",
-                         choices=EVAL_PROMPTS + (CLICK_PROMPT,))
+    prompt: str = option(
+        "box",
+        "box: exact ground-truth boxes (the paper's protocol); jitter: SAM's box noise; "
+        "loose: boxes grown by --loose-margin; points: clicks inside the object; center: one "
+        "click at the object's most interior pixel; extreme: the four extreme clicks and the "
+        "box they span; clicks: the interactive protocol, --max-clicks corrective clicks per "
+        "instance (mIoU per click, NoC@85/90; samadapt eval only)",
+        choices=EVAL_PROMPTS + (CLICK_PROMPT,),
+    )
     loose_margin: float = option(0.1, "prompt loose: margin, fraction of the box side")
     num_points: int = option(1, "prompt points: positive clicks per instance")
     num_negative_points: int = option(0, "prompt points: negative clicks per instance")
@@ -56,9 +59,12 @@ class EvalConfig:
     batch_size: int = option(4, "images per forward pass")
     num_examples: int = option(6, "images kept per model for examples.png")
     coco: bool = option(True, "compute COCO mask AP (one RLE encoding per mask)")
-    max_mask_pixels: int = option(1 << 29, "at most this many full-resolution mask pixels (instances x H x W) per "
-                                           "forward pass; images with more instances are predicted in chunks",
-                                  hidden=True)
+    max_mask_pixels: int = option(
+        1 << 29,
+        "at most this many full-resolution mask pixels (instances x H x W) per "
+        "forward pass; images with more instances are predicted in chunks",
+        hidden=True,
+    )
 
     def __post_init__(self) -> None:
         if self.prompt not in EVAL_PROMPTS + (CLICK_PROMPT,):
@@ -66,8 +72,15 @@ class EvalConfig:
         m = self.loose_margin
         if isinstance(m, bool) or not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
             raise ConfigError(f"`loose_margin` must be a finite number >= 0, got {m!r}")
-        for name, low in (("num_points", 0), ("num_negative_points", 0), ("seed", 0), ("max_clicks", 1),
-                          ("batch_size", 1), ("num_examples", 0), ("max_mask_pixels", 1)):
+        for name, low in (
+            ("num_points", 0),
+            ("num_negative_points", 0),
+            ("seed", 0),
+            ("max_clicks", 1),
+            ("batch_size", 1),
+            ("num_examples", 0),
+            ("max_mask_pixels", 1),
+        ):
             _integer(name, getattr(self, name), low)
         if self.max_images is not None:
             _integer("max_images", self.max_images, 0)

@@ -120,15 +120,21 @@ def prompt_config(config: EvalConfig) -> PromptConfig:
     if kind == CLICK_PROMPT:
         raise ConfigError("prompt 'clicks' is the interactive protocol: run samadapt.evaluation.clicks.evaluate_clicks")
     exact = {"box_noise": 0.0}
-    return PromptConfig(**{
-        "box": exact,
-        "jitter": {"box_noise": 0.1, "box_noise_max_px": 20.0},
-        "loose": {**exact, "loose_margin": config.loose_margin},
-        "points": {**exact, "use_boxes": False, "num_points": config.num_points,
-                   "num_negative_points": config.num_negative_points},
-        "center": {**exact, "use_boxes": False, "points": "center"},
-        "extreme": {**exact, "points": "extreme"},
-    }[kind])
+    return PromptConfig(
+        **{
+            "box": exact,
+            "jitter": {"box_noise": 0.1, "box_noise_max_px": 20.0},
+            "loose": {**exact, "loose_margin": config.loose_margin},
+            "points": {
+                **exact,
+                "use_boxes": False,
+                "num_points": config.num_points,
+                "num_negative_points": config.num_negative_points,
+            },
+            "center": {**exact, "use_boxes": False, "points": "center"},
+            "extreme": {**exact, "points": "extreme"},
+        }[kind]
+    )
 
 
 def _rng_for(seed: int, image_id: int, index: int) -> np.random.Generator:
@@ -220,9 +226,14 @@ def evaluate_records(
             points.append(None if pr["points"] is None else pr["points"][sl])
             labels.append(None if pr["labels"] is None else pr["labels"][sl])
         use_points = any(x is not None for x in points)
-        results = model.predict_batch(images, boxes, points if use_points else None, labels if use_points else None,
-                                      batch_size=batch_size,
-                                      image_embeddings=None if embeddings is None else [embeddings(p.index) for p, _ in queue])
+        results = model.predict_batch(
+            images,
+            boxes,
+            points if use_points else None,
+            labels if use_points else None,
+            batch_size=batch_size,
+            image_embeddings=None if embeddings is None else [embeddings(p.index) for p, _ in queue],
+        )
         for (p, sl), (masks, scores) in zip(queue, results):
             _score(p, sl, masks, scores)
         queue.clear()
@@ -241,11 +252,23 @@ def evaluate_records(
         out["image_ids"].append(np.full(len(cats), int(s["image_id"]), dtype=np.int64))
         if coco:
             for k in range(len(cats)):
-                rec.gt_annotations.append({"image_id": int(s["image_id"]), "category_id": int(cats[k]),
-                                           "segmentation": encode_mask(gt[k]), "area": float(m["gt_area"][k]),
-                                           "iscrowd": 0})
-                rec.detections.append({"image_id": int(s["image_id"]), "category_id": int(cats[k]),
-                                       "segmentation": encode_mask(masks[k]), "score": float(scores[k])})
+                rec.gt_annotations.append(
+                    {
+                        "image_id": int(s["image_id"]),
+                        "category_id": int(cats[k]),
+                        "segmentation": encode_mask(gt[k]),
+                        "area": float(m["gt_area"][k]),
+                        "iscrowd": 0,
+                    }
+                )
+                rec.detections.append(
+                    {
+                        "image_id": int(s["image_id"]),
+                        "category_id": int(cats[k]),
+                        "segmentation": encode_mask(masks[k]),
+                        "score": float(scores[k]),
+                    }
+                )
         p.chunks_left -= 1
         if p.want_example:
             k = _example_stride(gt.shape[1:])
@@ -262,28 +285,44 @@ def evaluate_records(
         with torch.no_grad():
             for index in indices:
                 sample = dataset.item(index, lazy_masks=True) if hasattr(dataset, "instance_masks") else dataset[index]
-                masks = sample["masks"] if hasattr(sample["masks"], "shape") else np.asarray(sample["masks"], dtype=bool)
+                masks = (
+                    sample["masks"] if hasattr(sample["masks"], "shape") else np.asarray(sample["masks"], dtype=bool)
+                )
                 h, w = np.asarray(sample["image"]).shape[:2]
                 if masks.ndim != 3 or masks.shape[1:] != (h, w):
-                    raise ConfigError(f"dataset[{index}]: masks of shape {masks.shape} do not match the image "
-                                      f"({h}, {w})")
+                    raise ConfigError(
+                        f"dataset[{index}]: masks of shape {masks.shape} do not match the image ({h}, {w})"
+                    )
                 n = masks.shape[0]
                 image_id = int(sample["image_id"])
-                rec.images.append({"id": image_id, "height": int(h), "width": int(w),
-                                   "file_name": str(sample.get("file_name", "")), "num_instances": int(n)})
+                rec.images.append(
+                    {
+                        "id": image_id,
+                        "height": int(h),
+                        "width": int(w),
+                        "file_name": str(sample.get("file_name", "")),
+                        "num_instances": int(n),
+                    }
+                )
                 if n == 0:
                     bar.update(1)
                     continue
                 boxes = sample.get("boxes")
-                prompts = make_prompts(masks, prompts_of, _rng_for(cfg.seed, image_id, index),
-                                       boxes=None if boxes is None else np.asarray(boxes, dtype=np.float32))
+                prompts = make_prompts(
+                    masks,
+                    prompts_of,
+                    _rng_for(cfg.seed, image_id, index),
+                    boxes=None if boxes is None else np.asarray(boxes, dtype=np.float32),
+                )
                 per_chunk = max(1, max_mask_pixels // (h * w))
                 slices = [slice(s, min(n, s + per_chunk)) for s in range(0, n, per_chunk)]
                 want = examples_claimed < return_examples
                 examples_claimed += int(want)
                 pending = _Pending(index, sample, prompts, len(slices), want)
                 for sl in slices:
-                    if queue and (len(queue) >= batch_size or queued_pixels + (sl.stop - sl.start) * h * w > max_mask_pixels):
+                    if queue and (
+                        len(queue) >= batch_size or queued_pixels + (sl.stop - sl.start) * h * w > max_mask_pixels
+                    ):
                         flush()
                     queue.append((pending, sl))
                     queued_pixels += (sl.stop - sl.start) * h * w
@@ -332,8 +371,13 @@ def _flatten(records: EvalRecords | Iterable[Any]) -> list[EvalRecords]:
     return out
 
 
-def summarize_records(records: EvalRecords | Sequence[Any], categories: Mapping[int, str] | None = None, *,
-                      prompt: str | None = None, coco: bool = True) -> dict[str, Any]:
+def summarize_records(
+    records: EvalRecords | Sequence[Any],
+    categories: Mapping[int, str] | None = None,
+    *,
+    prompt: str | None = None,
+    coco: bool = True,
+) -> dict[str, Any]:
     """The dataset summary of the records of every process (e.g. from ``gather_object``).
 
     Returns:
@@ -346,8 +390,9 @@ def summarize_records(records: EvalRecords | Sequence[Any], categories: Mapping[
     metrics = summarize(rec.iou, rec.precision, rec.recall, rec.f1, rec.category_ids, rec.areas, categories)
     if coco:
         if len(rec.gt_annotations) != rec.num_instances:
-            raise ConfigError("these records hold no COCO annotations (evaluated with coco=False); "
-                              "summarize them with coco=False")
+            raise ConfigError(
+                "these records hold no COCO annotations (evaluated with coco=False); summarize them with coco=False"
+            )
         metrics["coco"] = coco_mask_ap(build_coco_gt(_gt_records(rec), categories), rec.detections)
     metrics["prompt"] = prompt
     metrics["num_images"] = len(rec.images)
@@ -360,11 +405,18 @@ def _gt_records(rec: EvalRecords) -> list[dict]:
     annotations follow its images, ``num_instances`` of them per image, in order."""
     out, start = [], 0
     for info in rec.images:
-        anns = rec.gt_annotations[start:start + info["num_instances"]]
+        anns = rec.gt_annotations[start : start + info["num_instances"]]
         start += info["num_instances"]
         assert all(int(a["image_id"]) == int(info["id"]) for a in anns), "annotations out of image order"
-        out.append({"image_id": info["id"], "height": info["height"], "width": info["width"],
-                    "masks": [a["segmentation"] for a in anns], "category_ids": [a["category_id"] for a in anns]})
+        out.append(
+            {
+                "image_id": info["id"],
+                "height": info["height"],
+                "width": info["width"],
+                "masks": [a["segmentation"] for a in anns],
+                "category_ids": [a["category_id"] for a in anns],
+            }
+        )
     return out
 
 
@@ -373,9 +425,15 @@ def _per_image(rec: EvalRecords) -> list[dict]:
     for info in rec.images:
         sel = rec.image_ids == info["id"]
         n = int(sel.sum())
-        rows.append({"image_id": info["id"], "file_name": info["file_name"], "num_instances": n,
-                     "mean_iou": float(rec.iou[sel].mean()) if n else float("nan"),
-                     "mean_f1": float(rec.f1[sel].mean()) if n else float("nan")})
+        rows.append(
+            {
+                "image_id": info["id"],
+                "file_name": info["file_name"],
+                "num_instances": n,
+                "mean_iou": float(rec.iou[sel].mean()) if n else float("nan"),
+                "mean_f1": float(rec.f1[sel].mean()) if n else float("nan"),
+            }
+        )
     return rows
 
 
@@ -406,10 +464,8 @@ def evaluate(
     cfg = EvalConfig.of(config, **options)
     indices = list(range(len(dataset))) if subset is None else [int(i) for i in subset]
     if cfg.max_images is not None:
-        indices = indices[:cfg.max_images]
+        indices = indices[: cfg.max_images]
     rec = evaluate_records(model, dataset, indices, cfg, progress=progress, desc=desc, return_examples=return_examples)
     metrics = summarize_records(rec, getattr(dataset, "categories", None), prompt=cfg.prompt, coco=cfg.coco)
     metrics["seed"] = cfg.seed
     return EvalResult(metrics=metrics, per_image=_per_image(rec), examples=rec.examples, records=rec)
-
-

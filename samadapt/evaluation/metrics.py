@@ -23,8 +23,15 @@ import torch
 from ..errors import ConfigError
 
 __all__ = [
-    "METRIC_NAMES", "SIZE_RANGES", "build_coco_gt", "coco_index", "coco_mask_ap", "encode_mask",
-    "instance_metrics", "size_bucket", "summarize",
+    "METRIC_NAMES",
+    "SIZE_RANGES",
+    "build_coco_gt",
+    "coco_index",
+    "coco_mask_ap",
+    "encode_mask",
+    "instance_metrics",
+    "size_bucket",
+    "summarize",
 ]
 
 #: the per-instance metrics, in report order
@@ -93,10 +100,10 @@ def instance_metrics(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Ten
     g_area = np.zeros(n, dtype=np.int64)
     chunk = max(1, _CHUNK_PIXELS // max(1, h * w))
     for s in range(0, n, chunk):
-        p, g = pred[s:s + chunk], gt[s:s + chunk]
-        inter[s:s + chunk] = np.count_nonzero(p & g, axis=(1, 2))
-        p_area[s:s + chunk] = np.count_nonzero(p, axis=(1, 2))
-        g_area[s:s + chunk] = np.count_nonzero(g, axis=(1, 2))
+        p, g = pred[s : s + chunk], gt[s : s + chunk]
+        inter[s : s + chunk] = np.count_nonzero(p & g, axis=(1, 2))
+        p_area[s : s + chunk] = np.count_nonzero(p, axis=(1, 2))
+        g_area[s : s + chunk] = np.count_nonzero(g, axis=(1, 2))
     union = p_area + g_area - inter
     both_empty = (union == 0).astype(np.float64)  # the only case where a zero denominator earns 1
     return {
@@ -140,8 +147,15 @@ def _category_names(ids: Iterable[int], categories: Mapping[int, str] | None) ->
     return {i: (n if counts[n] == 1 else f"{n} ({i})") for i, n in names.items()}
 
 
-def summarize(iou: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np.ndarray,
-              category_ids: np.ndarray, areas: np.ndarray, categories: Mapping[int, str] | None = None) -> dict:
+def summarize(
+    iou: np.ndarray,
+    precision: np.ndarray,
+    recall: np.ndarray,
+    f1: np.ndarray,
+    category_ids: np.ndarray,
+    areas: np.ndarray,
+    categories: Mapping[int, str] | None = None,
+) -> dict:
     """The dataset summary from concatenated per-instance values (from every process, e.g. an
     :class:`~samadapt.evaluation.evaluate.EvalRecords`' arrays).
 
@@ -156,14 +170,16 @@ def summarize(iou: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np
         K = 0), ``num_instances``; ``per_category`` {name: same keys} for the categories present;
         ``per_size`` {"small", "medium", "large": same keys} (all three, possibly empty).
     """
-    values = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in
-              zip(METRIC_NAMES, (iou, precision, recall, f1))}
+    values = {
+        k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in zip(METRIC_NAMES, (iou, precision, recall, f1))
+    }
     cats = np.asarray(category_ids, dtype=np.int64).reshape(-1)
     areas = np.asarray(areas, dtype=np.float64).reshape(-1)
     k = values["iou"].size
     if any(v.size != k for v in values.values()) or cats.size != k or areas.size != k:
-        raise ConfigError(f"per-instance arrays differ in length: "
-                          f"{[v.size for v in values.values()] + [cats.size, areas.size]}")
+        raise ConfigError(
+            f"per-instance arrays differ in length: {[v.size for v in values.values()] + [cats.size, areas.size]}"
+        )
     out: dict[str, Any] = _means(values, slice(None))
     names = _category_names(cats.tolist(), categories)
     out["per_category"] = {names[c]: _means(values, cats == c) for c in sorted(names)}
@@ -212,14 +228,24 @@ def build_coco_gt(records: Sequence[Mapping[str, Any]], categories: Mapping[int,
         for seg, cat in zip(r["masks"], np.asarray(r["category_ids"]).reshape(-1)):
             rle = _rle_of(seg)
             used.add(int(cat))
-            anns.append({
-                "id": len(anns) + 1, "image_id": int(r["image_id"]), "category_id": int(cat), "segmentation": rle,
-                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0,
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": int(r["image_id"]),
+                    "category_id": int(cat),
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
     cats = dict(categories or {})
     ids = sorted(set(cats) | used)
-    return {"images": images, "annotations": anns,
-            "categories": [{"id": int(i), "name": str(cats.get(i, i))} for i in ids]}
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": int(i), "name": str(cats.get(i, i))} for i in ids],
+    }
 
 
 def coco_index(gt: Mapping[str, Any]):
@@ -240,8 +266,14 @@ def _detections(predictions: Any) -> list[dict]:
         out = []
         for image_id, preds in predictions.items():
             for mask, score, cat in preds:
-                out.append({"image_id": int(image_id), "category_id": int(cat), "segmentation": _rle_of(mask),
-                            "score": float(score)})
+                out.append(
+                    {
+                        "image_id": int(image_id),
+                        "category_id": int(cat),
+                        "segmentation": _rle_of(mask),
+                        "score": float(score),
+                    }
+                )
         return out
     return [dict(d) for d in predictions]
 
@@ -249,8 +281,9 @@ def _detections(predictions: Any) -> list[dict]:
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def coco_mask_ap(gt: Mapping[str, Any] | Sequence[Mapping[str, Any]], predictions: Any,
-                 categories: Mapping[int, str] | None = None) -> dict[str, float]:
+def coco_mask_ap(
+    gt: Mapping[str, Any] | Sequence[Mapping[str, Any]], predictions: Any, categories: Mapping[int, str] | None = None
+) -> dict[str, float]:
     """COCO mask AP with pycocotools' ``COCOeval(iouType="segm")`` (101-point interpolation, IoU
     thresholds 0.50:0.05:0.95, at most 100 detections per image), its printing silenced.
 

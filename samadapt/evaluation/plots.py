@@ -18,8 +18,16 @@ import numpy as np
 
 from ..files import atomic_write
 
-__all__ = ["examples_figure", "image_mean_iou", "plot_bars", "plot_click_curves", "plot_curves", "plot_examples",
-           "plot_training_curves", "training_curves_figure"]
+__all__ = [
+    "examples_figure",
+    "image_mean_iou",
+    "plot_bars",
+    "plot_click_curves",
+    "plot_curves",
+    "plot_examples",
+    "plot_training_curves",
+    "training_curves_figure",
+]
 
 #: history keys read by plot_training_curves, first match wins
 TRAIN_LOSS_KEYS = ("train_loss", "loss")
@@ -106,8 +114,9 @@ def _draw_prompts(ax, example: Mapping[str, Any], colors: np.ndarray) -> None:
         for lab, marker_color in ((1, "lime"), (0, "red")):
             sel = labels == lab
             if sel.any():
-                ax.scatter(pts[sel, 0], pts[sel, 1], s=18, c=marker_color, marker="*", edgecolors="black",
-                           linewidths=0.4)
+                ax.scatter(
+                    pts[sel, 0], pts[sel, 1], s=18, c=marker_color, marker="*", edgecolors="black", linewidths=0.4
+                )
 
 
 def image_mean_iou(example: Mapping[str, Any]) -> float | None:
@@ -123,8 +132,13 @@ def image_mean_iou(example: Mapping[str, Any]) -> float | None:
     return float(np.mean(iou))
 
 
-def examples_figure(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], *, max_rows: int = 6,
-                    alpha: float = 0.5, categories: Mapping[int, str] | None = None):
+def examples_figure(
+    examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    max_rows: int = 6,
+    alpha: float = 0.5,
+    categories: Mapping[int, str] | None = None,
+):
     """The figure :func:`plot_examples` saves (a matplotlib ``Figure``), for tests and notebooks."""
     from matplotlib.patches import Patch
 
@@ -138,8 +152,14 @@ def examples_figure(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
     for ex in rows:
         names.update({int(k): str(v) for k, v in (ex.get("category_names") or {}).items()})
     names.update({int(k): str(v) for k, v in (categories or {}).items()})
-    cat_ids = sorted({int(c) for ex in rows if ex.get("category_ids") is not None
-                      for c in np.asarray(ex["category_ids"]).reshape(-1)})
+    cat_ids = sorted(
+        {
+            int(c)
+            for ex in rows
+            if ex.get("category_ids") is not None
+            for c in np.asarray(ex["category_ids"]).reshape(-1)
+        }
+    )
     palette = dict(zip(cat_ids, _colors(len(cat_ids))))
     ncols = 2 + len(models)
     nrows = max(1, len(rows))
@@ -168,16 +188,30 @@ def examples_figure(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
             ax.set_title(m if iou is None else f"{m}: mean IoU {100 * iou:.1f}%", fontsize=8)
     fig.tight_layout()
     if cat_ids:
-        handles = [Patch(facecolor=palette[c], edgecolor=0.6 * palette[c], label=names.get(c, f"category {c}"))
-                   for c in cat_ids]
+        handles = [
+            Patch(facecolor=palette[c], edgecolor=0.6 * palette[c], label=names.get(c, f"category {c}"))
+            for c in cat_ids
+        ]
         # above the grid, outside the axes; savefig's tight bounding box takes it in
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(handles), 6),
-                   fontsize=8, frameon=False)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=min(len(handles), 6),
+            fontsize=8,
+            frameon=False,
+        )
     return fig
 
 
-def plot_examples(examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *,
-                  max_rows: int = 6, alpha: float = 0.5, categories: Mapping[int, str] | None = None) -> Path:
+def plot_examples(
+    examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    max_rows: int = 6,
+    alpha: float = 0.5,
+    categories: Mapping[int, str] | None = None,
+) -> Path:
     """A grid with one row per example image: the image, the ground truth, then each model's masks.
 
     Masks are coloured by category (a legend above the grid names them; instances of one category
@@ -235,11 +269,19 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], zero_shot: Mapp
     uses_steps = any("step" in r for r in history if any(k in r for k in TRAIN_LOSS_KEYS))
     # a validation panel where the history has that metric (a loss-only history, as pretraining's,
     # gets the loss alone); IoU also when only the zero-shot value is known
-    has = {metric: any(k in r for r in history for k in keys)
-           for metric, keys in (("mean_iou", VAL_IOU_KEYS), ("mean_f1", VAL_F1_KEYS))}
+    has = {
+        metric: any(k in r for r in history for k in keys)
+        for metric, keys in (("mean_iou", VAL_IOU_KEYS), ("mean_f1", VAL_F1_KEYS))
+    }
     has["mean_iou"] |= (zero_shot or {}).get("mean_iou") is not None
-    panels = [p for p in (("mean_iou", VAL_IOU_KEYS, "validation mean IoU", "mean IoU (%)", "tab:green"),
-                          ("mean_f1", VAL_F1_KEYS, "validation mean F1", "mean F1 (%)", "tab:purple")) if has[p[0]]]
+    panels = [
+        p
+        for p in (
+            ("mean_iou", VAL_IOU_KEYS, "validation mean IoU", "mean IoU (%)", "tab:green"),
+            ("mean_f1", VAL_F1_KEYS, "validation mean F1", "mean F1 (%)", "tab:purple"),
+        )
+        if has[p[0]]
+    ]
     fig = _figure(4.8 * (1 + len(panels)), 3.6)
     ax1, *val_axes = fig.subplots(1, 1 + len(panels), squeeze=False)[0]
     ax1.plot(loss_x, loss_y, marker="o" if len(loss_x) < 30 else None, markersize=3)
@@ -253,13 +295,20 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], zero_shot: Mapp
         ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=color, label="fine-tuning")
         if ys:
             best = int(np.argmax(ys))
-            ax.scatter([xs[best]], [100 * ys[best]], s=60, facecolors="none", edgecolors="black",
-                       label=f"best {100 * ys[best]:.2f}")
+            ax.scatter(
+                [xs[best]],
+                [100 * ys[best]],
+                s=60,
+                facecolors="none",
+                edgecolors="black",
+                label=f"best {100 * ys[best]:.2f}",
+            )
         ref = (zero_shot or {}).get(metric)
         if ref is not None and math.isfinite(float(ref)):
             # the gain the run is judged by is the distance to this line
-            ax.axhline(100 * float(ref), linestyle="--", color="gray", linewidth=1.2,
-                       label=f"zero-shot {100 * float(ref):.2f}")
+            ax.axhline(
+                100 * float(ref), linestyle="--", color="gray", linewidth=1.2, label=f"zero-shot {100 * float(ref):.2f}"
+            )
         if ys or ref is not None:
             ax.legend(fontsize=8)
         ax.margins(y=0.15)  # keep the reference line off the frame when it is the lowest value
@@ -272,8 +321,9 @@ def training_curves_figure(history: Sequence[Mapping[str, Any]], zero_shot: Mapp
     return fig
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                         zero_shot: Mapping[str, Any] | None = None) -> Path:
+def plot_training_curves(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike, zero_shot: Mapping[str, Any] | None = None
+) -> Path:
     """Training loss (by ``step``, else ``epoch``) and validation mean IoU and F1 (by ``epoch``),
     with the zero-shot model's value as a dashed reference line; x ticks are whole numbers. A
     validation panel is drawn when some row has its metric.
@@ -291,9 +341,16 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
     return _save(training_curves_figure(history, zero_shot), path)
 
 
-def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | os.PathLike, *,
-              ylabel: str = "", title: str = "", scale: float = 1.0,
-              intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> Path:
+def plot_bars(
+    table: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "",
+    title: str = "",
+    scale: float = 1.0,
+    intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+) -> Path:
     """Grouped bar chart: one group per metric, one bar per row of ``table`` (e.g. per strategy).
 
     Args:
@@ -319,8 +376,15 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], 
         ci = (intervals or {}).get(row) or {}
         if ci:
             lo_hi = np.array([[scale * float(v) for v in ci.get(m, (np.nan, np.nan))] for m in metrics])
-            ax.errorbar(x - 0.4 + width * (i + 0.5), ys, yerr=np.abs(np.stack([ys - lo_hi[:, 0], lo_hi[:, 1] - ys])),
-                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                x - 0.4 + width * (i + 0.5),
+                ys,
+                yerr=np.abs(np.stack([ys - lo_hi[:, 0], lo_hi[:, 1] - ys])),
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2,
+            )
         ax.bar_label(bars, labels=["" if np.isnan(y) else f"{y:.1f}" for y in ys], fontsize=7, padding=1)
     ax.set_xticks(x, list(metrics))
     ax.set_ylabel(ylabel)
@@ -332,9 +396,16 @@ def plot_bars(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str], 
     return _save(fig, path)
 
 
-def plot_curves(curves: Mapping[str, Mapping[float, tuple[float, float, float]]], path: str | os.PathLike, *,
-                xlabel: str = "", ylabel: str = "", title: str = "", scale: float = 1.0,
-                reference: tuple[str, float] | None = None) -> Path:
+def plot_curves(
+    curves: Mapping[str, Mapping[float, tuple[float, float, float]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    scale: float = 1.0,
+    reference: tuple[str, float] | None = None,
+) -> Path:
     """Lines with confidence bands: one per row of ``curves`` (e.g. mean IoU against the share of
     training data, per strategy).
 
@@ -368,8 +439,13 @@ def plot_curves(curves: Mapping[str, Mapping[float, tuple[float, float, float]]]
     return _save(fig, path)
 
 
-def plot_click_curves(clicks_by_model: Mapping[str, Mapping[str, Any]], path, *, title: str = "",
-                      bands: Mapping[str, Sequence[tuple[float, float]]] | None = None):
+def plot_click_curves(
+    clicks_by_model: Mapping[str, Mapping[str, Any]],
+    path,
+    *,
+    title: str = "",
+    bands: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+):
     """The figure of mIoU (%) against the number of clicks, one line per model, NoC in the legend.
 
     Args:
@@ -383,5 +459,6 @@ def plot_click_curves(clicks_by_model: Mapping[str, Mapping[str, Any]], path, *,
         band = (bands or {}).get(label) or [(v, v) for v in c["miou_at"]]
         name = f"{label} (NoC@85 {c['noc85']:.2f}, NoC@90 {c['noc90']:.2f})"
         curves[name] = {k + 1: (v, band[k][0], band[k][1]) for k, v in enumerate(c["miou_at"])}
-    return plot_curves(curves, path, xlabel="clicks", ylabel="mean IoU (%)", scale=100,
-                       title=title or "mean IoU after each click")
+    return plot_curves(
+        curves, path, xlabel="clicks", ylabel="mean IoU (%)", scale=100, title=title or "mean IoU after each click"
+    )

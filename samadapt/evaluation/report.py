@@ -54,8 +54,16 @@ def format_table(results: Mapping[str, EvalResult | Mapping[str, Any]]) -> str:
     for label, r in results.items():
         m = r.metrics if isinstance(r, EvalResult) else r
         ap = (m.get("coco") or {}).get("AP", float("nan"))
-        rows.append((label, f"{100 * m['mean_iou']:.2f}", f"{100 * m['mean_precision']:.2f}",
-                     f"{100 * m['mean_f1']:.2f}", f"{100 * ap:.2f}", str(m["num_instances"])))
+        rows.append(
+            (
+                label,
+                f"{100 * m['mean_iou']:.2f}",
+                f"{100 * m['mean_precision']:.2f}",
+                f"{100 * m['mean_f1']:.2f}",
+                f"{100 * ap:.2f}",
+                str(m["num_instances"]),
+            )
+        )
     return text_table(("model", "mean IoU", "precision", "mean F1", "mask AP", "instances"), rows, numeric=True)
 
 
@@ -67,8 +75,15 @@ def format_click_table(metrics_by_model: Mapping[str, Mapping[str, Any]], at: Se
     rows = []
     for label, m in metrics_by_model.items():
         c = m["clicks"]
-        rows.append([label, *(f"{100 * c['miou_at'][k - 1]:.2f}" for k in cols), f"{c['noc85']:.2f}",
-                     f"{c['noc90']:.2f}", str(m["num_instances"])])
+        rows.append(
+            [
+                label,
+                *(f"{100 * c['miou_at'][k - 1]:.2f}" for k in cols),
+                f"{c['noc85']:.2f}",
+                f"{c['noc90']:.2f}",
+                str(m["num_instances"]),
+            ]
+        )
     return text_table(["model", *(f"mIoU@{k}" for k in cols), "NoC@85", "NoC@90", "instances"], rows, numeric=True)
 
 
@@ -101,17 +116,23 @@ def click_markdown(metrics_by_model: Mapping[str, Mapping[str, Any]]) -> list[st
         return []
     k = max(m["clicks"]["max_clicks"] for m in clicked.values())
     cols = [c for c in CLICK_COLUMNS if c <= k]
-    lines = ["", "## Clicks", "",
-             "The interactive protocol (RITM, SAM): first click at the object's most interior point, each next "
-             "one at the centre of the largest error region, the previous logits as the mask prompt. mIoU (%) "
-             f"after k clicks; NoC@85 / NoC@90: clicks to reach that IoU, counted as {k} where never reached.", "",
-             "| model | " + " | ".join(f"mIoU@{c}" for c in cols) + " | NoC@85 | NoC@90 | instances |",
-             "|---|" + "---:|" * (len(cols) + 3)]
+    lines = [
+        "",
+        "## Clicks",
+        "",
+        "The interactive protocol (RITM, SAM): first click at the object's most interior point, each next "
+        "one at the centre of the largest error region, the previous logits as the mask prompt. mIoU (%) "
+        f"after k clicks; NoC@85 / NoC@90: clicks to reach that IoU, counted as {k} where never reached.",
+        "",
+        "| model | " + " | ".join(f"mIoU@{c}" for c in cols) + " | NoC@85 | NoC@90 | instances |",
+        "|---|" + "---:|" * (len(cols) + 3),
+    ]
     for name, m in clicked.items():
         c = m["clicks"]
         at = [f"{100 * c['miou_at'][i - 1]:.2f}" if i <= len(c["miou_at"]) else "–" for i in cols]
-        lines.append(f"| {name} | " + " | ".join(at) + f" | {c['noc85']:.2f} | {c['noc90']:.2f} | "
-                     f"{m.get('num_instances', 0)} |")
+        lines.append(
+            f"| {name} | " + " | ".join(at) + f" | {c['noc85']:.2f} | {c['noc90']:.2f} | {m.get('num_instances', 0)} |"
+        )
     return lines
 
 
@@ -138,20 +159,26 @@ def _split_table(metrics_by_model: Mapping[str, Mapping[str, Any]], key: str, ti
 
 def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: str) -> str:
     prompts = sorted({str(m.get("prompt")) for m in metrics_by_model.values()})
-    lines = [f"# Evaluation on {dataset_name}", "",
-             f"Prompts: {', '.join(prompts)}. Metrics are computed per instance and averaged over instances "
-             "(docs/metrics.md); values in %. AP is COCO mask AP (pycocotools).", "",
-             "| model | mean IoU | mean precision | mean F1 | AP | AP50 | instances |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Evaluation on {dataset_name}",
+        "",
+        f"Prompts: {', '.join(prompts)}. Metrics are computed per instance and averaged over instances "
+        "(docs/metrics.md); values in %. AP is COCO mask AP (pycocotools).",
+        "",
+        "| model | mean IoU | mean precision | mean F1 | AP | AP50 | instances |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     if all("mean_iou" not in m for m in metrics_by_model.values()):
         del lines[-3:]  # click-protocol results only: their table follows
     for name, m in metrics_by_model.items():
         if "mean_iou" not in m:
             continue
         ap = m.get("coco") or {}
-        lines.append(f"| {name} | {_pct(m.get('mean_iou'))} | {_pct(m.get('mean_precision'))} | "
-                     f"{_pct(m.get('mean_f1'))} | {_pct(ap.get('AP'))} | {_pct(ap.get('AP50'))} | "
-                     f"{m.get('num_instances', 0)} |")
+        lines.append(
+            f"| {name} | {_pct(m.get('mean_iou'))} | {_pct(m.get('mean_precision'))} | "
+            f"{_pct(m.get('mean_f1'))} | {_pct(ap.get('AP'))} | {_pct(ap.get('AP50'))} | "
+            f"{m.get('num_instances', 0)} |"
+        )
     lines += click_markdown(metrics_by_model)
     lines += _split_table(metrics_by_model, "per_category", "category")
     lines += _split_table(metrics_by_model, "per_size", "size")
@@ -194,13 +221,16 @@ def write_report(
         ex.update({k: list(v) for k, v in examples.items()})
     ex = {k: v for k, v in ex.items() if v}
     paths = {"json": out / "metrics.json", "markdown": out / "metrics.md"}
-    atomic_write_text(paths["json"], json.dumps(_json_safe({"dataset": dataset_name, "models": metrics}), indent=2,
-                                                allow_nan=False))
+    atomic_write_text(
+        paths["json"], json.dumps(_json_safe({"dataset": dataset_name, "models": metrics}), indent=2, allow_nan=False)
+    )
     atomic_write_text(paths["markdown"], _markdown(metrics, dataset_name))
     if ex:
         paths["examples"] = out / "examples.png"
         plot_examples(ex, paths["examples"], max_rows=max_examples)
     curves = {k: m["clicks"] for k, m in metrics.items() if m.get("clicks")}
     if curves:
-        paths["clicks"] = plot_click_curves(curves, out / "clicks.png", title=f"{dataset_name}: mean IoU after each click")
+        paths["clicks"] = plot_click_curves(
+            curves, out / "clicks.png", title=f"{dataset_name}: mean IoU after each click"
+        )
     return paths

@@ -70,16 +70,25 @@ def load_eval_dataset(
 
         root = Path(data_root) if data_root else samadapt_home() / "data" / "demo-waste"
         if demo_train_images is not None or demo_val_images is not None or not (root / "dataset.json").is_file():
-            make_demo_dataset(root, domain="waste",
-                              n_train=TrainConfig.demo_train_images if demo_train_images is None else demo_train_images,
-                              n_val=TrainConfig.demo_val_images if demo_val_images is None else demo_val_images,
-                              seed=0, progress=progress)
+            make_demo_dataset(
+                root,
+                domain="waste",
+                n_train=TrainConfig.demo_train_images if demo_train_images is None else demo_train_images,
+                n_val=TrainConfig.demo_val_images if demo_val_images is None else demo_val_images,
+                seed=0,
+                progress=progress,
+            )
         return card.open(split, options=options, data_root=root)
     return card.open(split, options=options, data_root=data_root)
 
 
-def zero_shot_model(model_type: str, checkpoint: str | os.PathLike | None = None, *, base_id: str | None = None,
-                    device: str | torch.device = "cpu") -> AdaptedSam:
+def zero_shot_model(
+    model_type: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    base_id: str | None = None,
+    device: str | torch.device = "cpu",
+) -> AdaptedSam:
     """The un-tuned SAM, wrapped as an :class:`AdaptedSam` (the ``decoder`` strategy only marks the
     decoder trainable, so the weights are exactly the base's).
 
@@ -96,8 +105,10 @@ def zero_shot_model(model_type: str, checkpoint: str | os.PathLike | None = None
     if checkpoint is not None:
         sam = build_sam(model_type, checkpoint)
     elif base_id is not None and base_id.startswith("random:"):
-        raise CheckpointError(f"the adapters were trained on randomly initialised {model_type} weights, which cannot "
-                              "be rebuilt; pass --checkpoint with the file they were trained from")
+        raise CheckpointError(
+            f"the adapters were trained on randomly initialised {model_type} weights, which cannot "
+            "be rebuilt; pass --checkpoint with the file they were trained from"
+        )
     elif base_id is not None and not base_id.startswith("builtin:"):
         sam = build_sam(model_type, find_base_checkpoint(model_type, base_id))
     elif card.builtin_weights is not None:
@@ -109,13 +120,20 @@ def zero_shot_model(model_type: str, checkpoint: str | os.PathLike | None = None
             where = f"{path}" if path is not None else "SAMADAPT_HOME/checkpoints"
             raise CheckpointNotFoundError(
                 f"zero-shot {model_type} needs its weights: pass --checkpoint, or run `samadapt download-checkpoint "
-                f"{model_type}` (expected at {where})")
+                f"{model_type}` (expected at {where})"
+            )
         sam = build_sam(model_type, path)
     return adapt(sam, "decoder").to(device).eval()
 
 
-def compare_models(models: Mapping[str, AdaptedSam], dataset, config: EvalConfig | None = None, *,
-                   progress: bool = True, **options: Any) -> dict[str, EvalResult]:
+def compare_models(
+    models: Mapping[str, AdaptedSam],
+    dataset,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, EvalResult]:
     """Evaluate each model on the same images with the same prompts.
 
     Args:
@@ -131,13 +149,22 @@ def compare_models(models: Mapping[str, AdaptedSam], dataset, config: EvalConfig
     cfg = EvalConfig.of(config, **options)
     if not models:
         raise ConfigError("compare_models needs at least one model")
-    return {label: evaluate(model, dataset, cfg, progress=progress, return_examples=cfg.num_examples,
-                            desc=f"evaluating {label}")
-            for label, model in models.items()}
+    return {
+        label: evaluate(
+            model, dataset, cfg, progress=progress, return_examples=cfg.num_examples, desc=f"evaluating {label}"
+        )
+        for label, model in models.items()
+    }
 
 
-def evaluate_models(models: Mapping[str, AdaptedSam], dataset, config: EvalConfig | None = None, *,
-                    progress: bool = True, **options: Any) -> dict[str, EvalResult | dict[str, Any]]:
+def evaluate_models(
+    models: Mapping[str, AdaptedSam],
+    dataset,
+    config: EvalConfig | None = None,
+    *,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, EvalResult | dict[str, Any]]:
     """:func:`compare_models`, or with ``prompt="clicks"`` the click protocol
     (:func:`~samadapt.evaluation.clicks.evaluate_clicks`: ``max_clicks``, ``mask_prompt``; its
     clicks are deterministic, no seed) on the first ``max_images`` images.
@@ -155,6 +182,15 @@ def evaluate_models(models: Mapping[str, AdaptedSam], dataset, config: EvalConfi
     if not models:
         raise ConfigError("evaluate_models needs at least one model")
     indices = None if cfg.max_images is None else range(min(len(dataset), cfg.max_images))
-    return {label: evaluate_clicks(model, dataset, indices, max_clicks=cfg.max_clicks, mask_prompt=cfg.mask_prompt,
-                                   progress=progress, desc=f"clicks: {label}").metrics()
-            for label, model in models.items()}
+    return {
+        label: evaluate_clicks(
+            model,
+            dataset,
+            indices,
+            max_clicks=cfg.max_clicks,
+            mask_prompt=cfg.mask_prompt,
+            progress=progress,
+            desc=f"clicks: {label}",
+        ).metrics()
+        for label, model in models.items()
+    }

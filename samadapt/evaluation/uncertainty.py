@@ -52,8 +52,9 @@ class Interval:
         return {"mean": self.mean, "low": self.low, "high": self.high, "level": self.level, "method": self.method}
 
 
-def _per_image(records: EvalRecords, image_ids: np.ndarray, metric: str, category: int | None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _per_image(
+    records: EvalRecords, image_ids: np.ndarray, metric: str, category: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(sums, counts), each (n_images,): the sum of ``metric`` over each image's instances (of
     ``category`` only, if given) and their number, in the order of ``image_ids``."""
     values = np.asarray(getattr(records, metric), dtype=np.float64)
@@ -76,9 +77,16 @@ def _as_runs(records: EvalRecords | Sequence[EvalRecords]) -> list[EvalRecords]:
     return runs
 
 
-def bootstrap_interval(records: EvalRecords | Sequence[EvalRecords], metric: str = "iou", *,
-                       reference: EvalRecords | Sequence[EvalRecords] | None = None, category: int | None = None,
-                       n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+def bootstrap_interval(
+    records: EvalRecords | Sequence[EvalRecords],
+    metric: str = "iou",
+    *,
+    reference: EvalRecords | Sequence[EvalRecords] | None = None,
+    category: int | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """Mean of ``metric`` over instances, averaged over seeds, with a bootstrap interval over
     images and seeds (see the module docstring).
 
@@ -132,8 +140,12 @@ def bootstrap_interval(records: EvalRecords | Sequence[EvalRecords], metric: str
         valid &= (weights @ per[1][0][1]) > 0
     boot = boot[valid]
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    what = f"bootstrap over {n} images" + (f" and {len(runs)} seeds" if len(runs) > 1 else "") + \
-        (", paired with the reference" if reference is not None else "") + f", {n_boot} rounds"
+    what = (
+        f"bootstrap over {n} images"
+        + (f" and {len(runs)} seeds" if len(runs) > 1 else "")
+        + (", paired with the reference" if reference is not None else "")
+        + f", {n_boot} rounds"
+    )
     return Interval(float(point), float(lo), float(hi), level, what)
 
 
@@ -144,7 +156,7 @@ def _t_cdf(x: float, df: int) -> float:
     steps = 2000
     h = x / steps
     xs = np.linspace(0.0, x, steps + 1)
-    f = c * (1 + xs ** 2 / df) ** (-(df + 1) / 2)
+    f = c * (1 + xs**2 / df) ** (-(df + 1) / 2)
     return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
 
 

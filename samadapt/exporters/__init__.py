@@ -53,17 +53,40 @@ class ExportFormat:
         getattr(importlib.import_module(module, __name__), function)(model, out, metadata, **options)
 
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
-    ExportFormat("sam", "plain SAM checkpoint (.pth state dict) for segment_anything, CVAT's SAM function",
-                 folder=False, carries_added_modules=False, writer=".sam:write_sam"),
-    ExportFormat("onnx", "encoder.onnx + decoder.onnx (SamOnnxModel interface) for onnxruntime and labelling tools",
-                 folder=True, carries_added_modules=True, writer=".onnx:write_onnx",
-                 options=("quantize", "rgb_encoder")),
-    ExportFormat("hf", "transformers SamModel + SamProcessor folder",
-                 folder=True, carries_added_modules=False, writer=".hf:write_hf"),
-    ExportFormat("peft", "peft LoRA folder (lora strategy only)",
-                 folder=True, carries_added_modules=False, writer=".peft:write_peft"),
-)}
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat(
+            "sam",
+            "plain SAM checkpoint (.pth state dict) for segment_anything, CVAT's SAM function",
+            folder=False,
+            carries_added_modules=False,
+            writer=".sam:write_sam",
+        ),
+        ExportFormat(
+            "onnx",
+            "encoder.onnx + decoder.onnx (SamOnnxModel interface) for onnxruntime and labelling tools",
+            folder=True,
+            carries_added_modules=True,
+            writer=".onnx:write_onnx",
+            options=("quantize", "rgb_encoder"),
+        ),
+        ExportFormat(
+            "hf",
+            "transformers SamModel + SamProcessor folder",
+            folder=True,
+            carries_added_modules=False,
+            writer=".hf:write_hf",
+        ),
+        ExportFormat(
+            "peft",
+            "peft LoRA folder (lora strategy only)",
+            folder=True,
+            carries_added_modules=False,
+            writer=".peft:write_peft",
+        ),
+    )
+}
 
 
 def export_metadata(model: AdaptedSam, fmt: str, source: Path | None = None) -> dict[str, Any]:
@@ -108,8 +131,15 @@ def _check_can_carry(model: AdaptedSam, fmt: ExportFormat) -> None:
         )
 
 
-def export(model: AdaptedSam | str | os.PathLike, *, to: str, out: str | os.PathLike, force: bool = False,
-           checkpoint: str | os.PathLike | None = None, **options: Any) -> Path:
+def export(
+    model: AdaptedSam | str | os.PathLike,
+    *,
+    to: str,
+    out: str | os.PathLike,
+    force: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    **options: Any,
+) -> Path:
     """Write ``model`` in the format ``to`` at ``out`` and return ``out``.
 
     Args:
@@ -141,8 +171,9 @@ def export(model: AdaptedSam | str | os.PathLike, *, to: str, out: str | os.Path
     if taken and not force:
         raise ExportError(f"{str(taken[0])!r} exists; pass force=True (--force) to replace it, or choose another path")
     if not fmt.folder and out.is_dir():
-        raise ExportError(f"{str(out)!r} is a folder; the {to!r} format writes one file: give a file name "
-                          "(e.g. model.pth)")
+        raise ExportError(
+            f"{str(out)!r} is a folder; the {to!r} format writes one file: give a file name (e.g. model.pth)"
+        )
     source = None
     if not isinstance(model, AdaptedSam):
         from ..hub import load, resolve_adapter

@@ -45,8 +45,10 @@ _KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
     (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
     (r"^prompt_encoder\.point_embeddings\.", "prompt_encoder.point_embed."),
-    (r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
-     "prompt_encoder.shared_embedding.positional_embedding"),
+    (
+        r"^prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$",
+        "prompt_encoder.shared_embedding.positional_embedding",
+    ),
 )
 # upstream's MLP (layers.0 .. layers.{d-1}) is transformers' SamFeedForward (proj_in, layers.*, proj_out)
 _MLP = re.compile(r"^(mask_decoder\.(?:iou_prediction_head|output_hypernetworks_mlps\.\d+))\.layers\.(\d+)\.(.+)$")
@@ -77,16 +79,35 @@ def transformers_config(card: ModelCard):
     """The ``transformers.SamConfig`` of a model card (field names of ``configuration_sam.py``)."""
     from transformers import SamConfig
 
-    vision = dict(hidden_size=card.encoder_embed_dim, output_channels=card.prompt_embed_dim,
-                  num_hidden_layers=card.encoder_depth, num_attention_heads=card.encoder_num_heads,
-                  image_size=card.image_size, patch_size=card.patch_size, window_size=card.window_size,
-                  global_attn_indexes=list(card.encoder_global_attn_indexes), mlp_ratio=4.0,
-                  num_pos_feats=card.prompt_embed_dim // 2, layer_norm_eps=1e-6)
-    prompt = dict(hidden_size=card.prompt_embed_dim, image_size=card.image_size, patch_size=card.patch_size,
-                  mask_input_channels=card.mask_in_chans, layer_norm_eps=1e-6)
-    decoder = dict(hidden_size=card.prompt_embed_dim, mlp_dim=card.decoder_mlp_dim, num_hidden_layers=2,
-                   num_attention_heads=card.decoder_num_heads, iou_head_depth=3,
-                   iou_head_hidden_dim=card.iou_head_hidden_dim, num_multimask_outputs=3)
+    vision = dict(
+        hidden_size=card.encoder_embed_dim,
+        output_channels=card.prompt_embed_dim,
+        num_hidden_layers=card.encoder_depth,
+        num_attention_heads=card.encoder_num_heads,
+        image_size=card.image_size,
+        patch_size=card.patch_size,
+        window_size=card.window_size,
+        global_attn_indexes=list(card.encoder_global_attn_indexes),
+        mlp_ratio=4.0,
+        num_pos_feats=card.prompt_embed_dim // 2,
+        layer_norm_eps=1e-6,
+    )
+    prompt = dict(
+        hidden_size=card.prompt_embed_dim,
+        image_size=card.image_size,
+        patch_size=card.patch_size,
+        mask_input_channels=card.mask_in_chans,
+        layer_norm_eps=1e-6,
+    )
+    decoder = dict(
+        hidden_size=card.prompt_embed_dim,
+        mlp_dim=card.decoder_mlp_dim,
+        num_hidden_layers=2,
+        num_attention_heads=card.decoder_num_heads,
+        iou_head_depth=3,
+        iou_head_hidden_dim=card.iou_head_hidden_dim,
+        num_multimask_outputs=3,
+    )
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
@@ -96,8 +117,12 @@ def transformers_processor(card: ModelCard):
     from transformers import SamImageProcessor, SamProcessor
 
     s, low = card.image_size, card.low_res_size
-    image_processor = SamImageProcessor(size={"longest_edge": s}, pad_size={"height": s, "width": s},
-                                        mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low})
+    image_processor = SamImageProcessor(
+        size={"longest_edge": s},
+        pad_size={"height": s, "width": s},
+        mask_size={"longest_edge": low},
+        mask_pad_size={"height": low, "width": low},
+    )
     return SamProcessor(image_processor=image_processor)
 
 

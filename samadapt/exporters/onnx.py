@@ -63,7 +63,7 @@ def low_pass_matrix(n: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
     the result as a constant, not the FFTs."""
     spectrum = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0, norm="forward"), axes=0)
     box = np.zeros(n)
-    box[n // 2 - half: n // 2 + half] = 1
+    box[n // 2 - half : n // 2 + half] = 1
     a = np.fft.ifft(np.fft.ifftshift(spectrum * box[:, None], axes=0), axis=0, norm="forward")
     return torch.from_numpy(a.real.astype(np.float32)), torch.from_numpy(a.imag.astype(np.float32))
 
@@ -154,9 +154,15 @@ def dynamic_crop_decoder(sam: Sam) -> nn.Module:
     return DynamicCropSamOnnxModel(sam, return_single_mask=True)
 
 
-def _save(module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str],
-          dynamic_axes: dict[str, dict[int, str]], path: Path, metadata: dict[str, Any],
-          external_data_bytes: int = EXTERNAL_DATA_BYTES) -> None:
+def _save(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    path: Path,
+    metadata: dict[str, Any],
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> None:
     """Trace ``module`` to ``path``, with ``metadata`` as the ``samadapt`` property; weights go to
     ``<name>.data`` beside it when the graph is over ``external_data_bytes``."""
     import onnx
@@ -170,14 +176,28 @@ def _save(module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=UserWarning)
-            torch.onnx.export(module, tuple(inputs.values()), str(scratch / path.name), input_names=list(inputs),
-                              output_names=output_names, dynamic_axes=dynamic_axes, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                module,
+                tuple(inputs.values()),
+                str(scratch / path.name),
+                input_names=list(inputs),
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         proto = onnx.load(str(scratch / path.name))
         onnx.helper.set_model_props(proto, {"samadapt": json.dumps(metadata, sort_keys=True, default=str)})
         big = proto.ByteSize() > external_data_bytes
-        onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=f"{path.name}.data", size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            location=f"{path.name}.data",
+            size_threshold=1024,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -187,17 +207,29 @@ def _quantize(src: Path, dst: Path, metadata: dict[str, Any]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # segment-anything's export script's settings; uint8 weights, activations quantised at run time
-    quantize_dynamic(model_input=str(src), model_output=str(dst), per_channel=False, reduce_range=False,
-                     weight_type=QuantType.QUInt8,
-                     use_external_data_format=src.with_name(f"{src.name}.data").exists())
+    quantize_dynamic(
+        model_input=str(src),
+        model_output=str(dst),
+        per_channel=False,
+        reduce_range=False,
+        weight_type=QuantType.QUInt8,
+        use_external_data_format=src.with_name(f"{src.name}.data").exists(),
+    )
     proto = onnx.load(str(dst))
     if not any(p.key == "samadapt" for p in proto.metadata_props):
         onnx.helper.set_model_props(proto, {"samadapt": json.dumps(metadata, sort_keys=True, default=str)})
         onnx.save_model(proto, str(dst))
 
 
-def write_onnx(model: AdaptedSam, folder: Path, metadata: dict[str, Any], *, quantize: bool = False,
-               rgb_encoder: bool = False, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> None:
+def write_onnx(
+    model: AdaptedSam,
+    folder: Path,
+    metadata: dict[str, Any],
+    *,
+    quantize: bool = False,
+    rgb_encoder: bool = False,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> None:
     """Write the pair (and the optional graphs) into ``folder``; see the module docstring."""
     # a model whose adaptation folds into SAM's weights is exported as a plain upstream Sam (the
     # merged LoRA costs nothing at run time); adapter blocks are traced where they are, in place
@@ -208,12 +240,26 @@ def write_onnx(model: AdaptedSam, folder: Path, metadata: dict[str, Any], *, qua
     meta = metadata
     with traceable(source), torch.no_grad():
         image = torch.randn(1, 3, size, size, device=device)
-        _save(OnnxImageEncoder(source), {"image": image}, ["image_embeddings"], {}, folder / ENCODER, meta,
-              external_data_bytes)
+        _save(
+            OnnxImageEncoder(source),
+            {"image": image},
+            ["image_embeddings"],
+            {},
+            folder / ENCODER,
+            meta,
+            external_data_bytes,
+        )
         if rgb_encoder:
             rgb = torch.rand(size, size * 3 // 4, 3, device=device) * 255
-            _save(OnnxImageEncoder(source, rgb_input=True), {"image": rgb}, ["image_embeddings"],
-                  {"image": {0: "height", 1: "width"}}, folder / ENCODER_RGB, meta, external_data_bytes)
+            _save(
+                OnnxImageEncoder(source, rgb_input=True),
+                {"image": rgb},
+                ["image_embeddings"],
+                {"image": {0: "height", 1: "width"}},
+                folder / ENCODER_RGB,
+                meta,
+                external_data_bytes,
+            )
         decoder_inputs = {  # as segment-anything's scripts/export_onnx_model.py
             "image_embeddings": torch.randn(1, source.prompt_encoder.embed_dim, *emb, device=device),
             "point_coords": torch.randint(0, size, (1, 5, 2), device=device).float(),
@@ -222,11 +268,19 @@ def write_onnx(model: AdaptedSam, folder: Path, metadata: dict[str, Any], *, qua
             "has_mask_input": torch.tensor([1.0], device=device),
             "orig_im_size": torch.tensor([1500.0, 2250.0], device=device),
         }
-        _save(dynamic_crop_decoder(source), decoder_inputs,
-              ["masks", "iou_predictions", "low_res_masks"],
-              {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}, folder / DECODER, meta,
-              external_data_bytes)
+        _save(
+            dynamic_crop_decoder(source),
+            decoder_inputs,
+            ["masks", "iou_predictions", "low_res_masks"],
+            {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            folder / DECODER,
+            meta,
+            external_data_bytes,
+        )
     if quantize:
         for name in (ENCODER, DECODER, *((ENCODER_RGB,) if rgb_encoder else ())):
-            _quantize(folder / name, folder / name.replace(".onnx", "_int8.onnx"),
-                      {**meta, "quantized": "int8 dynamic (uint8 weights)"})
+            _quantize(
+                folder / name,
+                folder / name.replace(".onnx", "_int8.onnx"),
+                {**meta, "quantized": "int8 dynamic (uint8 weights)"},
+            )

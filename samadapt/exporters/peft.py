@@ -41,8 +41,11 @@ def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: di
     cfg["base_model_name_or_path"] = f"samadapt:{model.model_type}:{model.base.base_id}"
     cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
     atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2, default=str)))
-    decoder = {n: t.cpu().contiguous() for n, t in model.trainable_state_dict().items()
-               if n.startswith("mask_decoder.") and not LoraStrategy.owns(n)}  # LoRA's own are in PEFT_WEIGHTS
+    decoder = {
+        n: t.cpu().contiguous()
+        for n, t in model.trainable_state_dict().items()
+        if n.startswith("mask_decoder.") and not LoraStrategy.owns(n)
+    }  # LoRA's own are in PEFT_WEIGHTS
     if decoder:
         atomic_write(directory / DECODER_WEIGHTS, lambda tmp: save_file(decoder, tmp, metadata=header))
     return directory

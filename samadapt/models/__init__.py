@@ -14,7 +14,18 @@ from .registry import (
 )
 
 __all__ = [
-    "MODEL_TYPES", "BaseInfo", "ModelCard", "OFFICIAL_CHECKPOINTS", "OfficialCheckpoint", "base_info",
-    "build_sam", "file_sha256", "get_model_card", "infer_model_type", "model_type_for_tag",
-    "official_checkpoint", "register_model_type", "remap_state_dict",
+    "MODEL_TYPES",
+    "BaseInfo",
+    "ModelCard",
+    "OFFICIAL_CHECKPOINTS",
+    "OfficialCheckpoint",
+    "base_info",
+    "build_sam",
+    "file_sha256",
+    "get_model_card",
+    "infer_model_type",
+    "model_type_for_tag",
+    "official_checkpoint",
+    "register_model_type",
+    "remap_state_dict",
 ]

@@ -41,16 +41,21 @@ OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
     c.filename: c
     for c in (
         OfficialCheckpoint(
-            "vit_b", "sam_vit_b_01ec64.pth",
-            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383,
+            "vit_b",
+            "sam_vit_b_01ec64.pth",
+            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            375_042_383,
         ),
         OfficialCheckpoint(
-            "vit_l", "sam_vit_l_0b3195.pth",
+            "vit_l",
+            "sam_vit_l_0b3195.pth",
             "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
         ),
         OfficialCheckpoint(
-            "vit_h", "sam_vit_h_4b8939.pth",
-            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879,
+            "vit_h",
+            "sam_vit_h_4b8939.pth",
+            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            2_564_550_879,
         ),
     )
 }
@@ -106,7 +111,7 @@ def remap_state_dict(state: Mapping) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         for prefix in ("module.", "model.", "sam."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -124,7 +129,5 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "is the file truncated or not a torch.save state dict? Download it again."
         ) from None
     if not isinstance(state, Mapping):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict"
-        )
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict")
     return remap_state_dict(state)

@@ -28,9 +28,16 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 
 __all__ = [
-    "CheckpointedBlock", "REL_POS_MODES", "SdpaAttention", "decomposed_rel_pos_bias", "disable_activation_checkpointing",
-    "disable_sdpa_attention", "enable_activation_checkpointing", "enable_sdpa_attention",
-    "activation_checkpointing_enabled", "sdpa_attention_enabled",
+    "CheckpointedBlock",
+    "REL_POS_MODES",
+    "SdpaAttention",
+    "decomposed_rel_pos_bias",
+    "disable_activation_checkpointing",
+    "disable_sdpa_attention",
+    "enable_activation_checkpointing",
+    "enable_sdpa_attention",
+    "activation_checkpointing_enabled",
+    "sdpa_attention_enabled",
 ]
 
 
@@ -62,8 +69,15 @@ def decomposed_rel_pos_bias(
     return bias.reshape(b, heads, q_h * q_w, k_h * k_w)
 
 
-def _folded_rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                              rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _folded_rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
     """SDPA with the decomposed relative-position bias folded into the dot product, so no
     (L x L) mask exists and PyTorch can use a fused kernel that keeps O(L) memory.
 
@@ -87,8 +101,9 @@ def _folded_rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.scaled_dot_product_attention(qa, ka, va, scale=1.0)[..., :c]
 
 
-def decomposed_rel_pos_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                             size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def decomposed_rel_pos_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Upstream's ``rel_h`` (B*heads, h, w, h) and ``rel_w`` (B*heads, h, w, w) for square attention
     (queries and keys on the same h x w grid); q: (B, heads, h*w, C)."""
     h, w = size

@@ -87,9 +87,7 @@ def get_model_card(model_type: str) -> ModelCard:
     try:
         return MODEL_TYPES[model_type]
     except KeyError:
-        raise UnknownNameError(
-            f"unknown model type {model_type!r}; choose one of {sorted(MODEL_TYPES)}"
-        ) from None
+        raise UnknownNameError(f"unknown model type {model_type!r}; choose one of {sorted(MODEL_TYPES)}") from None
 
 
 def model_type_for_tag(tag: str) -> str:
@@ -99,30 +97,63 @@ def model_type_for_tag(tag: str) -> str:
     raise UnknownNameError(f"unknown model tag {tag!r}; choose one of {sorted(c.tag for c in MODEL_TYPES.values())}")
 
 
-register_model_type(ModelCard(
-    name="vit_b", tag="vitb", encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
-    encoder_global_attn_indexes=(2, 5, 8, 11), checkpoint="sam_vit_b_01ec64.pth",
-    description="SAM ViT-B (93.7M parameters), official architecture",
-))
-register_model_type(ModelCard(
-    name="vit_l", tag="vitl", encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
-    encoder_global_attn_indexes=(5, 11, 17, 23), checkpoint="sam_vit_l_0b3195.pth",
-    description="SAM ViT-L (312.3M parameters), official architecture",
-))
-register_model_type(ModelCard(
-    name="vit_h", tag="vith", encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
-    encoder_global_attn_indexes=(7, 15, 23, 31), checkpoint="sam_vit_h_4b8939.pth",
-    description="SAM ViT-H (641.1M parameters), official architecture",
-))
-register_model_type(ModelCard(
-    name="mini", tag="mini", encoder_embed_dim=128, encoder_depth=4, encoder_num_heads=4,
-    encoder_global_attn_indexes=(1, 3), image_size=256, patch_size=16, window_size=8,
-    prompt_embed_dim=128, decoder_mlp_dim=512, decoder_num_heads=4, iou_head_hidden_dim=128,
-    builtin_weights="mini.safetensors",
-    description="Small SAM-architecture model for 2-core CPUs (256 px input), pretrained by "
-    "recipes/pretrain_mini.py on generated generic scenes",
-    license="Apache-2.0 (samadapt)",
-))
+register_model_type(
+    ModelCard(
+        name="vit_b",
+        tag="vitb",
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+        checkpoint="sam_vit_b_01ec64.pth",
+        description="SAM ViT-B (93.7M parameters), official architecture",
+    )
+)
+register_model_type(
+    ModelCard(
+        name="vit_l",
+        tag="vitl",
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+        checkpoint="sam_vit_l_0b3195.pth",
+        description="SAM ViT-L (312.3M parameters), official architecture",
+    )
+)
+register_model_type(
+    ModelCard(
+        name="vit_h",
+        tag="vith",
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+        checkpoint="sam_vit_h_4b8939.pth",
+        description="SAM ViT-H (641.1M parameters), official architecture",
+    )
+)
+register_model_type(
+    ModelCard(
+        name="mini",
+        tag="mini",
+        encoder_embed_dim=128,
+        encoder_depth=4,
+        encoder_num_heads=4,
+        encoder_global_attn_indexes=(1, 3),
+        image_size=256,
+        patch_size=16,
+        window_size=8,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=512,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=128,
+        builtin_weights="mini.safetensors",
+        description="Small SAM-architecture model for 2-core CPUs (256 px input), pretrained by "
+        "recipes/pretrain_mini.py on generated generic scenes",
+        license="Apache-2.0 (samadapt)",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -157,8 +188,7 @@ def infer_model_type(sam: Sam) -> str:
         ):
             return card.name
     raise UnknownNameError(
-        "this Sam does not match any registered model type; register a ModelCard for it "
-        f"(known: {sorted(MODEL_TYPES)})"
+        f"this Sam does not match any registered model type; register a ModelCard for it (known: {sorted(MODEL_TYPES)})"
     )
 
 
@@ -173,7 +203,9 @@ def _guess_model_type(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_type: str, source: str) -> None:
+def load_state_strict(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, model_type: str, source: str
+) -> None:
     """``load_state_dict(strict=True)`` with an error that lists what differs and what the file is."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -316,5 +348,3 @@ def build_sam(
     sam.eval()
     sam.samadapt_base = info
     return sam
-
-

@@ -18,19 +18,44 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "AutoConfig": "automatic", "SAM_DEFAULTS": "automatic", "Proposals": "automatic",
-    "Calibration": "calibration", "calibrate": "calibration",
-    "ClassHead": "class_head", "attach_class_head": "class_head", "class_head_of": "class_head",
+    "AutoConfig": "automatic",
+    "SAM_DEFAULTS": "automatic",
+    "Proposals": "automatic",
+    "Calibration": "calibration",
+    "calibrate": "calibration",
+    "ClassHead": "class_head",
+    "attach_class_head": "class_head",
+    "class_head_of": "class_head",
     "loss_with_class_head": "class_head",
-    "DetectionSet": "detections", "read_detections": "detections",
-    "coco_results": "results", "evaluate_results": "results", "write_results": "results",
-    "segment": "api", "segment_images": "api",
+    "DetectionSet": "detections",
+    "read_detections": "detections",
+    "coco_results": "results",
+    "evaluate_results": "results",
+    "write_results": "results",
+    "segment": "api",
+    "segment_images": "api",
     "store_calibration": "..adapter_io",
 }
 
-__all__ = ["AutoConfig", "Calibration", "ClassHead", "DetectionSet", "Proposals", "SAM_DEFAULTS", "attach_class_head",
-           "calibrate", "class_head_of", "coco_results", "evaluate_results", "loss_with_class_head", "read_detections",
-           "segment", "segment_images", "store_calibration", "write_results"]
+__all__ = [
+    "AutoConfig",
+    "Calibration",
+    "ClassHead",
+    "DetectionSet",
+    "Proposals",
+    "SAM_DEFAULTS",
+    "attach_class_head",
+    "calibrate",
+    "class_head_of",
+    "coco_results",
+    "evaluate_results",
+    "loss_with_class_head",
+    "read_detections",
+    "segment",
+    "segment_images",
+    "store_calibration",
+    "write_results",
+]
 
 
 def __getattr__(name: str):

@@ -41,15 +41,24 @@ def resolve_auto_config(model, auto: AutoConfig | None = None, calibration=None)
     cal = calibration if calibration is not None else getattr(model, "auto_calibration", None)
     if cal is not None:
         return cal.auto_config()
-    logger.warning("automatic masks with SAM's fixed thresholds (predicted IoU > 0.88, stability >= 0.95): this "
-                   "model is not calibrated, and a small or fine-tuned model may keep no mask at them. Calibrate it "
-                   "on labelled images (samadapt.segment.calibrate, or samadapt segment --auto "
-                   "--calibrate-annotation-file ...)")
+    logger.warning(
+        "automatic masks with SAM's fixed thresholds (predicted IoU > 0.88, stability >= 0.95): this "
+        "model is not calibrated, and a small or fine-tuned model may keep no mask at them. Calibrate it "
+        "on labelled images (samadapt.segment.calibrate, or samadapt segment --auto "
+        "--calibrate-annotation-file ...)"
+    )
     return SAM_DEFAULTS
 
 
-def _records(rles: Sequence[dict], scores: np.ndarray, predicted_iou: np.ndarray, categories: Sequence[int | None],
-             probs: np.ndarray | None, head, extra: dict[str, np.ndarray] | None = None) -> list[dict]:
+def _records(
+    rles: Sequence[dict],
+    scores: np.ndarray,
+    predicted_iou: np.ndarray,
+    categories: Sequence[int | None],
+    probs: np.ndarray | None,
+    head,
+    extra: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
     """Records of K masks; ``probs`` (K, K_classes) labels those whose category is None."""
     from pycocotools import mask as mask_utils
 
@@ -62,18 +71,25 @@ def _records(rles: Sequence[dict], scores: np.ndarray, predicted_iou: np.ndarray
             j = int(probs[k].argmax())
             cat, p = head.category_ids[j], float(probs[k, j])
             score *= p
-        rec = {"segmentation": rle, "bbox": [float(v) for v in boxes[k]], "area": int(areas[k]), "score": score,
-               "category_id": None if cat is None else int(cat),
-               "category_name": head.categories.get(cat) if head is not None and cat is not None else None,
-               "predicted_iou": float(predicted_iou[k]), "class_probability": p}
+        rec = {
+            "segmentation": rle,
+            "bbox": [float(v) for v in boxes[k]],
+            "area": int(areas[k]),
+            "score": score,
+            "category_id": None if cat is None else int(cat),
+            "category_name": head.categories.get(cat) if head is not None and cat is not None else None,
+            "predicted_iou": float(predicted_iou[k]),
+            "class_probability": p,
+        }
         for key, values in (extra or {}).items():
             rec[key] = values[k].tolist()
         out.append(rec)
     return out
 
 
-def _from_prompts(model, embedding: torch.Tensor, image_size: tuple[int, int], *, boxes, points, point_labels,
-                  want_tokens: bool):
+def _from_prompts(
+    model, embedding: torch.Tensor, image_size: tuple[int, int], *, boxes, points, point_labels, want_tokens: bool
+):
     """Masks (K, H, W) bool, predicted IoU (K,), mask tokens (K, C) or None, from box or point prompts."""
     tf = model.transform
     dev = model.device
@@ -86,14 +102,20 @@ def _from_prompts(model, embedding: torch.Tensor, image_size: tuple[int, int], *
         if p.ndim == 2:
             p, lab = p[None], lab.reshape(1, -1)
         if p.ndim != 3 or p.shape[-1] != 2 or lab.shape != p.shape[:2]:
-            raise ConfigError(f"points must be (N, P, 2) with point_labels (N, P); got {tuple(p.shape)} and "
-                              f"{tuple(lab.shape)}")
+            raise ConfigError(
+                f"points must be (N, P, 2) with point_labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}"
+            )
         p, lab = tf.apply_points(p, image_size).to(dev), lab.to(dev)
         multimask = boxes is None and p.shape[1] == 1  # one click is ambiguous: SAM's best of three
     capture = MaskTokenCapture(model.sam) if want_tokens else contextlib.nullcontext()
     with capture as cap:
-        out = model.decode(embedding[None], boxes=None if b is None else [b], points=None if p is None else [p],
-                           point_labels=None if lab is None else [lab], multimask=multimask)
+        out = model.decode(
+            embedding[None],
+            boxes=None if b is None else [b],
+            points=None if p is None else [p],
+            point_labels=None if lab is None else [lab],
+            multimask=multimask,
+        )
     rows = torch.arange(out.iou_predictions.shape[0], device=out.iou_predictions.device)
     best = out.iou_predictions.argmax(1)
     low, iou = out.low_res_logits[rows, best].float(), out.iou_predictions[rows, best].float()
@@ -102,9 +124,20 @@ def _from_prompts(model, embedding: torch.Tensor, image_size: tuple[int, int], *
 
 
 @torch.no_grad()
-def segment_embedded(model, embedding: torch.Tensor, image_size: tuple[int, int], *, boxes=None, scores=None,
-                     category_ids: Sequence[int | None] | None = None, points=None, point_labels=None,
-                     auto: AutoConfig | None = None, calibration=None, classify: bool = False) -> list[dict]:
+def segment_embedded(
+    model,
+    embedding: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    boxes=None,
+    scores=None,
+    category_ids: Sequence[int | None] | None = None,
+    points=None,
+    point_labels=None,
+    auto: AutoConfig | None = None,
+    calibration=None,
+    classify: bool = False,
+) -> list[dict]:
     """:func:`segment` for an image whose embedding (C, h, w) is computed already."""
     from ..evaluation.metrics import encode_mask
 
@@ -118,8 +151,15 @@ def segment_embedded(model, embedding: torch.Tensor, image_size: tuple[int, int]
         if len(cats) != n:
             raise ConfigError(f"got {len(cats)} category_ids for {n} prompts")
         want = head is not None and any(c is None for c in cats)
-        masks, iou, tokens = _from_prompts(model, embedding, image_size, boxes=boxes, points=points,
-                                           point_labels=point_labels, want_tokens=want and boxes is not None)
+        masks, iou, tokens = _from_prompts(
+            model,
+            embedding,
+            image_size,
+            boxes=boxes,
+            points=points,
+            point_labels=point_labels,
+            want_tokens=want and boxes is not None,
+        )
         rles = [encode_mask(m) for m in masks]
         if boxes is not None:
             prompt_scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
@@ -133,12 +173,19 @@ def segment_embedded(model, embedding: torch.Tensor, image_size: tuple[int, int]
         extra = {"box": np.asarray(boxes, np.float32)} if boxes is not None else None
         return _records(rles, prompt_scores, iou, cats, probs, head, extra)
     cfg = resolve_auto_config(model, auto, calibration)
-    return proposal_records(model, embedding, image_size, propose_masks(model, embedding, image_size, cfg),
-                            calibration=calibration, classify=classify)
+    return proposal_records(
+        model,
+        embedding,
+        image_size,
+        propose_masks(model, embedding, image_size, cfg),
+        calibration=calibration,
+        classify=classify,
+    )
 
 
-def proposal_records(model, embedding: torch.Tensor, image_size: tuple[int, int], props, *, calibration=None,
-                     classify: bool = False) -> list[dict]:
+def proposal_records(
+    model, embedding: torch.Tensor, image_size: tuple[int, int], props, *, calibration=None, classify: bool = False
+) -> list[dict]:
     """Records of automatic proposals (:class:`~samadapt.segment.automatic.Proposals`), best first:
     scored by their quality, labelled through their boxes with ``classify``."""
     head = require_class_head(model) if classify else None
@@ -147,8 +194,15 @@ def proposal_records(model, embedding: torch.Tensor, image_size: tuple[int, int]
     if head is not None and len(props):
         box_in = model.transform.apply_boxes(props.boxes, image_size).to(model.device)
         probs = classify_boxes(model, embedding[None], [box_in])[0].numpy()
-    recs = _records(props.rles, quality, props.predicted_iou, [None] * len(props), probs, head,
-                    {"stability_score": props.stability_score, "point_coords": props.points})
+    recs = _records(
+        props.rles,
+        quality,
+        props.predicted_iou,
+        [None] * len(props),
+        probs,
+        head,
+        {"stability_score": props.stability_score, "point_coords": props.points},
+    )
     recs.sort(key=lambda r: -r["score"])
     return recs
 
@@ -173,8 +227,19 @@ def _classify_masks(model, embedding: torch.Tensor, image_size: tuple[int, int],
     return classify_boxes(model, embedding[None], [box_in])[0].numpy()
 
 
-def segment(model, image: np.ndarray, *, boxes=None, scores=None, category_ids=None, points=None, point_labels=None,
-            auto: AutoConfig | None = None, calibration=None, classify: bool = False) -> list[dict]:
+def segment(
+    model,
+    image: np.ndarray,
+    *,
+    boxes=None,
+    scores=None,
+    category_ids=None,
+    points=None,
+    point_labels=None,
+    auto: AutoConfig | None = None,
+    calibration=None,
+    classify: bool = False,
+) -> list[dict]:
     """Segment one RGB uint8 image (H, W, 3).
 
     Args:
@@ -194,13 +259,32 @@ def segment(model, image: np.ndarray, *, boxes=None, scores=None, category_ids=N
     if classify:
         require_class_head(model)
     embedding = encode_images(model, [image], 1)[0]
-    return segment_embedded(model, embedding, image.shape[:2], boxes=boxes, scores=scores, category_ids=category_ids,
-                            points=points, point_labels=point_labels, auto=auto, calibration=calibration,
-                            classify=classify)
+    return segment_embedded(
+        model,
+        embedding,
+        image.shape[:2],
+        boxes=boxes,
+        scores=scores,
+        category_ids=category_ids,
+        points=points,
+        point_labels=point_labels,
+        auto=auto,
+        calibration=calibration,
+        classify=classify,
+    )
 
 
-def segment_images(model, images, *, detections=None, auto: AutoConfig | None = None, calibration=None,
-                   classify: bool = False, batch_size: int = 4, progress: bool = True) -> tuple[list[dict], dict[str, Any]]:
+def segment_images(
+    model,
+    images,
+    *,
+    detections=None,
+    auto: AutoConfig | None = None,
+    calibration=None,
+    classify: bool = False,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, Any]]:
     """Segment every image of an :class:`~samadapt.segment.detections.ImageSet`.
 
     Args:
@@ -220,13 +304,15 @@ def segment_images(model, images, *, detections=None, auto: AutoConfig | None = 
     if classify:
         require_class_head(model)
     cfg = resolve_auto_config(model, auto, calibration) if detections is None else None
-    todo = list(images.images) if detections is None else [im for im in images.images if im.image_id in detections.boxes]
+    todo = (
+        list(images.images) if detections is None else [im for im in images.images if im.image_id in detections.boxes]
+    )
     with_name = images.instances is None
     results: list[dict] = []
     clipped = outside = 0
     bar = tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress)
     for start in range(0, len(todo), batch_size):
-        refs = todo[start:start + batch_size]
+        refs = todo[start : start + batch_size]
         arrays = [read_image(r.path) for r in refs]
         for ref, array, emb in zip(refs, arrays, encode_images(model, arrays, batch_size)):
             hw = array.shape[:2]
@@ -237,14 +323,25 @@ def segment_images(model, images, *, detections=None, auto: AutoConfig | None = 
                 clipped += changed
                 outside += int((~keep).sum())
                 cats = [c for c, k in zip(detections.category_ids[ref.image_id], keep) if k]
-                segs = segment_embedded(model, emb, hw, boxes=boxes[keep], scores=detections.scores[ref.image_id][keep],
-                                        category_ids=cats, classify=classify)
+                segs = segment_embedded(
+                    model,
+                    emb,
+                    hw,
+                    boxes=boxes[keep],
+                    scores=detections.scores[ref.image_id][keep],
+                    category_ids=cats,
+                    classify=classify,
+                )
             results.extend(coco_results(ref.image_id, segs, file_name=ref.file_name if with_name else None))
         bar.update(len(refs))
     bar.close()
-    report: dict[str, Any] = {"images": len(images), "images_segmented": len(todo), "masks": len(results),
-                              "missing_image_files": len(images.missing),
-                              "missing_image_files_listed": images.missing[:10]}
+    report: dict[str, Any] = {
+        "images": len(images),
+        "images_segmented": len(todo),
+        "masks": len(results),
+        "missing_image_files": len(images.missing),
+        "missing_image_files_listed": images.missing[:10],
+    }
     if detections is not None:
         report.update(detections.report(), boxes_clipped=clipped, boxes_outside_image=outside)
     else:

@@ -71,16 +71,22 @@ class AutoConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"`{name}` should be a positive integer, got {v!r}")
-        if self.max_masks is not None and (isinstance(self.max_masks, bool) or not isinstance(self.max_masks, int)
-                                           or self.max_masks < 1):
+        if self.max_masks is not None and (
+            isinstance(self.max_masks, bool) or not isinstance(self.max_masks, int) or self.max_masks < 1
+        ):
             raise ConfigError(f"`max_masks` should be a positive integer or None, got {self.max_masks!r}")
         for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"`{name}` should be a number in [0, 1], got {v!r}")
-        if isinstance(self.stability_score_offset, bool) or not isinstance(self.stability_score_offset, (int, float)) \
-                or self.stability_score_offset <= 0:
-            raise ConfigError(f"`stability_score_offset` should be a positive number, got {self.stability_score_offset!r}")
+        if (
+            isinstance(self.stability_score_offset, bool)
+            or not isinstance(self.stability_score_offset, (int, float))
+            or self.stability_score_offset <= 0
+        ):
+            raise ConfigError(
+                f"`stability_score_offset` should be a positive number, got {self.stability_score_offset!r}"
+            )
 
     def replace(self, **changes) -> "AutoConfig":
         """A copy with ``changes``; fields given as None keep their value, except ``max_masks``."""
@@ -129,7 +135,7 @@ def encode_images(model, images: Sequence[np.ndarray], batch_size: int = 4) -> l
     """Image embeddings, (C, h, w) each, for RGB uint8 (H, W, 3) images, ``batch_size`` per encoder pass."""
     tf, dtype, out = model.transform, model.sam.pixel_mean.dtype, []
     for start in range(0, len(images), batch_size):
-        chunk = [model._check_image(im) for im in images[start:start + batch_size]]
+        chunk = [model._check_image(im) for im in images[start : start + batch_size]]
         x = torch.stack([tf.preprocess_image(im) for im in chunk]).to(model.device, dtype)
         out.extend(model.encode(x))
     return out
@@ -148,18 +154,28 @@ def _candidates(model, embedding: torch.Tensor, image_size: tuple[int, int], con
         low = out.low_res_logits.flatten(0, 1).float()  # (3n, h4, w4): the masks of a point are consecutive
         ious = out.iou_predictions.flatten(0, 1).float()
         pts = torch.as_tensor(np.repeat(points, 3, axis=0), dtype=torch.float32)
-        keep = ious > config.pred_iou_thresh if config.pred_iou_thresh > 0.0 else torch.ones_like(ious, dtype=torch.bool)
+        keep = (
+            ious > config.pred_iou_thresh if config.pred_iou_thresh > 0.0 else torch.ones_like(ious, dtype=torch.bool)
+        )
         low, ious, pts = low[keep], ious[keep], pts[keep.cpu()]
         if low.shape[0] == 0:
             continue
         logits = tf.postprocess_logits(low, (h, w))
         stability = calculate_stability_score(logits, model.sam.mask_threshold, config.stability_score_offset)
-        keep = stability >= config.stability_score_thresh if config.stability_score_thresh > 0.0 else \
-            torch.ones_like(stability, dtype=torch.bool)
+        keep = (
+            stability >= config.stability_score_thresh
+            if config.stability_score_thresh > 0.0
+            else torch.ones_like(stability, dtype=torch.bool)
+        )
         masks = logits[keep] > model.sam.mask_threshold
         del logits
-        batch = MaskData(rles=_encode_rles(masks), boxes=batched_mask_to_box(masks).float().cpu(),
-                         iou_preds=ious[keep].cpu(), stability_score=stability[keep].cpu(), points=pts[keep.cpu()])
+        batch = MaskData(
+            rles=_encode_rles(masks),
+            boxes=batched_mask_to_box(masks).float().cpu(),
+            iou_preds=ious[keep].cpu(),
+            stability_score=stability[keep].cpu(),
+            points=pts[keep.cpu()],
+        )
         data.cat(batch)
     return data
 
@@ -178,14 +194,19 @@ def _select(data: MaskData, config: AutoConfig) -> Proposals:
     if _count(data) == 0:
         z = np.zeros
         return Proposals([], z((0, 4), np.float32), z(0, np.float32), z(0, np.float32), z((0, 2), np.float32))
-    keep = batched_nms(data["boxes"], data["iou_preds"], torch.zeros(len(data["boxes"])),
-                       iou_threshold=config.box_nms_thresh)
+    keep = batched_nms(
+        data["boxes"], data["iou_preds"], torch.zeros(len(data["boxes"])), iou_threshold=config.box_nms_thresh
+    )
     if config.max_masks is not None:
         keep = keep[: config.max_masks]
     data.filter(keep)
-    return Proposals(list(data["rles"]), data["boxes"].numpy().astype(np.float32),
-                     data["iou_preds"].numpy().astype(np.float32), data["stability_score"].numpy().astype(np.float32),
-                     data["points"].numpy().astype(np.float32))
+    return Proposals(
+        list(data["rles"]),
+        data["boxes"].numpy().astype(np.float32),
+        data["iou_preds"].numpy().astype(np.float32),
+        data["stability_score"].numpy().astype(np.float32),
+        data["points"].numpy().astype(np.float32),
+    )
 
 
 def filter_candidates(data: MaskData, config: AutoConfig) -> Proposals:
@@ -206,8 +227,14 @@ def filter_candidates(data: MaskData, config: AutoConfig) -> Proposals:
 
 
 @torch.no_grad()
-def propose_masks(model, embedding: torch.Tensor, image_size: tuple[int, int], config: AutoConfig = SAM_DEFAULTS,
-                  *, keep_all: bool = False) -> Proposals | MaskData:
+def propose_masks(
+    model,
+    embedding: torch.Tensor,
+    image_size: tuple[int, int],
+    config: AutoConfig = SAM_DEFAULTS,
+    *,
+    keep_all: bool = False,
+) -> Proposals | MaskData:
     """Automatic masks of one image.
 
     Args:

@@ -75,10 +75,13 @@ class Calibration:
 
     def auto_config(self, base: AutoConfig = SAM_DEFAULTS) -> AutoConfig:
         """``base`` with the calibrated thresholds (and the grid density the calibration used)."""
-        return dataclasses.replace(base, pred_iou_thresh=self.pred_iou_thresh,
-                                   stability_score_thresh=self.stability_score_thresh,
-                                   points_per_side=self.points_per_side,
-                                   source=f"calibrated on {self.images} images of {self.data or 'labelled data'}")
+        return dataclasses.replace(
+            base,
+            pred_iou_thresh=self.pred_iou_thresh,
+            stability_score_thresh=self.stability_score_thresh,
+            points_per_side=self.points_per_side,
+            source=f"calibrated on {self.images} images of {self.data or 'labelled data'}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,8 +90,10 @@ class Calibration:
     def from_dict(cls, data: dict[str, Any]) -> "Calibration":
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict) or set(data) - names or not {"pred_iou_thresh", "iou_knots"} <= set(data):
-            raise ConfigError(f"not a samadapt automatic-mask calibration: {str(data)[:120]!r}; calibrate again "
-                              "(samadapt segment --auto --calibrate-annotation-file ...)")
+            raise ConfigError(
+                f"not a samadapt automatic-mask calibration: {str(data)[:120]!r}; calibrate again "
+                "(samadapt segment --auto --calibrate-annotation-file ...)"
+            )
         values = dict(data)
         for k in ("iou_knots", "real_iou_knots"):
             values[k] = tuple(float(v) for v in values[k])
@@ -113,8 +118,11 @@ def isotonic_knots(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[tuple[
         blocks.append([xi * wi, yi, wi])
         while len(blocks) > 1 and blocks[-2][1] > blocks[-1][1]:
             xb, yb, wb = blocks.pop()
-            blocks[-1] = [blocks[-1][0] + xb, (blocks[-1][1] * blocks[-1][2] + yb * wb) / (blocks[-1][2] + wb),
-                          blocks[-1][2] + wb]
+            blocks[-1] = [
+                blocks[-1][0] + xb,
+                (blocks[-1][1] * blocks[-1][2] + yb * wb) / (blocks[-1][2] + wb),
+                blocks[-1][2] + wb,
+            ]
     kx = tuple(round(b[0] / b[2], 6) for b in blocks)
     ky = tuple(round(b[1], 6) for b in blocks)
     if len(kx) == 1:
@@ -138,8 +146,9 @@ def _match_counts(order: np.ndarray, ious: np.ndarray, match_iou: float) -> int:
     return tp
 
 
-def _evaluate(images: list[dict], pred_t: float, stab_t: float, config: AutoConfig, match_iou: float
-              ) -> tuple[int, int, int]:
+def _evaluate(
+    images: list[dict], pred_t: float, stab_t: float, config: AutoConfig, match_iou: float
+) -> tuple[int, int, int]:
     """(true positives, masks kept, objects) over the calibration images at these thresholds."""
     import torch
     from torchvision.ops.boxes import batched_nms
@@ -155,8 +164,12 @@ def _evaluate(images: list[dict], pred_t: float, stab_t: float, config: AutoConf
         idx = np.nonzero(sel)[0]
         if idx.size == 0:
             continue
-        keep = batched_nms(torch.from_numpy(im["boxes"][idx]), torch.from_numpy(im["pred"][idx]),
-                           torch.zeros(idx.size), iou_threshold=config.box_nms_thresh).numpy()
+        keep = batched_nms(
+            torch.from_numpy(im["boxes"][idx]),
+            torch.from_numpy(im["pred"][idx]),
+            torch.zeros(idx.size),
+            iou_threshold=config.box_nms_thresh,
+        ).numpy()
         if config.max_masks is not None:
             keep = keep[: config.max_masks]
         kept += keep.size
@@ -171,8 +184,17 @@ def _f1(tp: int, kept: int, objects: int) -> tuple[float, float, float]:
     return f1, precision, recall
 
 
-def calibrate(model, instances, *, max_images: int | None = 8, points_per_side: int = 16, match_iou: float = 0.5,
-              config: AutoConfig = SAM_DEFAULTS, batch_size: int = 4, progress: bool = True) -> Calibration:
+def calibrate(
+    model,
+    instances,
+    *,
+    max_images: int | None = 8,
+    points_per_side: int = 16,
+    match_iou: float = 0.5,
+    config: AutoConfig = SAM_DEFAULTS,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> Calibration:
     """Calibrate automatic mask generation for ``model`` on labelled images.
 
     Args:
@@ -212,14 +234,23 @@ def calibrate(model, instances, *, max_images: int | None = 8, points_per_side: 
                 ious = ious.reshape(len(rles), len(gt_rles))
             else:
                 ious = np.zeros((len(rles), len(gt_rles)))
-            images.append({"pred": pred.astype(np.float32), "ious": ious,
-                           "stab": cand["stability_score"].numpy() if rles else np.zeros(0, np.float32),
-                           "boxes": cand["boxes"].numpy().astype(np.float32) if rles else np.zeros((0, 4), np.float32)})
+            images.append(
+                {
+                    "pred": pred.astype(np.float32),
+                    "ious": ious,
+                    "stab": cand["stability_score"].numpy() if rles else np.zeros(0, np.float32),
+                    "boxes": cand["boxes"].numpy().astype(np.float32) if rles else np.zeros((0, 4), np.float32),
+                }
+            )
     pred_all = np.concatenate([im["pred"] for im in images])
-    real_all = np.concatenate([im["ious"].max(1) if im["ious"].shape[1] else np.zeros(len(im["pred"]))
-                               for im in images])
-    grid_iou = sorted({0.0, SAM_DEFAULTS.pred_iou_thresh,
-                       *(round(float(q), 4) for q in np.quantile(pred_all, IOU_QUANTILES))} if pred_all.size else {0.0})
+    real_all = np.concatenate(
+        [im["ious"].max(1) if im["ious"].shape[1] else np.zeros(len(im["pred"])) for im in images]
+    )
+    grid_iou = sorted(
+        {0.0, SAM_DEFAULTS.pred_iou_thresh, *(round(float(q), 4) for q in np.quantile(pred_all, IOU_QUANTILES))}
+        if pred_all.size
+        else {0.0}
+    )
     best = None
     for t in grid_iou:
         for s in STABILITY_GRID:
@@ -228,23 +259,38 @@ def calibrate(model, instances, *, max_images: int | None = 8, points_per_side: 
             # ties go to the stricter thresholds (fewer masks for the same F1)
             if best is None or f1 >= best[0]:
                 best = (f1, p, r, kept, t, s)
-    tp, kept0, objects = _evaluate(images, SAM_DEFAULTS.pred_iou_thresh, SAM_DEFAULTS.stability_score_thresh, probe,
-                                   match_iou)
+    tp, kept0, objects = _evaluate(
+        images, SAM_DEFAULTS.pred_iou_thresh, SAM_DEFAULTS.stability_score_thresh, probe, match_iou
+    )
     kx, ky = isotonic_knots(pred_all, real_all)
     f1, p, r, kept, t, s = best
     return Calibration(
-        pred_iou_thresh=float(t), stability_score_thresh=float(s), points_per_side=int(points_per_side),
-        match_iou=float(match_iou), iou_knots=kx, real_iou_knots=ky, images=len(images), candidates=int(pred_all.size),
-        objects=int(objects), f1=round(f1, 6), precision=round(p, 6), recall=round(r, 6),
-        masks_per_image=round(kept / len(images), 3), sam_defaults_f1=round(_f1(tp, kept0, objects)[0], 6),
-        sam_defaults_masks=round(kept0 / len(images), 3), data=getattr(instances, "name", ""))
+        pred_iou_thresh=float(t),
+        stability_score_thresh=float(s),
+        points_per_side=int(points_per_side),
+        match_iou=float(match_iou),
+        iou_knots=kx,
+        real_iou_knots=ky,
+        images=len(images),
+        candidates=int(pred_all.size),
+        objects=int(objects),
+        f1=round(f1, 6),
+        precision=round(p, 6),
+        recall=round(r, 6),
+        masks_per_image=round(kept / len(images), 3),
+        sam_defaults_f1=round(_f1(tp, kept0, objects)[0], 6),
+        sam_defaults_masks=round(kept0 / len(images), 3),
+        data=getattr(instances, "name", ""),
+    )
 
 
 def describe(cal: Calibration) -> str:
     """One line for the terminal."""
     mid = cal.quality([0.5, 0.88])
-    return (f"calibration ({cal.images} images of {cal.data or 'labelled data'}, {cal.candidates} candidate masks): "
-            f"predicted IoU > {cal.pred_iou_thresh:.3f}, stability >= {cal.stability_score_thresh:.2f}; F1 "
-            f"{cal.f1:.3f} at IoU {cal.match_iou} ({cal.masks_per_image:.1f} masks/image) vs {cal.sam_defaults_f1:.3f} at "
-            f"SAM's 0.88/0.95 ({cal.sam_defaults_masks:.1f} masks/image); predicted IoU 0.5 -> real {mid[0]:.2f}, "
-            f"0.88 -> {mid[1]:.2f}")
+    return (
+        f"calibration ({cal.images} images of {cal.data or 'labelled data'}, {cal.candidates} candidate masks): "
+        f"predicted IoU > {cal.pred_iou_thresh:.3f}, stability >= {cal.stability_score_thresh:.2f}; F1 "
+        f"{cal.f1:.3f} at IoU {cal.match_iou} ({cal.masks_per_image:.1f} masks/image) vs {cal.sam_defaults_f1:.3f} at "
+        f"SAM's 0.88/0.95 ({cal.sam_defaults_masks:.1f} masks/image); predicted IoU 0.5 -> real {mid[0]:.2f}, "
+        f"0.88 -> {mid[1]:.2f}"
+    )

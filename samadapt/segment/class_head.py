@@ -27,8 +27,16 @@ from torch import nn
 
 from ..errors import ConfigError, TrainingError
 
-__all__ = ["CLASS_HEAD", "ClassHead", "MaskTokenCapture", "attach_class_head", "class_head_of", "classify_boxes",
-           "loss_with_class_head", "require_class_head"]
+__all__ = [
+    "CLASS_HEAD",
+    "ClassHead",
+    "MaskTokenCapture",
+    "attach_class_head",
+    "class_head_of",
+    "classify_boxes",
+    "loss_with_class_head",
+    "require_class_head",
+]
 
 #: the attribute of ``Sam`` that holds the head; its parameters are named ``class_head.*``
 CLASS_HEAD = "class_head"
@@ -45,8 +53,15 @@ class ClassHead(nn.Module):
         hidden_dim, num_layers: of the MLP (default: C wide, 2 layers).
     """
 
-    def __init__(self, token_dim: int, categories: Mapping[int, str], *, hidden_dim: int | None = None,
-                 num_layers: int = 2, pool_dim: int = 0) -> None:
+    def __init__(
+        self,
+        token_dim: int,
+        categories: Mapping[int, str],
+        *,
+        hidden_dim: int | None = None,
+        num_layers: int = 2,
+        pool_dim: int = 0,
+    ) -> None:
         super().__init__()
         if not categories:
             raise ConfigError("a class head needs at least one category; the dataset has none")
@@ -77,8 +92,9 @@ class ClassHead(nn.Module):
         ids = [int(c) for c in category_ids.reshape(-1).tolist()]
         unknown = sorted({c for c in ids if c not in self._index})
         if unknown:
-            raise TrainingError(f"instances of category id(s) {unknown} are not among the class head's categories "
-                                f"{self.category_ids}")
+            raise TrainingError(
+                f"instances of category id(s) {unknown} are not among the class head's categories {self.category_ids}"
+            )
         return torch.tensor([self._index[c] for c in ids], dtype=torch.int64, device=category_ids.device)
 
     def extra_repr(self) -> str:
@@ -97,9 +113,11 @@ def require_class_head(model, what: str = "labels") -> ClassHead:
     """The model's class head, or the error that says how to get one."""
     head = class_head_of(model)
     if head is None:
-        raise ConfigError(f"{what} were asked for, but this model has no class head: train the adapter with "
-                          f"--classify (samadapt train --classify ...), or leave out --classify to get class-agnostic "
-                          f"masks")
+        raise ConfigError(
+            f"{what} were asked for, but this model has no class head: train the adapter with "
+            f"--classify (samadapt train --classify ...), or leave out --classify to get class-agnostic "
+            f"masks"
+        )
     return head
 
 
@@ -164,8 +182,9 @@ class MaskTokenCapture:
 
     def masks(self) -> torch.Tensor:
         """(N, 4h, 4w) each prompt's single-mask probability (the sigmoid of its low-res logits)."""
-        return torch.cat([torch.sigmoid(torch.einsum("np,nphw->nhw", hyper, up))
-                          for hyper, up in zip(self.hyper, self.upscaled)])
+        return torch.cat(
+            [torch.sigmoid(torch.einsum("np,nphw->nhw", hyper, up)) for hyper, up in zip(self.hyper, self.upscaled)]
+        )
 
     def pooled(self) -> torch.Tensor:
         """(N, C) the decoder's image tokens averaged under each prompt's own mask (pooled to their
@@ -218,8 +237,10 @@ def loss_with_class_head(model, batch: Mapping[str, Any], step: Callable[[], Any
     cats = [c.reshape(-1) for c in batch["category_ids"]]
     target = torch.cat(cats) if cats else torch.zeros(0, dtype=torch.int64)
     if tokens.shape[0] != target.shape[0]:
-        raise TrainingError(f"the class head saw {tokens.shape[0]} decoder prompts for {target.shape[0]} instances; "
-                            "--classify trains on the box-prompted step only (train_prompts [box], click_rounds 0)")
+        raise TrainingError(
+            f"the class head saw {tokens.shape[0]} decoder prompts for {target.shape[0]} instances; "
+            "--classify trains on the box-prompted step only (train_prompts [box], click_rounds 0)"
+        )
     if tokens.shape[0] == 0:
         return lo
     ce = F.cross_entropy(head(tokens), head.targets(target.to(tokens.device)))

@@ -39,37 +39,60 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("input and output")
     d.add_argument("--images", required=True, metavar="DIR", help="folder of the images (file_name is relative to it)")
     how = d.add_mutually_exclusive_group(required=True)
-    how.add_argument("--detections", metavar="DETS.json",
-                     help="COCO detection results: [{image_id or file_name, bbox [x, y, w, h], score, category_id}]")
+    how.add_argument(
+        "--detections",
+        metavar="DETS.json",
+        help="COCO detection results: [{image_id or file_name, bbox [x, y, w, h], score, category_id}]",
+    )
     how.add_argument("--auto", action="store_true", help="no detector: SAM's automatic masks from a point grid")
-    d.add_argument("--annotation-file", metavar="ANN.json",
-                   help="COCO ground truth: maps image_id to files, and the masks are scored (mask AP)")
+    d.add_argument(
+        "--annotation-file",
+        metavar="ANN.json",
+        help="COCO ground truth: maps image_id to files, and the masks are scored (mask AP)",
+    )
     d.add_argument("--out", required=True, metavar="RES.json", help="COCO results file to write")
     d.add_argument("--metrics", metavar="FILE", help="where the scores go (default: RES with .metrics.json)")
     d.add_argument("--figure", metavar="PNG", help="draw the first images with their masks")
-    d.add_argument("--classify", action="store_true",
-                   help="label the masks that have no category with the adapter's class head (train with --classify)")
+    d.add_argument(
+        "--classify",
+        action="store_true",
+        help="label the masks that have no category with the adapter's class head (train with --classify)",
+    )
     d.add_argument("--batch-size", type=int, default=4, help="images per encoder pass")
     d.add_argument("--bootstrap", type=int, default=0, metavar="N", help="95%% intervals of AP from N image resamples")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = parser.add_argument_group("automatic masks (--auto)")
-    a.add_argument("--points-per-side", type=int, default=None, help="grid of N x N points (default: the calibration's, "
-                                                                   "else SAM's 32)")
+    a.add_argument(
+        "--points-per-side",
+        type=int,
+        default=None,
+        help="grid of N x N points (default: the calibration's, else SAM's 32)",
+    )
     a.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once")
-    a.add_argument("--pred-iou-thresh", type=float, default=None, help="override the calibrated predicted-IoU threshold")
+    a.add_argument(
+        "--pred-iou-thresh", type=float, default=None, help="override the calibrated predicted-IoU threshold"
+    )
     a.add_argument("--stability-thresh", type=float, default=None, help="override the calibrated stability threshold")
     a.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU of non-maximum suppression")
     a.add_argument("--max-masks", type=int, default=100, help="masks kept per image, best first")
-    a.add_argument("--calibrate-annotation-file", metavar="ANN.json",
-                   help="calibrate the thresholds on these labelled images (held out from training and evaluation)")
+    a.add_argument(
+        "--calibrate-annotation-file",
+        metavar="ANN.json",
+        help="calibrate the thresholds on these labelled images (held out from training and evaluation)",
+    )
     a.add_argument("--calibrate-images", metavar="DIR", help="their images folder")
     a.add_argument("--calibrate-max-images", type=int, default=8, help="images used for the calibration")
     a.add_argument("--save-calibration", action="store_true", help="store the calibration in the adapter file")
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name, low in (("batch_size", 1), ("points_per_batch", 1), ("max_masks", 1), ("calibrate_max_images", 1),
-                      ("bootstrap", 0)):
+    for name, low in (
+        ("batch_size", 1),
+        ("points_per_batch", 1),
+        ("max_masks", 1),
+        ("calibrate_max_images", 1),
+        ("bootstrap", 0),
+    ):
         if getattr(args, name) < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.points_per_side is not None and args.points_per_side < 1:
@@ -79,10 +102,15 @@ def _check(args: argparse.Namespace) -> None:
     if args.calibrate_annotation_file and not args.auto:
         raise ConfigError("--calibrate-* calibrates automatic masks: it needs --auto")
     if args.save_calibration and not (args.adapter and args.calibrate_annotation_file):
-        raise ConfigError("--save-calibration stores a new calibration in the adapter file: it needs --adapter and "
-                          "--calibrate-annotation-file (a base model is calibrated anew on each run)")
-    for flag, value in (("--annotation-file", args.annotation_file), ("--detections", args.detections),
-                        ("--calibrate-annotation-file", args.calibrate_annotation_file)):
+        raise ConfigError(
+            "--save-calibration stores a new calibration in the adapter file: it needs --adapter and "
+            "--calibrate-annotation-file (a base model is calibrated anew on each run)"
+        )
+    for flag, value in (
+        ("--annotation-file", args.annotation_file),
+        ("--detections", args.detections),
+        ("--calibrate-annotation-file", args.calibrate_annotation_file),
+    ):
         if value and not Path(value).is_file():
             raise ConfigError(f"{flag} {value!r} does not exist")
 
@@ -109,8 +137,13 @@ def _auto_config(args: argparse.Namespace, model, progress: bool):
         from ..data.coco import CocoInstances
 
         data = CocoInstances(args.calibrate_images, args.calibrate_annotation_file)
-        cal = calibrate(model, data, max_images=args.calibrate_max_images,
-                        points_per_side=args.points_per_side or 16, progress=progress)
+        cal = calibrate(
+            model,
+            data,
+            max_images=args.calibrate_max_images,
+            points_per_side=args.points_per_side or 16,
+            progress=progress,
+        )
         model.auto_calibration = cal
         if args.save_calibration:
             from ..adapter_io import store_calibration
@@ -121,11 +154,18 @@ def _auto_config(args: argparse.Namespace, model, progress: bool):
         print(describe(cal))
     base = cal.auto_config() if cal is not None else SAM_DEFAULTS
     if cal is None and args.pred_iou_thresh is None:
-        print("no calibration: SAM's fixed thresholds (0.88 / 0.95); a small or fine-tuned model may keep no mask "
-              "at them (give --calibrate-annotation-file and --calibrate-images)")
-    return base.replace(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
-                        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh,
-                        box_nms_thresh=args.box_nms_thresh, max_masks=args.max_masks), cal
+        print(
+            "no calibration: SAM's fixed thresholds (0.88 / 0.95); a small or fine-tuned model may keep no mask "
+            "at them (give --calibrate-annotation-file and --calibrate-images)"
+        )
+    return base.replace(
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        max_masks=args.max_masks,
+    ), cal
 
 
 def _pct(v: Any) -> str:
@@ -136,8 +176,11 @@ def _score(images, results: list[dict], *, labelled: bool, bootstrap: int) -> di
     from .results import evaluate_results
 
     ids = [im.image_id for im in images.images]
-    scores = {"class_agnostic": evaluate_results(images.instances.coco, results, image_ids=ids, class_agnostic=True,
-                                                 bootstrap=bootstrap)}
+    scores = {
+        "class_agnostic": evaluate_results(
+            images.instances.coco, results, image_ids=ids, class_agnostic=True, bootstrap=bootstrap
+        )
+    }
     if labelled:
         scores["class_aware"] = evaluate_results(images.instances.coco, results, image_ids=ids, bootstrap=bootstrap)
     return scores
@@ -157,35 +200,58 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.classify:
         require_class_head(model)
     auto, cal = _auto_config(args, model, progress) if args.auto else (None, None)
-    results, report = segment_images(model, images, detections=detections, auto=auto, calibration=cal,
-                                     classify=args.classify, batch_size=args.batch_size, progress=progress)
+    results, report = segment_images(
+        model,
+        images,
+        detections=detections,
+        auto=auto,
+        calibration=cal,
+        classify=args.classify,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
     out = write_results(args.out, results)
     what = "automatic masks" if args.auto else "masks from detections"
     print(f"{what}: {len(results)} masks on {report['images_segmented']} of {report['images']} images -> {out}")
     if images.missing:
-        print(f"  {len(images.missing)} image file(s) of the annotation file not under {args.images}, left out: "
-              f"{images.missing[:10]}")
+        print(
+            f"  {len(images.missing)} image file(s) of the annotation file not under {args.images}, left out: "
+            f"{images.missing[:10]}"
+        )
     if detections is not None:
         if detections.missing_entries:
-            print(f"  {detections.missing_entries} detection(s) for {len(detections.missing_images)} image(s) that are "
-                  f"not there, left out: {detections.missing_images[:10]}")
+            print(
+                f"  {detections.missing_entries} detection(s) for {len(detections.missing_images)} image(s) that are "
+                f"not there, left out: {detections.missing_images[:10]}"
+            )
         if report["boxes_clipped"] or report["boxes_outside_image"]:
-            print(f"  {report['boxes_clipped']} box(es) clipped to their image, {report['boxes_outside_image']} "
-                  f"outside it (no mask)")
-    summary: dict[str, Any] = {"results": str(out), "report": report,
-                               "model": {"adapter": args.adapter, "model_type": model.model_type,
-                                         "strategy": model.strategy if args.adapter else "zero-shot"}}
+            print(
+                f"  {report['boxes_clipped']} box(es) clipped to their image, {report['boxes_outside_image']} "
+                f"outside it (no mask)"
+            )
+    summary: dict[str, Any] = {
+        "results": str(out),
+        "report": report,
+        "model": {
+            "adapter": args.adapter,
+            "model_type": model.model_type,
+            "strategy": model.strategy if args.adapter else "zero-shot",
+        },
+    }
     if cal is not None:
         summary["calibration"] = cal.to_dict()
     if args.annotation_file:
-        labelled = args.classify or bool(detections and any(c is not None for cs in detections.category_ids.values()
-                                                            for c in cs))
+        labelled = args.classify or bool(
+            detections and any(c is not None for cs in detections.category_ids.values() for c in cs)
+        )
         summary["metrics"] = _score(images, results, labelled=labelled, bootstrap=args.bootstrap)
         for kind, m in summary["metrics"].items():
             iv = m.get("interval", {}).get("AP")
-            print(f"  mask AP ({kind.replace('_', '-')}) {_pct(m['AP'])}"
-                  f"{f' [{_pct(iv[0])}, {_pct(iv[1])}]' if iv else ''}  AP50 {_pct(m['AP50'])}  AP75 {_pct(m['AP75'])}  "
-                  f"AR@100 {_pct(m['AR100'])}  ({m['images']} images, {m['instances']} instances)")
+            print(
+                f"  mask AP ({kind.replace('_', '-')}) {_pct(m['AP'])}"
+                f"{f' [{_pct(iv[0])}, {_pct(iv[1])}]' if iv else ''}  AP50 {_pct(m['AP50'])}  AP75 {_pct(m['AP75'])}  "
+                f"AR@100 {_pct(m['AR100'])}  ({m['images']} images, {m['instances']} instances)"
+            )
     if args.annotation_file or args.metrics:
         from ..files import atomic_write
 

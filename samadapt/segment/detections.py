@@ -104,8 +104,13 @@ class DetectionSet:
         return sum(len(s) for s in self.scores.values())
 
     def report(self) -> dict[str, Any]:
-        return {"detections": self.entries, "used": len(self), "for_missing_images": self.missing_entries,
-                "missing_images": len(self.missing_images), "missing_images_listed": self.missing_images[:MAX_LISTED]}
+        return {
+            "detections": self.entries,
+            "used": len(self),
+            "for_missing_images": self.missing_entries,
+            "missing_images": len(self.missing_images),
+            "missing_images_listed": self.missing_images[:MAX_LISTED],
+        }
 
 
 def _number(x: Any) -> bool:
@@ -157,10 +162,15 @@ def read_detections(source: str | os.PathLike | Sequence[dict], images: ImageSet
     else:
         entries = source
     if not isinstance(entries, list):
-        hint = (" (it looks like a COCO ground-truth file; detections are a list of results)"
-                if isinstance(entries, dict) and "annotations" in entries else "")
-        raise DataError(f"{where} must hold a JSON list of COCO results {{image_id or file_name, bbox [x, y, w, h], "
-                        f"score, category_id}}; it holds a {type(entries).__name__}{hint}")
+        hint = (
+            " (it looks like a COCO ground-truth file; detections are a list of results)"
+            if isinstance(entries, dict) and "annotations" in entries
+            else ""
+        )
+        raise DataError(
+            f"{where} must hold a JSON list of COCO results {{image_id or file_name, bbox [x, y, w, h], "
+            f"score, category_id}}; it holds a {type(entries).__name__}{hint}"
+        )
     has_annotations = images.instances is not None
     grouped: dict[int, list[tuple[list[float], float, int | None]]] = {}
     missing: dict[str, None] = {}
@@ -168,24 +178,28 @@ def read_detections(source: str | os.PathLike | Sequence[dict], images: ImageSet
     for k, entry in enumerate(entries):
         problem = _problem(entry, has_annotations)
         if problem is not None:
-            raise DataError(f"{where}: entry {k} ({json.dumps(entry, default=str)[:160]}) {problem}; each entry needs "
-                            f"image_id (with --annotation-file) or file_name, bbox [x, y, width, height] in pixels, "
-                            f"and optionally score and category_id")
+            raise DataError(
+                f"{where}: entry {k} ({json.dumps(entry, default=str)[:160]}) {problem}; each entry needs "
+                f"image_id (with --annotation-file) or file_name, bbox [x, y, width, height] in pixels, "
+                f"and optionally score and category_id"
+            )
         ref = images.by_name.get(entry["file_name"]) if "file_name" in entry else images.by_id.get(entry["image_id"])
         if ref is None:
             missing_entries += 1
             missing[str(entry.get("file_name", f"image_id {entry.get('image_id')}"))] = None
             continue
-        grouped.setdefault(ref.image_id, []).append((entry["bbox"], float(entry.get("score", 1.0)),
-                                                     entry.get("category_id")))
+        grouped.setdefault(ref.image_id, []).append(
+            (entry["bbox"], float(entry.get("score", 1.0)), entry.get("category_id"))
+        )
     boxes, scores, cats = {}, {}, {}
     for image_id, dets in grouped.items():
         xywh = np.asarray([d[0] for d in dets], dtype=np.float64).reshape(-1, 4)
         boxes[image_id] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).astype(np.float32)
         scores[image_id] = np.asarray([d[1] for d in dets], dtype=np.float32)
         cats[image_id] = [d[2] for d in dets]
-    return DetectionSet(boxes, scores, cats, entries=len(entries), missing_entries=missing_entries,
-                        missing_images=list(missing))
+    return DetectionSet(
+        boxes, scores, cats, entries=len(entries), missing_entries=missing_entries, missing_images=list(missing)
+    )
 
 
 def clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:

@@ -45,13 +45,26 @@ def plot_segments(rows: Sequence[Mapping], path: str | os.PathLike, *, max_masks
                     continue
                 x, y = r["bbox"][0], r["bbox"][1]
                 name = r.get("category_name") or str(r.get("category_id"))
-                ax.text(x, y, f"{name} {float(r.get('score', 0)):.2f}", fontsize=4.5, color="white",
-                        bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "linewidth": 0})
+                ax.text(
+                    x,
+                    y,
+                    f"{name} {float(r.get('score', 0)):.2f}",
+                    fontsize=4.5,
+                    color="white",
+                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "linewidth": 0},
+                )
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(f"{label}", fontsize=8)
-            ax.text(0.01, 0.01, f"{len(records)} masks", transform=ax.transAxes, fontsize=6, color="white",
-                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
+            ax.text(
+                0.01,
+                0.01,
+                f"{len(records)} masks",
+                transform=ax.transAxes,
+                fontsize=6,
+                color="white",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0},
+            )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

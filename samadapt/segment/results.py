@@ -38,10 +38,13 @@ def coco_results(image_id: int, segments: Sequence[Mapping[str, Any]], *, file_n
     """COCO result entries of one image's segments (records of :func:`samadapt.segment.segment`)."""
     out = []
     for s in segments:
-        entry = {"image_id": int(image_id),
-                 "category_id": int(s["category_id"]) if s.get("category_id") is not None else AGNOSTIC_CATEGORY,
-                 "segmentation": s["segmentation"], "bbox": [round(float(v), 2) for v in s["bbox"]],
-                 "score": round(float(s["score"]), 6)}
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(s["category_id"]) if s.get("category_id") is not None else AGNOSTIC_CATEGORY,
+            "segmentation": s["segmentation"],
+            "bbox": [round(float(v), 2) for v in s["bbox"]],
+            "score": round(float(s["score"]), 6),
+        }
         if file_name is not None:
             entry["file_name"] = file_name
         out.append(entry)
@@ -72,8 +75,11 @@ def _gt_dataset(gt) -> dict:
 
 def _agnostic(dataset: Mapping[str, Any]) -> dict:
     anns = [{**a, "category_id": AGNOSTIC_CATEGORY} for a in dataset.get("annotations", [])]
-    return {"images": list(dataset["images"]), "annotations": anns,
-            "categories": [{"id": AGNOSTIC_CATEGORY, "name": "object"}]}
+    return {
+        "images": list(dataset["images"]),
+        "annotations": anns,
+        "categories": [{"id": AGNOSTIC_CATEGORY, "name": "object"}],
+    }
 
 
 def _stats(ev) -> dict[str, float]:
@@ -102,7 +108,9 @@ def _bootstrap(ev, n_boot: int, seed: int, level: float = 0.95) -> dict[str, lis
         with contextlib.redirect_stdout(io.StringIO()):
             for _ in range(n_boot):
                 pick = rng.integers(0, n_i, n_i)
-                ev.evalImgs = [evals0[k * n_a * n_i + a * n_i + i] for k in range(n_k) for a in range(n_a) for i in pick]
+                ev.evalImgs = [
+                    evals0[k * n_a * n_i + a * n_i + i] for k in range(n_k) for a in range(n_a) for i in pick
+                ]
                 ev.params = copy.copy(p0)
                 ev._paramsEval = copy.copy(pe0)
                 ev.params.imgIds = ev._paramsEval.imgIds = [ids[i] for i in pick]
@@ -121,8 +129,15 @@ def _bootstrap(ev, n_boot: int, seed: int, level: float = 0.95) -> dict[str, lis
     return {"AP": interval(aps), "AR100": interval(ars), "level": level, "resamples": n_boot}
 
 
-def evaluate_results(gt, results: Sequence[Mapping[str, Any]], *, image_ids: Sequence[int] | None = None,
-                     class_agnostic: bool = False, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+def evaluate_results(
+    gt,
+    results: Sequence[Mapping[str, Any]],
+    *,
+    image_ids: Sequence[int] | None = None,
+    class_agnostic: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Mask AP and AR of ``results`` against ``gt`` with ``COCOeval(iouType="segm")``.
 
     Args:
@@ -150,15 +165,20 @@ def evaluate_results(gt, results: Sequence[Mapping[str, Any]], *, image_ids: Seq
     wanted = set(ids)
     results = [dict(r) for r in results if int(r["image_id"]) in wanted]
     n_gt = sum(1 for a in dataset.get("annotations", []) if a["image_id"] in wanted and not a.get("iscrowd"))
-    out: dict[str, Any] = {"images": len(ids), "instances": n_gt, "results": len(results),
-                           "class_agnostic": class_agnostic}
+    out: dict[str, Any] = {
+        "images": len(ids),
+        "instances": n_gt,
+        "results": len(results),
+        "class_agnostic": class_agnostic,
+    }
     if n_gt == 0:
         return out | {k: float("nan") for k in _STAT_KEYS} | {"per_category": {}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = coco_index(copy.copy(dataset))
         if not results:  # loadRes cannot read an empty list: nothing found scores 0 where there is ground truth
-            return out | {k: 0.0 for k in _STAT_KEYS} | {
-                "per_category": {c["name"]: 0.0 for c in dataset["categories"]}}
+            return (
+                out | {k: 0.0 for k in _STAT_KEYS} | {"per_category": {c["name"]: 0.0 for c in dataset["categories"]}}
+            )
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
         ev.params.imgIds = ids

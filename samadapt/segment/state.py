@@ -21,8 +21,14 @@ import torch
 from ..errors import AdapterFileError
 from .class_head import CLASS_HEAD, ClassHead, attach_class_head, class_head_of
 
-__all__ = ["SEGMENT_KEY", "parse_segment_metadata", "restore_segment_state", "segment_metadata",
-           "segment_tensor_shapes", "with_calibration"]
+__all__ = [
+    "SEGMENT_KEY",
+    "parse_segment_metadata",
+    "restore_segment_state",
+    "segment_metadata",
+    "segment_tensor_shapes",
+    "with_calibration",
+]
 
 SEGMENT_KEY = "segment"
 
@@ -34,9 +40,13 @@ def segment_metadata(model) -> dict[str, str]:
     cal = getattr(model, "auto_calibration", None)
     data: dict[str, Any] = {}
     if head is not None:
-        data["class_head"] = {"categories": [{"id": i, "name": n} for i, n in head.categories.items()],
-                              "hidden_dim": head.hidden_dim, "num_layers": head.num_layers, "token": 0,
-                              "pool_dim": head.pool_dim}
+        data["class_head"] = {
+            "categories": [{"id": i, "name": n} for i, n in head.categories.items()],
+            "hidden_dim": head.hidden_dim,
+            "num_layers": head.num_layers,
+            "token": 0,
+            "pool_dim": head.pool_dim,
+        }
     if cal is not None:
         data["auto_calibration"] = cal.to_dict()
     return {SEGMENT_KEY: json.dumps(data, sort_keys=True)} if data else {}
@@ -56,15 +66,21 @@ def parse_segment_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError("no categories")
             data["class_head"] = {**head, "categories": cats}
     except (TypeError, ValueError, KeyError) as e:
-        raise AdapterFileError(f"the adapter's {SEGMENT_KEY!r} metadata is corrupt ({e}); save or download it again") \
-            from None
+        raise AdapterFileError(
+            f"the adapter's {SEGMENT_KEY!r} metadata is corrupt ({e}); save or download it again"
+        ) from None
     return data
 
 
 def _build_head(sam, spec: Mapping[str, Any]) -> ClassHead:
     # files written before the mask-pooled features hold a token-only head (pool_dim 0)
-    return ClassHead(sam.mask_decoder.transformer_dim, spec["categories"], hidden_dim=spec.get("hidden_dim"),
-                     num_layers=int(spec.get("num_layers", 2)), pool_dim=int(spec.get("pool_dim", 0)))
+    return ClassHead(
+        sam.mask_decoder.transformer_dim,
+        spec["categories"],
+        hidden_dim=spec.get("hidden_dim"),
+        num_layers=int(spec.get("num_layers", 2)),
+        pool_dim=int(spec.get("pool_dim", 0)),
+    )
 
 
 def segment_tensor_shapes(meta: Mapping[str, Any], sam) -> dict[str, tuple[int, ...]]:
@@ -86,8 +102,13 @@ def restore_segment_state(model, meta: Mapping[str, Any]) -> None:
     data = parse_segment_metadata(meta)
     spec = data.get("class_head")
     if spec is not None:
-        attach_class_head(model, spec["categories"], hidden_dim=spec.get("hidden_dim"),
-                          num_layers=int(spec.get("num_layers", 2)), pool_dim=int(spec.get("pool_dim", 0)))
+        attach_class_head(
+            model,
+            spec["categories"],
+            hidden_dim=spec.get("hidden_dim"),
+            num_layers=int(spec.get("num_layers", 2)),
+            pool_dim=int(spec.get("pool_dim", 0)),
+        )
     if data.get("auto_calibration") is not None:
         model.auto_calibration = Calibration.from_dict(data["auto_calibration"])
 
@@ -97,7 +118,9 @@ def with_calibration(meta: Mapping[str, str], calibration) -> dict[str, str]:
     recording ``calibration``; the class head's entry and every other key are kept as they are."""
     data = parse_segment_metadata(meta)
     if "class_head" in data:
-        data["class_head"] = {**data["class_head"],
-                              "categories": [{"id": i, "name": n} for i, n in data["class_head"]["categories"].items()]}
+        data["class_head"] = {
+            **data["class_head"],
+            "categories": [{"id": i, "name": n} for i, n in data["class_head"]["categories"].items()],
+        }
     data["auto_calibration"] = calibration.to_dict()
     return {**meta, SEGMENT_KEY: json.dumps(data, sort_keys=True)}

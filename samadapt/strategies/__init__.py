@@ -8,6 +8,13 @@ from .full import FullConfig
 from .lora import LoraConfig
 
 __all__ = [
-    "STRATEGIES", "AdapterConfig", "DecoderConfig", "FullConfig", "LoraConfig", "Strategy", "StrategyConfig",
-    "get_strategy", "register_strategy",
+    "STRATEGIES",
+    "AdapterConfig",
+    "DecoderConfig",
+    "FullConfig",
+    "LoraConfig",
+    "Strategy",
+    "StrategyConfig",
+    "get_strategy",
+    "register_strategy",
 ]

@@ -90,8 +90,9 @@ class HighFrequencyPromptGenerator(nn.Module):
 class AdapterConfig(StrategyConfig):
     bottleneck_ratio: float = option(0.0625, "bottleneck width as a fraction of the encoder width D")
     scale: float = option(0.5, "scale of the parallel MLP adapter's output")
-    placement: tuple[str, ...] = option(("attn", "mlp"), "where the bottlenecks go: attn (after attention, with "
-                                                        "skip), mlp (parallel to the MLP)")
+    placement: tuple[str, ...] = option(
+        ("attn", "mlp"), "where the bottlenecks go: attn (after attention, with skip), mlp (parallel to the MLP)"
+    )
     prompt_generator: bool = option(False, "add SAM-Adapter's high-frequency prompt generator (Chen et al. 2023)")
     prompt_ratio: int = option(32, "prompt generator width: D / prompt_ratio")
     train_decoder: bool = option(True, "also train the mask decoder")
@@ -104,7 +105,9 @@ class AdapterConfig(StrategyConfig):
         self.placement = tuple(self.placement)
         bad = [p for p in self.placement if p not in PLACEMENTS]
         if bad or len(set(self.placement)) != len(self.placement):
-            raise ConfigError(f"adapter `placement` {list(self.placement)} invalid; choose a subset of {list(PLACEMENTS)}")
+            raise ConfigError(
+                f"adapter `placement` {list(self.placement)} invalid; choose a subset of {list(PLACEMENTS)}"
+            )
         if not self.placement and not self.prompt_generator:
             raise ConfigError("adapter strategy with no placement and no prompt generator adapts nothing")
         if not isinstance(self.prompt_ratio, int) or self.prompt_ratio < 1:
@@ -143,7 +146,9 @@ def _prompt_add_hook(generator: HighFrequencyPromptGenerator, index: int):
 class AdapterStrategy(Strategy):
     name = "adapter"
     config_class = AdapterConfig
-    description = "SAM-Adapter bottlenecks in every encoder block (+ optional high-frequency prompts); decoder trainable"
+    description = (
+        "SAM-Adapter bottlenecks in every encoder block (+ optional high-frequency prompts); decoder trainable"
+    )
     # image_encoder.blocks.N.adapter_{attn,mlp}.* and image_encoder.prompt_generator.* (the names of
     # every adapter file written so far)
     prefix = ("adapter_", "prompt_generator")
@@ -164,7 +169,10 @@ class AdapterStrategy(Strategy):
                 block.mlp.register_forward_hook(_parallel_hook(block.adapter_mlp, config.scale))
         if config.prompt_generator:
             gen = HighFrequencyPromptGenerator(
-                dim=dim, depth=len(enc.blocks), patch_size=enc.patch_embed.proj.kernel_size[0], ratio=config.prompt_ratio
+                dim=dim,
+                depth=len(enc.blocks),
+                patch_size=enc.patch_embed.proj.kernel_size[0],
+                ratio=config.prompt_ratio,
             ).to(device)
             enc.prompt_generator = gen
             enc.patch_embed.register_forward_hook(_prompt_prepare_hook(gen))

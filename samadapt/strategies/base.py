@@ -116,15 +116,22 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
         raise ConfigError(f"strategy {name!r}: config_class must subclass StrategyConfig")
     prefix = cls.prefix
     parts = (prefix,) if isinstance(prefix, str) else prefix
-    if prefix is not None and not (isinstance(parts, tuple) and parts and all(
-            isinstance(p, str) and re.fullmatch(r"[a-z][a-z0-9_]*", p) for p in parts)):
-        raise ConfigError(f"strategy {name!r}: prefix {prefix!r} must be None, a lower-case name such as 'lora_', "
-                          "or a tuple of such names")
+    if prefix is not None and not (
+        isinstance(parts, tuple)
+        and parts
+        and all(isinstance(p, str) and re.fullmatch(r"[a-z][a-z0-9_]*", p) for p in parts)
+    ):
+        raise ConfigError(
+            f"strategy {name!r}: prefix {prefix!r} must be None, a lower-case name such as 'lora_', "
+            "or a tuple of such names"
+        )
     taken = {p: other.name for other in STRATEGIES.values() for p in other.prefixes()}
     clash = sorted(p for p in cls.prefixes() for q in taken if p.startswith(q) or q.startswith(p))
     if clash:
-        raise ConfigError(f"strategy {name!r}: prefix {clash[0]!r} overlaps a registered strategy's (prefixes "
-                          f"taken: {taken}); choose a prefix of its own")
+        raise ConfigError(
+            f"strategy {name!r}: prefix {clash[0]!r} overlaps a registered strategy's (prefixes "
+            f"taken: {taken}); choose a prefix of its own"
+        )
     STRATEGIES[name] = cls()
     return cls
 

@@ -21,7 +21,9 @@ class FullConfig(StrategyConfig):
 
     def __post_init__(self) -> None:
         if self.train_decoder is not True:
-            raise ConfigError(f"the 'full' strategy trains everything; train_decoder={self.train_decoder!r} is not an option")
+            raise ConfigError(
+                f"the 'full' strategy trains everything; train_decoder={self.train_decoder!r} is not an option"
+            )
 
 
 @register_strategy

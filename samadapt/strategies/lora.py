@@ -73,10 +73,13 @@ class LoraConfig(StrategyConfig):
     rank: int = option(4, "rank r of the low-rank update B @ A")
     alpha: float = option(4.0, "LoRA scaling: the update is multiplied by alpha / rank")
     dropout: float = option(0.0, "dropout on the LoRA branch's input")
-    targets: tuple[str, ...] = option(("qkv",), "the Linear layers that get LoRA: qkv, proj, mlp (those layers of "
-                                                "every image-encoder block), or module-path patterns such as "
-                                                "mask_decoder.transformer.*_proj (fnmatch over the Sam's module "
-                                                "names; every nn.Linear matched)")
+    targets: tuple[str, ...] = option(
+        ("qkv",),
+        "the Linear layers that get LoRA: qkv, proj, mlp (those layers of "
+        "every image-encoder block), or module-path patterns such as "
+        "mask_decoder.transformer.*_proj (fnmatch over the Sam's module "
+        "names; every nn.Linear matched)",
+    )
     train_decoder: bool = option(True, "also train the mask decoder")
 
     def __post_init__(self) -> None:
@@ -89,14 +92,19 @@ class LoraConfig(StrategyConfig):
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
-        bad = [t for t in self.targets if not isinstance(t, str)
-               or (not is_pattern(t) and t not in TARGETS)
-               or (is_pattern(t) and not (t.split(".")[0] in SAM_PARTS or t[0] in "*?["))]
+        bad = [
+            t
+            for t in self.targets
+            if not isinstance(t, str)
+            or (not is_pattern(t) and t not in TARGETS)
+            or (is_pattern(t) and not (t.split(".")[0] in SAM_PARTS or t[0] in "*?["))
+        ]
         if bad or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ConfigError(
                 f"LoRA `targets` {list(self.targets)} invalid; choose a non-empty set of short names from "
                 f"{sorted(TARGETS)} and module-path patterns starting with one of {list(SAM_PARTS)} (e.g. "
-                f"'mask_decoder.transformer.*_proj')" + (f"; bad: {bad}" if bad else ""))
+                f"'mask_decoder.transformer.*_proj')" + (f"; bad: {bad}" if bad else "")
+            )
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -111,10 +119,15 @@ class LoraConfig(StrategyConfig):
         for pattern in self.patterns:
             if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
                 near = [p for p in paths if p.split(".")[0] == pattern.split(".")[0]] or paths
-                raise ConfigError(f"LoRA target pattern {pattern!r} matches no nn.Linear layer of this Sam; its "
-                                  f"Linear layers are named like {near[:3] + near[-2:]}")
-        return [p for p in paths if (has_short and short.fullmatch(p))
-                or any(fnmatch.fnmatchcase(p, pattern) for pattern in self.patterns)]
+                raise ConfigError(
+                    f"LoRA target pattern {pattern!r} matches no nn.Linear layer of this Sam; its "
+                    f"Linear layers are named like {near[:3] + near[-2:]}"
+                )
+        return [
+            p
+            for p in paths
+            if (has_short and short.fullmatch(p)) or any(fnmatch.fnmatchcase(p, pattern) for pattern in self.patterns)
+        ]
 
     def to_peft(self, sam: Sam | None = None) -> PeftLoraConfig:
         """The peft config of these options. Short names give a ``target_modules`` regex (as peft
@@ -125,8 +138,10 @@ class LoraConfig(StrategyConfig):
         if not self.patterns:
             target_modules = _short_regex(self.targets)
         elif sam is None:
-            raise ConfigError(f"LoRA targets {list(self.patterns)} are module-path patterns: to_peft needs the Sam "
-                              "they select layers of (to_peft(sam))")
+            raise ConfigError(
+                f"LoRA targets {list(self.patterns)} are module-path patterns: to_peft needs the Sam "
+                "they select layers of (to_peft(sam))"
+            )
         else:
             target_modules = self.target_paths(sam)
         return PeftLoraConfig(

@@ -14,19 +14,28 @@ with new ones). Entries are keyed by the image's content (sha1 of its file bytes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from ..adapted import AdaptedSam
 
 PREPROCESSING_VERSION = "resize-longest-side+normalize+pad-br/v1"
-_DTYPES = {torch.bfloat16: ("bf16", np.uint16), torch.float16: ("fp16", np.float16), torch.float32: ("fp32", np.float32)}
+_DTYPES = {
+    torch.bfloat16: ("bf16", np.uint16),
+    torch.float16: ("fp16", np.float16),
+    torch.float32: ("fp32", np.float32),
+}
 
 
 @dataclass
@@ -129,3 +138,57 @@ class EmbeddingCache:
         if self.stats.hits + self.stats.misses:  # no reads yet: a hit rate would say nothing
             text += f", {self.stats.hits} hits / {self.stats.misses} misses (hit rate {self.stats.hit_rate:.0%})"
         return text
+
+
+def cached_embedding(cache: EmbeddingCache, key: str, what: str) -> torch.Tensor:
+    """The cached embedding of an image the run encoded into ``cache`` at its start."""
+    emb = cache.get(key)
+    if emb is None:
+        raise TrainingError(
+            f"{what} is missing from the embedding cache {cache.path} (deleted during the run?); "
+            f"delete that folder and rerun"
+        )
+    return emb
+
+
+def fill_embedding_cache(
+    accelerator,
+    model: AdaptedSam,
+    dataset,
+    cache: EmbeddingCache,
+    *,
+    batch_size: int,
+    progress: bool,
+    indices: Sequence[int] | None = None,
+    autocast: bool = True,
+    desc: str = "encoding images for the cache",
+) -> int:
+    """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images; only ``indices`` if
+    given) missing from the cache, the images split between processes, under the run's mixed
+    precision unless ``autocast`` is False. Returns how many this process encoded."""
+    from accelerate.utils import broadcast_object_list
+    from tqdm.auto import tqdm
+
+    # The main process' list for every process: lists made by each process could differ (another
+    # process may already have written some entries), and splitting different lists would leave
+    # images that no process encodes.
+    indices = range(len(dataset)) if indices is None else indices
+    todo = [i for i in indices if dataset.image_key(i) not in cache] if accelerator.is_main_process else None
+    todo = broadcast_object_list([todo])[0]
+    encoded = 0
+    with accelerator.split_between_processes(todo) as mine:
+        bar = tqdm(total=len(todo), desc=desc, disable=not (progress and accelerator.is_local_main_process))
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            keys = [dataset.image_key(i) for i in chunk]
+            x = torch.stack([dataset.transform.preprocess_image(dataset.instances.load_image(i)) for i in chunk])
+            x = x.to(accelerator.device)
+            with torch.no_grad(), accelerator.autocast() if autocast else contextlib.nullcontext():
+                emb = model.encode(x)
+            for k, e in zip(keys, emb):
+                cache.put(k, e)
+            encoded += len(chunk)
+            bar.update(len(chunk) * accelerator.num_processes)
+        bar.close()
+    accelerator.wait_for_everyone()
+    return encoded

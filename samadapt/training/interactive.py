@@ -41,9 +41,13 @@ def training_prompt_config(cfg: TrainConfig) -> PromptConfig:
     """The prompts the training dataset builds per instance: its noisy box if ``"box"`` is among
     ``cfg.train_prompts``, one positive click inside it if ``"point"`` is (uniform, or towards the
     middle with ``cfg.click_sampling == "interior"``)."""
-    return PromptConfig(box_noise=cfg.box_noise, box_noise_max_px=cfg.box_noise_max_px,
-                        use_boxes="box" in cfg.train_prompts, num_points=1 if "point" in cfg.train_prompts else 0,
-                        interior_points=cfg.click_sampling == "interior")
+    return PromptConfig(
+        box_noise=cfg.box_noise,
+        box_noise_max_px=cfg.box_noise_max_px,
+        use_boxes="box" in cfg.train_prompts,
+        num_points=1 if "point" in cfg.train_prompts else 0,
+        interior_points=cfg.click_sampling == "interior",
+    )
 
 
 def is_interactive(cfg: TrainConfig) -> bool:
@@ -51,8 +55,9 @@ def is_interactive(cfg: TrainConfig) -> bool:
     return list(cfg.train_prompts) != ["box"] or cfg.click_rounds > 0
 
 
-def corrective_points(low_res_logits: torch.Tensor, gt: torch.Tensor, generator: torch.Generator,
-                      valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def corrective_points(
+    low_res_logits: torch.Tensor, gt: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per prompt, uniform over the error region of a prediction, in the input frame.
 
     Args:
@@ -157,17 +162,24 @@ def _groups(batch: Mapping[str, Any], gt: torch.Tensor, cfg: TrainConfig, genera
         if sel.numel() == 0:
             continue
         per_image = torch.bincount(image_of[sel], minlength=len(counts)).tolist()
-        take = (lambda t: None if t is None else t[sel].to(device))  # noqa: E731
+        take = lambda t: None if t is None else t[sel].to(device)  # noqa: E731
         if kind == "box":
             groups.append(_Group(kind, sel, per_image, gt[sel.to(device)], valid[sel], take(boxes), None, None))
         else:  # one positive click, the dataset's first point
-            groups.append(_Group(kind, sel, per_image, gt[sel.to(device)], valid[sel], None,
-                                 take(points[:, :1]), take(labels[:, :1])))
+            groups.append(
+                _Group(
+                    kind, sel, per_image, gt[sel.to(device)], valid[sel], None, take(points[:, :1]), take(labels[:, :1])
+                )
+            )
     return groups
 
 
-def _combine(parts: Sequence[tuple[LossOutput, int, int]], best_index: torch.Tensor, rounds: int,
-             first_round_weight: float | None) -> LossOutput:
+def _combine(
+    parts: Sequence[tuple[LossOutput, int, int]],
+    best_index: torch.Tensor,
+    rounds: int,
+    first_round_weight: float | None,
+) -> LossOutput:
     """Several :class:`LossOutput` (each of ``count`` prompts in round ``r``) as one: the mean over
     every (instance, round), or with ``first_round_weight`` f, f times the first round's mean over
     instances plus (1 - f) times the corrective rounds' mean."""
@@ -177,8 +189,9 @@ def _combine(parts: Sequence[tuple[LossOutput, int, int]], best_index: torch.Ten
         def mean(name: str) -> torch.Tensor:
             return sum(getattr(lo, name) * c for lo, c, _ in parts) / total
 
-        return LossOutput(loss=mean("loss"), focal=mean("focal"), dice=mean("dice"), iou_mse=mean("iou_mse"),
-                          best_index=best_index)
+        return LossOutput(
+            loss=mean("loss"), focal=mean("focal"), dice=mean("dice"), iou_mse=mean("iou_mse"), best_index=best_index
+        )
     weights = {}
     for r in range(1 + rounds):
         n = sum(c for _, c, rr in parts if rr == r)
@@ -188,12 +201,25 @@ def _combine(parts: Sequence[tuple[LossOutput, int, int]], best_index: torch.Ten
     def weighted(name: str) -> torch.Tensor:
         return sum(getattr(lo, name) * c * weights[r] for lo, c, r in parts)
 
-    return LossOutput(loss=weighted("loss"), focal=weighted("focal"), dice=weighted("dice"),
-                      iou_mse=weighted("iou_mse"), best_index=best_index)
+    return LossOutput(
+        loss=weighted("loss"),
+        focal=weighted("focal"),
+        dice=weighted("dice"),
+        iou_mse=weighted("iou_mse"),
+        best_index=best_index,
+    )
 
 
-def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: SamLoss, cfg: TrainConfig, *,
-                  image_embeddings: torch.Tensor | None = None, epoch: int = 0) -> LossOutput:
+def training_loss(
+    model,
+    batch: Mapping[str, Any],
+    gt: torch.Tensor,
+    loss_fn: SamLoss,
+    cfg: TrainConfig,
+    *,
+    image_embeddings: torch.Tensor | None = None,
+    epoch: int = 0,
+) -> LossOutput:
     """The loss of one training step on a batch of :func:`~samadapt.data.sam_dataset.collate_sam`.
 
     Args:
@@ -218,8 +244,13 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
     source = {"images": batch.get("images")} if image_embeddings is None else {"image_embeddings": image_embeddings}
     if not is_interactive(cfg) or gt.shape[0] == 0:
         # the plain step; also a batch without instances (its zero loss stays connected to the model)
-        out = model(**source, boxes=batch.get("boxes"), points=batch.get("points"),
-                    point_labels=batch.get("point_labels"), multimask=cfg.multimask)
+        out = model(
+            **source,
+            boxes=batch.get("boxes"),
+            points=batch.get("points"),
+            point_labels=batch.get("point_labels"),
+            multimask=cfg.multimask,
+        )
         return loss_fn(out.low_res_logits, out.iou_predictions, gt)
 
     generator = _step_generator(cfg, epoch, batch["index"].tolist())
@@ -230,8 +261,14 @@ def training_loss(model, batch: Mapping[str, Any], gt: torch.Tensor, loss_fn: Sa
         for g in groups:
             # one click alone is ambiguous: SAM's three outputs, the best one supervised
             multimask = (cfg.multimask if g.kind == "box" else True) if round_ == 0 else False
-            out = model(**source, boxes=g.per_image(g.boxes), points=g.per_image(g.points),
-                        point_labels=g.per_image(g.labels), mask_inputs=g.per_image(g.prev_logits), multimask=multimask)
+            out = model(
+                **source,
+                boxes=g.per_image(g.boxes),
+                points=g.per_image(g.points),
+                point_labels=g.per_image(g.labels),
+                mask_inputs=g.per_image(g.prev_logits),
+                multimask=multimask,
+            )
             source = {"image_embeddings": out.image_embeddings}  # encode once per step
             # the IoU head ranks the three candidates at inference: train it on all of them
             lo = loss_fn(out.low_res_logits, out.iou_predictions, g.gt, supervise_all_iou=multimask)

@@ -137,15 +137,24 @@ class SamLoss(nn.Module):
             both 0 (the masks would get no loss and the multimask choice would be arbitrary).
     """
 
-    def __init__(self, focal_weight: float = 20.0, dice_weight: float = 1.0, iou_weight: float = 1.0, *,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+    def __init__(
+        self,
+        focal_weight: float = 20.0,
+        dice_weight: float = 1.0,
+        iou_weight: float = 1.0,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__()
         self.focal_weight = _check_weight("focal_weight", focal_weight)
         self.dice_weight = _check_weight("dice_weight", dice_weight)
         self.iou_weight = _check_weight("iou_weight", iou_weight)
         if self.focal_weight + self.dice_weight == 0:
-            raise ConfigError(f"`focal_weight` and `dice_weight` are both 0 (got {focal_weight!r}, {dice_weight!r}): "
-                              "the masks would get no loss; SAM uses 20 and 1")
+            raise ConfigError(
+                f"`focal_weight` and `dice_weight` are both 0 (got {focal_weight!r}, {dice_weight!r}): "
+                "the masks would get no loss; SAM uses 20 and 1"
+            )
         self.focal_gamma = _check_weight("focal_gamma", focal_gamma)
         if isinstance(focal_alpha, bool) or not isinstance(focal_alpha, (int, float)) or not focal_alpha <= 1:
             raise ConfigError(f"`focal_alpha` must be a number <= 1 (negative disables it), got {focal_alpha!r}")
@@ -154,8 +163,14 @@ class SamLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"focal_weight={self.focal_weight}, dice_weight={self.dice_weight}, iou_weight={self.iou_weight}"
 
-    def forward(self, low_res_logits: torch.Tensor, iou_predictions: torch.Tensor, gt_masks: torch.Tensor, *,
-                supervise_all_iou: bool = False) -> LossOutput:
+    def forward(
+        self,
+        low_res_logits: torch.Tensor,
+        iou_predictions: torch.Tensor,
+        gt_masks: torch.Tensor,
+        *,
+        supervise_all_iou: bool = False,
+    ) -> LossOutput:
         """Loss of N prompts with M candidate masks each.
 
         Args:

@@ -36,8 +36,14 @@ def build_datasets(cfg: TrainConfig):
         from ..data import make_demo_dataset
 
         root = Path(cfg.data_root) if cfg.data_root else samadapt_home() / "data" / "demo-waste"
-        make_demo_dataset(root, domain="waste", n_train=cfg.demo_train_images, n_val=cfg.demo_val_images, seed=0,
-                          progress=cfg.progress)
+        make_demo_dataset(
+            root,
+            domain="waste",
+            n_train=cfg.demo_train_images,
+            n_val=cfg.demo_val_images,
+            seed=0,
+            progress=cfg.progress,
+        )
         sources = {"train": {"data_root": root}, "val": {"data_root": root}}
     train = card.open(cfg.train_split, options=cfg.dataset_options, **sources["train"])
     val = card.open(cfg.val_split, options=cfg.dataset_options, **sources["val"])
@@ -52,8 +58,10 @@ def check_loaders(cfg: TrainConfig, train_instances, val_instances) -> None:
             raise DataError(f"the {what} split {ds.name!r} has no images (after skips: {ds.skips or 'none'})")
         ds.verify_images()
         if ds.num_instances == 0:
-            raise DataError(f"the {what} split {ds.name!r} has {len(ds)} images but no instance to "
-                            f"{'train' if what == 'training' else 'evaluate'} on (skips: {ds.skips or 'none'})")
+            raise DataError(
+                f"the {what} split {ds.name!r} has {len(ds)} images but no instance to "
+                f"{'train' if what == 'training' else 'evaluate'} on (skips: {ds.skips or 'none'})"
+            )
     train_instances[0]  # decodes one image and its masks
 
 
@@ -65,17 +73,25 @@ def check_output_dir(cfg: TrainConfig) -> None:
         raise ConfigError(f"--output-dir {str(folder)!r} is a file, not a folder")
     if cfg.resume or cfg.overwrite or not folder.is_dir() or not any(folder.iterdir()):
         return
-    raise ConfigError(f"the run folder {str(folder)!r} is not empty (a run was started there). Continue it with "
-                      f"--resume, delete it and start afresh with --overwrite, or choose another --output-dir")
+    raise ConfigError(
+        f"the run folder {str(folder)!r} is not empty (a run was started there). Continue it with "
+        f"--resume, delete it and start afresh with --overwrite, or choose another --output-dir"
+    )
 
 
 def data_card(cfg: TrainConfig, train_instances, val_instances) -> dict[str, Any]:
     """What the adapter was trained and measured on, for its card."""
-    card = {"dataset": cfg.dataset_tag, "train_split": train_instances.name, "train_images": len(train_instances),
-            "val_split": val_instances.name, "val_images": num_val_images(val_instances, cfg)}
+    card = {
+        "dataset": cfg.dataset_tag,
+        "train_split": train_instances.name,
+        "train_images": len(train_instances),
+        "val_split": val_instances.name,
+        "val_images": num_val_images(val_instances, cfg),
+    }
     if cfg.validate_on_train:
-        card["note"] = ("validated on the training images (--validate-on-train): the metrics are not measured on "
-                        "held-out data")
+        card["note"] = (
+            "validated on the training images (--validate-on-train): the metrics are not measured on held-out data"
+        )
     return card
 
 

@@ -41,7 +41,9 @@ class PretrainConfig:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool = True, log=print) -> list[dict[str, Any]]:
+def pretrain(
+    model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool = True, log=print
+) -> list[dict[str, Any]]:
     """Train every parameter of ``model`` on a ``SamPromptDataset`` whose samples carry both boxes
     and one positive point per instance. Returns the loss history (one row per ``log_every`` steps)."""
     import timm.scheduler
@@ -53,8 +55,14 @@ def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool 
     gen = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = timm.scheduler.CosineLRScheduler(optimizer, t_initial=cfg.steps, lr_min=cfg.lr * cfg.min_lr_ratio,
-                                                 warmup_t=cfg.warmup_steps, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.steps,
+        lr_min=cfg.lr * cfg.min_lr_ratio,
+        warmup_t=cfg.warmup_steps,
+        warmup_lr_init=cfg.lr * 0.01,
+        t_in_epochs=False,
+    )
     loss_fn = SamLoss()
     model.train()
     step, epoch, t0 = 0, 0, time.perf_counter()
@@ -63,8 +71,12 @@ def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool 
     while step < cfg.steps:
         dataset.set_epoch(epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(dataset))
-        loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=cfg.batch_size,
-                            collate_fn=collate_sam, drop_last=True)
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, order.tolist()),
+            batch_size=cfg.batch_size,
+            collate_fn=collate_sam,
+            drop_last=True,
+        )
         for batch in loader:
             if step >= cfg.steps:
                 break
@@ -79,14 +91,21 @@ def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool 
             first = loss_fn(out.low_res_logits, out.iou_predictions, gt)
             loss = first.loss
             for _ in range(cfg.corrective_rounds):
-                chosen = out.low_res_logits.gather(1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:]))[:, 0]
+                chosen = out.low_res_logits.gather(
+                    1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:])
+                )[:, 0]
                 c, lab = corrective_points(chosen.detach(), gt, gen)
                 prev_pts = torch.cat(pts) if use_points else torch.zeros(gt.shape[0], 0, 2)
                 prev_lbl = torch.cat(lbl) if use_points else torch.zeros(gt.shape[0], 0, dtype=torch.long)
                 new_pts, new_lbl = torch.cat([prev_pts, c], 1), torch.cat([prev_lbl, lab], 1)
                 counts = out.image_index.bincount(minlength=emb.shape[0]).tolist()
-                out = model.decode(emb, None if use_points else batch["boxes"], list(new_pts.split(counts)),
-                                   list(new_lbl.split(counts)), multimask=False)
+                out = model.decode(
+                    emb,
+                    None if use_points else batch["boxes"],
+                    list(new_pts.split(counts)),
+                    list(new_lbl.split(counts)),
+                    multimask=False,
+                )
                 refined = loss_fn(out.low_res_logits, out.iou_predictions, gt)
                 loss = loss + refined.loss
                 first = refined
@@ -101,8 +120,12 @@ def pretrain(model: AdaptedSam, dataset, cfg: PretrainConfig, *, progress: bool 
             running.append(loss.item())
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "loss": float(np.mean(running)), "lr": optimizer.param_groups[0]["lr"],
-                       "seconds": time.perf_counter() - t0}
+                row = {
+                    "step": step,
+                    "loss": float(np.mean(running)),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0,
+                }
                 cfg.history.append(row)
                 running = []
                 bar.set_postfix(loss=f"{row['loss']:.3f}")

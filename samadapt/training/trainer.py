@@ -9,7 +9,6 @@ adapter, card, report, curves.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,7 +31,8 @@ from ..files import atomic_write
 from ..hub import publish_adapter
 from ..models.registry import build_sam
 from ..paths import samadapt_home
-from .cache import EmbeddingCache
+from .cache import EmbeddingCache, cached_embedding, fill_embedding_cache
+from .outputs import flat, json_default, peak_memory_mb, summary_text, write_outputs
 from .preflight import (
     build_datasets,
     check_loaders,
@@ -77,57 +77,22 @@ def _prompt_dataset(cfg: TrainConfig, instances, model: AdaptedSam, *, load_imag
     from .interactive import training_prompt_config
 
     prompts = training_prompt_config(cfg)  # boxes and/or one click per instance, as cfg.train_prompts asks
-    return SamPromptDataset(instances, model.transform, prompts, max_instances=cfg.prompts_per_image,
-                            seed=cfg.seed, load_image=load_image)
-
-
-def fill_embedding_cache(accelerator, model: AdaptedSam, dataset, cache: EmbeddingCache, *, batch_size: int,
-                         progress: bool, indices: Sequence[int] | None = None, autocast: bool = True,
-                         desc: str = "encoding images for the cache") -> int:
-    """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images; only ``indices`` if
-    given) missing from the cache, the images split between processes, under the run's mixed
-    precision unless ``autocast`` is False. Returns how many this process encoded."""
-    from accelerate.utils import broadcast_object_list
-    from tqdm.auto import tqdm
-
-    # The main process' list for every process: lists made by each process could differ (another
-    # process may already have written some entries), and splitting different lists would leave
-    # images that no process encodes.
-    indices = range(len(dataset)) if indices is None else indices
-    todo = [i for i in indices if dataset.image_key(i) not in cache] if accelerator.is_main_process else None
-    todo = broadcast_object_list([todo])[0]
-    encoded = 0
-    with accelerator.split_between_processes(todo) as mine:
-        bar = tqdm(total=len(todo), desc=desc, disable=not (progress and accelerator.is_local_main_process))
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start:start + batch_size]
-            keys = [dataset.image_key(i) for i in chunk]
-            x = torch.stack([dataset.transform.preprocess_image(dataset.instances.load_image(i)) for i in chunk])
-            x = x.to(accelerator.device)
-            with torch.no_grad(), accelerator.autocast() if autocast else contextlib.nullcontext():
-                emb = model.encode(x)
-            for k, e in zip(keys, emb):
-                cache.put(k, e)
-            encoded += len(chunk)
-            bar.update(len(chunk) * accelerator.num_processes)
-        bar.close()
-    accelerator.wait_for_everyone()
-    return encoded
+    return SamPromptDataset(
+        instances, model.transform, prompts, max_instances=cfg.prompts_per_image, seed=cfg.seed, load_image=load_image
+    )
 
 
 # ---------------------------------------------------------------------------- evaluation
-def cached_embedding(cache: EmbeddingCache, key: str, what: str) -> torch.Tensor:
-    """The cached embedding of an image the run encoded into ``cache`` at its start."""
-    emb = cache.get(key)
-    if emb is None:
-        raise TrainingError(f"{what} is missing from the embedding cache {cache.path} (deleted during the run?); "
-                            f"delete that folder and rerun")
-    return emb
-
-
-def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, *, num_examples: int = 0,
-                     desc: str = "validation", embeddings: Callable[[int], torch.Tensor] | None = None,
-                     ) -> tuple[dict[str, Any], list]:
+def evaluate_sharded(
+    accelerator,
+    model: AdaptedSam,
+    dataset,
+    cfg: TrainConfig,
+    *,
+    num_examples: int = 0,
+    desc: str = "validation",
+    embeddings: Callable[[int], torch.Tensor] | None = None,
+) -> tuple[dict[str, Any], list]:
     """Evaluate on ``dataset`` with the images split between processes; every sample is evaluated
     exactly once and the per-instance values are gathered before averaging. ``embeddings``: index
     -> cached image embedding (frozen encoders), as in ``evaluate_records``."""
@@ -138,9 +103,15 @@ def evaluate_sharded(accelerator, model: AdaptedSam, dataset, cfg: TrainConfig, 
     model.eval()
     with accelerator.split_between_processes(list(range(num_val_images(dataset, cfg)))) as mine:
         records = evaluate_records(
-            model, dataset, mine, prompt=cfg.eval_prompt, seed=cfg.seed,
-            progress=cfg.progress and accelerator.is_local_main_process, desc=desc,
-            return_examples=num_examples if accelerator.is_main_process else 0, embeddings=embeddings,
+            model,
+            dataset,
+            mine,
+            prompt=cfg.eval_prompt,
+            seed=cfg.seed,
+            progress=cfg.progress and accelerator.is_local_main_process,
+            desc=desc,
+            return_examples=num_examples if accelerator.is_main_process else 0,
+            embeddings=embeddings,
         )
     all_records = gather_object([records])
     metrics = summarize_records(all_records, dataset.categories, prompt=cfg.eval_prompt)
@@ -186,12 +157,17 @@ def _train(cfg: TrainConfig) -> TrainResult:
         cpu=launched_processes() > 1 and not torch.cuda.is_available(),
         # parameters outside the graph of a step (the prompt encoder's unused point / mask
         # embeddings, when it is trained) need DDP's search; it warns on every run otherwise
-        kwargs_handlers=[DistributedDataParallelKwargs(
-            find_unused_parameters=any(p.requires_grad for p in model.sam.prompt_encoder.parameters()))],
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=any(p.requires_grad for p in model.sam.prompt_encoder.parameters())
+            )
+        ],
     )
     if accelerator.num_processes != launched_processes():
-        raise TrainingError(f"{launched_processes()} processes were launched but Accelerate joined "
-                            f"{accelerator.num_processes}; each would train alone into the same folder")
+        raise TrainingError(
+            f"{launched_processes()} processes were launched but Accelerate joined "
+            f"{accelerator.num_processes}; each would train alone into the same folder"
+        )
     if cfg.mixed_precision is None:  # the launcher's choice; recorded in config.yaml as resolved
         cfg = dataclasses.replace(cfg, mixed_precision=accelerator.mixed_precision)
     saved_config = run_dir / "config.yaml"
@@ -219,10 +195,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
     model.to(accelerator.device)
     use_cache = cfg.cache_embeddings and model.encoder_is_frozen
     train_ds = _prompt_dataset(cfg, train_instances, model, load_image=not use_cache)
-    say(f"samadapt: {cfg.strategy} on {cfg.model} ({model.num_parameters(True):,} trainable of "
+    say(
+        f"samadapt: {cfg.strategy} on {cfg.model} ({model.num_parameters(True):,} trainable of "
         f"{model.num_parameters():,} parameters), {len(train_instances)} training / {len(val_instances)} "
         f"validation images, {accelerator.num_processes} process(es) on {accelerator.device}, "
-        f"mixed precision {cfg.mixed_precision}")
+        f"mixed precision {cfg.mixed_precision}"
+    )
 
     progress = TrainProgress()
     state_root = run_dir / STATE_DIR
@@ -234,30 +212,61 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # in fp32, read by every validation, so that it scores exactly what the model predicts
     cache = val_embeddings = None
     if use_cache:
-        cache_kw = dict(directory=Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
-                        model_type=model.model_type, base_id=model.base.base_id, image_size=model.transform.image_size)
+        cache_kw = dict(
+            directory=Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
+            model_type=model.model_type,
+            base_id=model.base.base_id,
+            image_size=model.transform.image_size,
+        )
         cache = EmbeddingCache(**cache_kw)
-        encoded = fill_embedding_cache(accelerator, model, _prompt_dataset(cfg, train_instances, model, load_image=True),
-                                       cache, batch_size=cfg.batch_size, progress=cfg.progress)
+        encoded = fill_embedding_cache(
+            accelerator,
+            model,
+            _prompt_dataset(cfg, train_instances, model, load_image=True),
+            cache,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
         say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
         val_cache = EmbeddingCache(**cache_kw, dtype=torch.float32)
         val_keyed = _prompt_dataset(cfg, val_instances, model, load_image=True)
-        encoded = fill_embedding_cache(accelerator, model, val_keyed, val_cache, batch_size=cfg.batch_size,
-                                       progress=cfg.progress, indices=range(num_val_images(val_instances, cfg)),
-                                       autocast=False, desc="encoding validation images for the cache")
-        say(f"validation images: fp32 embedding cache {val_cache.path} ({len(val_cache)} embeddings); encoded "
-            f"{encoded} new image(s) on this process")
+        encoded = fill_embedding_cache(
+            accelerator,
+            model,
+            val_keyed,
+            val_cache,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            indices=range(num_val_images(val_instances, cfg)),
+            autocast=False,
+            desc="encoding validation images for the cache",
+        )
+        say(
+            f"validation images: fp32 embedding cache {val_cache.path} ({len(val_cache)} embeddings); encoded "
+            f"{encoded} new image(s) on this process"
+        )
 
         def val_embeddings(i: int) -> torch.Tensor:
-            return cached_embedding(val_cache, val_keyed.image_key(i), f"validation image {val_instances.image_path(i)}")
+            return cached_embedding(
+                val_cache, val_keyed.image_key(i), f"validation image {val_instances.image_path(i)}"
+            )
 
     # --- zero-shot baseline (the adapted model starts identical to the base)
     if cfg.zero_shot and resume_from is None:
-        zs, zs_examples = evaluate_sharded(accelerator, model, val_instances, cfg, num_examples=cfg.num_examples,
-                                           desc="zero-shot evaluation", embeddings=val_embeddings)
+        zs, zs_examples = evaluate_sharded(
+            accelerator,
+            model,
+            val_instances,
+            cfg,
+            num_examples=cfg.num_examples,
+            desc="zero-shot evaluation",
+            embeddings=val_embeddings,
+        )
         progress.zero_shot = zs
-        say(f"zero-shot: mean IoU {zs['mean_iou']:.4f}  mean precision {zs['mean_precision']:.4f}  "
-            f"mean F1 {zs['mean_f1']:.4f}")
+        say(
+            f"zero-shot: mean IoU {zs['mean_iou']:.4f}  mean precision {zs['mean_precision']:.4f}  "
+            f"mean F1 {zs['mean_f1']:.4f}"
+        )
     else:
         zs_examples = []
 
@@ -266,13 +275,18 @@ def _train(cfg: TrainConfig) -> TrainResult:
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     shuffled = EpochShuffled(train_ds, cfg.seed)
-    loader = DataLoader(shuffled, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_sam,
-                        num_workers=cfg.num_workers)
+    loader = DataLoader(
+        shuffled, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_sam, num_workers=cfg.num_workers
+    )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.lr * cfg.min_lr_ratio,
-        warmup_t=cfg.warmup_steps, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False,
+        optimizer,
+        t_initial=cfg.epochs * steps_per_epoch,
+        lr_min=cfg.lr * cfg.min_lr_ratio,
+        warmup_t=cfg.warmup_steps,
+        warmup_lr_init=cfg.lr * 0.01,
+        t_in_epochs=False,
     )
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_for_checkpointing(progress)
@@ -283,7 +297,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     unwrapped: AdaptedSam = accelerator.unwrap_model(model)
     loss_fn = SamLoss(focal_weight=cfg.focal_weight, dice_weight=cfg.dice_weight, iou_weight=cfg.iou_weight)
     if cfg.log_with:
-        accelerator.init_trackers(run_name(cfg), config=_flat(cfg.to_dict()))
+        accelerator.init_trackers(run_name(cfg), config=flat(cfg.to_dict()))
 
     # --- epochs
     for epoch in range(progress.epoch, cfg.epochs):
@@ -297,7 +311,11 @@ def _train(cfg: TrainConfig) -> TrainResult:
         t0 = time.perf_counter()
         enc_before = unwrapped.encoder_images_seen
         losses: list[float] = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and accelerator.is_local_main_process))
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and accelerator.is_local_main_process),
+        )
         for batch in bar:
             with accelerator.accumulate(model):
                 emb = None
@@ -306,8 +324,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     emb = emb.to(accelerator.device, torch.float32)
                 gt = torch.cat([g.to(accelerator.device) for g in batch["gt_masks"]])
                 # box prompts; or boxes / clicks per instance and corrective click rounds (interactive.py)
-                lo = loss_with_class_head(unwrapped, batch, lambda: training_loss(  # + class cross-entropy with --classify
-                    model, batch, gt, loss_fn, cfg, image_embeddings=emb, epoch=epoch))
+                lo = loss_with_class_head(
+                    unwrapped,
+                    batch,
+                    lambda: training_loss(  # + class cross-entropy with --classify
+                        model, batch, gt, loss_fn, cfg, image_embeddings=emb, epoch=epoch
+                    ),
+                )
                 finite = accelerator.gather(torch.isfinite(lo.loss.detach()).float().reshape(1)).min().item() == 1.0
                 if not finite:
                     _non_finite(cfg, progress, epoch, state_root)
@@ -324,15 +347,23 @@ def _train(cfg: TrainConfig) -> TrainResult:
             losses.append(lo.loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if cfg.log_with:
-                accelerator.log({"train/loss": lo.loss.item(), "train/focal": float(lo.focal), "train/dice": float(lo.dice),
-                                 "train/iou_mse": float(lo.iou_mse), "lr": optimizer.param_groups[0]["lr"]},
-                                step=progress.global_step)
+                accelerator.log(
+                    {
+                        "train/loss": lo.loss.item(),
+                        "train/focal": float(lo.focal),
+                        "train/dice": float(lo.dice),
+                        "train/iou_mse": float(lo.iou_mse),
+                        "lr": optimizer.param_groups[0]["lr"],
+                    },
+                    step=progress.global_step,
+                )
         epoch_seconds = time.perf_counter() - t0
         progress.train_seconds += epoch_seconds
         train_encoder_images = unwrapped.encoder_images_seen - enc_before  # before validation encodes its images
 
-        val, _ = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}",
-                                  embeddings=val_embeddings)
+        val, _ = evaluate_sharded(
+            accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}", embeddings=val_embeddings
+        )
         improved = val["mean_iou"] > progress.best_metric + cfg.min_delta
         if improved:
             progress.best_metric, progress.best_epoch, progress.bad_epochs = val["mean_iou"], epoch + 1, 0
@@ -340,15 +371,29 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 save_adapter(unwrapped, run_dir / BEST_ADAPTER, epoch=epoch + 1, metrics=val)
         else:
             progress.bad_epochs += 1
-        row = {"epoch": epoch + 1, "step": progress.global_step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "val_mean_iou": val["mean_iou"], "val_mean_f1": val["mean_f1"], "seconds": epoch_seconds,
-               "encoder_images": train_encoder_images}
+        row = {
+            "epoch": epoch + 1,
+            "step": progress.global_step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_mean_iou": val["mean_iou"],
+            "val_mean_f1": val["mean_f1"],
+            "seconds": epoch_seconds,
+            "encoder_images": train_encoder_images,
+        }
         progress.history.append(row)
-        say(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val mean IoU {val['mean_iou']:.4f}"
-            f"{' (best)' if improved else ''}, {epoch_seconds:.1f} s, image-encoder forwards in training {row['encoder_images']}")
+        say(
+            f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val mean IoU {val['mean_iou']:.4f}"
+            f"{' (best)' if improved else ''}, {epoch_seconds:.1f} s, image-encoder forwards in training {row['encoder_images']}"
+        )
         if cfg.log_with:
-            accelerator.log({"val/mean_iou": val["mean_iou"], "val/mean_f1": val["mean_f1"],
-                             "val/mean_precision": val["mean_precision"]}, step=progress.global_step)
+            accelerator.log(
+                {
+                    "val/mean_iou": val["mean_iou"],
+                    "val/mean_f1": val["mean_f1"],
+                    "val/mean_precision": val["mean_precision"],
+                },
+                step=progress.global_step,
+            )
         if progress.bad_epochs >= cfg.patience > 0:
             progress.stopped_early = True
             say(f"early stopping: no improvement of validation mean IoU for {cfg.patience} epochs")
@@ -360,111 +405,90 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if progress.best_epoch < 0:
         raise TrainingError("no epoch finished with a finite validation score; nothing to save")
     _load_trainable(unwrapped, run_dir / BEST_ADAPTER)
-    final, ft_examples = evaluate_sharded(accelerator, unwrapped, val_instances, cfg, num_examples=cfg.num_examples,
-                                          desc="final evaluation", embeddings=val_embeddings)
+    final, ft_examples = evaluate_sharded(
+        accelerator,
+        unwrapped,
+        val_instances,
+        cfg,
+        num_examples=cfg.num_examples,
+        desc="final evaluation",
+        embeddings=val_embeddings,
+    )
     adapter_path = run_dir / "adapter.safetensors"
     published = None
     if is_main:
-        training = {"config": cfg.to_dict(), "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
-                    "stopped_early": progress.stopped_early, "train_seconds": progress.train_seconds,
-                    "skipped_steps": progress.skipped_steps}
-        save_adapter(unwrapped, adapter_path, dataset=cfg.dataset_tag, metrics=final, zero_shot=progress.zero_shot,
-                     training=training)
-        if cfg.publish:
-            publish_adapter(unwrapped, cfg.dataset_tag, name=cfg.name, card={
-                "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
-                "data": data_card(cfg, train_instances, val_instances), "training": training})
-            published = run_name(cfg)
-        _write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
-        summary = {
-            "name": run_name(cfg), "strategy": cfg.strategy, "model": cfg.model, "dataset": cfg.dataset_tag,
-            "trainable_parameters": unwrapped.num_parameters(True), "total_parameters": unwrapped.num_parameters(),
-            "adapter_bytes": adapter_path.stat().st_size, "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
-            "seconds_per_epoch": progress.train_seconds / max(1, len(progress.history)),
-            "peak_memory_mb": _peak_memory_mb(accelerator.device), "device": str(accelerator.device),
-            "num_processes": accelerator.num_processes, "zero_shot": progress.zero_shot, "fine_tuned": final,
+        training = {
+            "config": cfg.to_dict(),
+            "best_epoch": progress.best_epoch,
+            "epochs_run": progress.epoch,
+            "stopped_early": progress.stopped_early,
+            "train_seconds": progress.train_seconds,
+            "skipped_steps": progress.skipped_steps,
         }
-        atomic_write(run_dir / "run_summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=_json_default)))
-        say(_summary(cfg, unwrapped, progress, final, cache, adapter_path, published, run_dir))
+        save_adapter(
+            unwrapped,
+            adapter_path,
+            dataset=cfg.dataset_tag,
+            metrics=final,
+            zero_shot=progress.zero_shot,
+            training=training,
+        )
+        if cfg.publish:
+            publish_adapter(
+                unwrapped,
+                cfg.dataset_tag,
+                name=cfg.name,
+                card={
+                    "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
+                    "data": data_card(cfg, train_instances, val_instances),
+                    "training": training,
+                },
+            )
+            published = run_name(cfg)
+        write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
+        summary = {
+            "name": run_name(cfg),
+            "strategy": cfg.strategy,
+            "model": cfg.model,
+            "dataset": cfg.dataset_tag,
+            "trainable_parameters": unwrapped.num_parameters(True),
+            "total_parameters": unwrapped.num_parameters(),
+            "adapter_bytes": adapter_path.stat().st_size,
+            "best_epoch": progress.best_epoch,
+            "epochs_run": progress.epoch,
+            "seconds_per_epoch": progress.train_seconds / max(1, len(progress.history)),
+            "peak_memory_mb": peak_memory_mb(accelerator.device),
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "zero_shot": progress.zero_shot,
+            "fine_tuned": final,
+        }
+        atomic_write(
+            run_dir / "run_summary.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=json_default)),
+        )
+        say(summary_text(cfg, unwrapped, progress, final, cache, adapter_path, published, run_dir))
     accelerator.wait_for_everyone()
     # finishes the trackers and destroys the process group: nothing collective may follow it
     accelerator.end_training()
-    return TrainResult(run_dir, adapter_path, published, progress.zero_shot, final, progress.best_epoch, progress.history)
+    return TrainResult(
+        run_dir, adapter_path, published, progress.zero_shot, final, progress.best_epoch, progress.history
+    )
 
 
 # ---------------------------------------------------------------------------- helpers
-def _json_default(x):
-    return float(x) if isinstance(x, (np.floating, np.integer)) else str(x)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA max allocated on a GPU, else the peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 def _non_finite(cfg: TrainConfig, progress: TrainProgress, epoch: int, state_root: Path) -> None:
     progress.skipped_steps += 1
     if cfg.mixed_precision == "fp16" and progress.skipped_steps <= 50:
-        logger.warning("non-finite loss at epoch %d step %d under fp16: step skipped (%d so far)",
-                       epoch + 1, progress.global_step, progress.skipped_steps)
+        logger.warning(
+            "non-finite loss at epoch %d step %d under fp16: step skipped (%d so far)",
+            epoch + 1,
+            progress.global_step,
+            progress.skipped_steps,
+        )
         return
     raise TrainingError(
         f"the loss became non-finite (NaN or inf) at epoch {epoch + 1}, step {progress.global_step} "
         f"(lr {cfg.lr}, mixed precision {cfg.mixed_precision!r}). No adapter was written from this state. "
         f"Lower the learning rate, keep max_grad_norm set, or use bf16/fp32; the last good state is under {state_root}."
     )
-
-
-def _write_outputs(run_dir: Path, cfg: TrainConfig, progress: TrainProgress, final: dict, zs_examples, ft_examples,
-                   plot_training_curves) -> None:
-    from ..evaluation.report import write_report
-
-    results = {"fine-tuned": final} if progress.zero_shot is None else {"zero-shot": progress.zero_shot, "fine-tuned": final}
-    examples = {"zero-shot": zs_examples, "fine-tuned": ft_examples} if zs_examples else {"fine-tuned": ft_examples}
-    write_report(results, run_dir, dataset_name=cfg.dataset_tag, examples=examples)
-    atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(progress.history, indent=2)))
-    if progress.history:
-        plot_training_curves(progress.history, run_dir / "curves.png", zero_shot=progress.zero_shot)
-
-
-def _summary(cfg, model: AdaptedSam, progress: TrainProgress, final, cache, adapter_path: Path, published, run_dir) -> str:
-    n_t, n = model.num_parameters(True), model.num_parameters()
-    lines = [
-        "",
-        f"== samadapt: {run_name(cfg)} ({cfg.strategy} on {cfg.model}, dataset {cfg.dataset_tag}) ==",
-        f"trainable parameters  {n_t:,} of {n:,} ({100 * n_t / n:.2f}%)",
-        f"epochs                {progress.epoch} run, best {progress.best_epoch}"
-        f"{', stopped early' if progress.stopped_early else ''}; {progress.global_step} steps, "
-        f"{progress.train_seconds:.1f} s training ({progress.train_seconds / max(1, len(progress.history)):.1f} s/epoch)",
-    ]
-    if cache is not None:
-        lines.append(f"embedding cache       {cache.summary()}")
-    lines.append(f"validation            {final['num_instances']} instances, prompts: {cfg.eval_prompt}"
-                 f"{'; on the TRAINING images (--validate-on-train), not held out' if cfg.validate_on_train else ''}")
-    lines.append(f"{'':22}{'mean IoU':>10}{'precision':>11}{'mean F1':>9}{'mask AP':>9}")
-    rows = ([("zero-shot", progress.zero_shot)] if progress.zero_shot else []) + [("fine-tuned", final)]
-    for label, m in rows:
-        ap = m.get("coco", {}).get("AP", float("nan"))
-        lines.append(f"  {label:20}{100 * m['mean_iou']:>10.2f}{100 * m['mean_precision']:>11.2f}{100 * m['mean_f1']:>9.2f}{100 * ap:>9.2f}")
-    if progress.zero_shot:
-        lines.append(f"  {'gain':20}{100 * (final['mean_iou'] - progress.zero_shot['mean_iou']):>+10.2f}")
-    size = adapter_path.stat().st_size / 2**20
-    lines.append(f"adapter               {adapter_path} ({size:.2f} MiB)")
-    if published:
-        lines.append(f"load it with          samadapt.load({published!r})")
-    lines.append(f"outputs               {run_dir}/ (metrics.json, metrics.md, examples.png, curves.png, logs/)")
-    return "\n".join(lines)

@@ -12,5 +12,14 @@ from .project import import_supervisely, read_mapping
 from .supervisely import ImportReport, decode_bitmap, frame_instances, object_mask, read_annotation
 from .trashcan import import_trashcan, trashcan_category
 
-__all__ = ["ImportReport", "decode_bitmap", "frame_instances", "import_supervisely", "import_trashcan", "object_mask",
-           "read_annotation", "read_mapping", "trashcan_category"]
+__all__ = [
+    "ImportReport",
+    "decode_bitmap",
+    "frame_instances",
+    "import_supervisely",
+    "import_trashcan",
+    "object_mask",
+    "read_annotation",
+    "read_mapping",
+    "trashcan_category",
+]

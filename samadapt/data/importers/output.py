@@ -34,9 +34,15 @@ IMAGE_MODES = ("symlink", "hardlink", "copy")
 def annotation_record(mask: np.ndarray, *, annotation_id: int, image_id: int, category_id: int) -> dict:
     """A COCO annotation of one bool (H, W) mask: compressed RLE, exact area and box [x, y, w, h]."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"id": annotation_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
-            "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "iscrowd": 0,
+        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "area": float(mask_utils.area(rle)),
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+    }
 
 
 def place_image(src: Path, dst: Path, mode: str) -> None:
@@ -68,13 +74,22 @@ class CocoSplit:
         self.images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         self.sources[file_name] = source
         for inst in instances:
-            self.annotations.append(annotation_record(inst.mask, annotation_id=len(self.annotations) + 1,
-                                                      image_id=image_id, category_id=self.cat_ids[inst.category]))
+            self.annotations.append(
+                annotation_record(
+                    inst.mask,
+                    annotation_id=len(self.annotations) + 1,
+                    image_id=image_id,
+                    category_id=self.cat_ids[inst.category],
+                )
+            )
 
     def counts(self) -> dict:
         per_cat = Counter(self.categories[a["category_id"] - 1] for a in self.annotations)
-        return {"images": len(self.images), "annotations": len(self.annotations),
-                "categories": dict(sorted(per_cat.items()))}
+        return {
+            "images": len(self.images),
+            "annotations": len(self.annotations),
+            "categories": dict(sorted(per_cat.items())),
+        }
 
     def write(self, json_path: Path, images_dir: Path, mode: str, info: dict) -> dict:
         """Place the images in ``images_dir`` (created) and write the COCO file; returns
@@ -82,10 +97,16 @@ class CocoSplit:
         images_dir.mkdir(parents=True, exist_ok=True)
         for im in self.images:
             place_image(self.sources[im["file_name"]], images_dir / im["file_name"], mode)
-        write_json(json_path, {
-            "info": info, "licenses": [],
-            "categories": [{"id": i, "name": n, "supercategory": n} for n, i in self.cat_ids.items()],
-            "images": self.images, "annotations": self.annotations})
+        write_json(
+            json_path,
+            {
+                "info": info,
+                "licenses": [],
+                "categories": [{"id": i, "name": n, "supercategory": n} for n, i in self.cat_ids.items()],
+                "images": self.images,
+                "annotations": self.annotations,
+            },
+        )
         return self.counts()
 
 
@@ -133,22 +154,29 @@ class OutputFolder:
             try:
                 manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{str(self.manifest_path)!r} is not valid JSON ({e.msg}); pass --overwrite to "
-                                  "import again") from None
+                raise ConfigError(
+                    f"{str(self.manifest_path)!r} is not valid JSON ({e.msg}); pass --overwrite to import again"
+                ) from None
             old = manifest.get("settings", {})
             changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
             if changed:
                 what = "; ".join(f"{k}: {old.get(k)!r} -> {self.settings.get(k)!r}" for k in changed)
-                raise ConfigError(f"{str(self.root)!r} holds an import with other settings ({what}); pass --overwrite "
-                                  "to replace it, or choose another output folder")
+                raise ConfigError(
+                    f"{str(self.root)!r} holds an import with other settings ({what}); pass --overwrite "
+                    "to replace it, or choose another output folder"
+                )
             missing = [p for p in self.parts if not (self.root / p).exists()]
             if missing:
-                raise ConfigError(f"{str(self.root)!r}: the manifest lists an import but {missing} are missing; pass "
-                                  "--overwrite to import again")
+                raise ConfigError(
+                    f"{str(self.root)!r}: the manifest lists an import but {missing} are missing; pass "
+                    "--overwrite to import again"
+                )
             return manifest
         if present:
-            raise ConfigError(f"{str(self.root / present[0])!r} exists but no {MANIFEST} says an import finished there "
-                              "(an interrupted import, or other files); pass --overwrite to replace it")
+            raise ConfigError(
+                f"{str(self.root / present[0])!r} exists but no {MANIFEST} says an import finished there "
+                "(an interrupted import, or other files); pass --overwrite to replace it"
+            )
         return None
 
     def begin(self) -> None:

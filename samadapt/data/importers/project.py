@@ -51,12 +51,16 @@ def read_mapping(path: str | Path) -> dict[str, str | None]:
         else:
             data = json.loads(text)
     except Exception as e:  # json / yaml parse errors
-        raise ConfigError(f"class mapping {str(path)!r} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}") \
-            from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str) and v)
-                                             for k, v in data.items()):
-        raise ConfigError(f"class mapping {str(path)!r} must map each classTitle to a category name or null, e.g. "
-                          '{"trash": "litter", "rov": null}')
+        raise ConfigError(
+            f"class mapping {str(path)!r} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}"
+        ) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str) and v) for k, v in data.items()
+    ):
+        raise ConfigError(
+            f"class mapping {str(path)!r} must map each classTitle to a category name or null, e.g. "
+            '{"trash": "litter", "rov": null}'
+        )
     return data
 
 
@@ -83,24 +87,36 @@ def _meta_classes(project: Path) -> list[str]:
     try:
         classes = [str(c["title"]) for c in json.loads(meta.read_text(encoding="utf-8")).get("classes", [])]
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{str(meta)!r}: needs a 'classes' list of objects with a 'title' ({type(e).__name__}: {e})") \
-            from None
+        raise DataError(
+            f"{str(meta)!r}: needs a 'classes' list of objects with a 'title' ({type(e).__name__}: {e})"
+        ) from None
     return classes
 
 
 def _unmapped_error(missing: Counter, mapping_path) -> ConfigError:
     listed = ", ".join(f"{c!r} ({n} objects)" if n else repr(c) for c, n in missing.most_common())
     if mapping_path is None:
-        return ConfigError(f"objects use {len(missing)} class(es) that meta.json does not list: {listed}. Give a class "
-                           "mapping (--mapping) that names them, or pass --skip-unmapped to leave them out (counted)")
-    return ConfigError(f"the class mapping {str(mapping_path)!r} lacks {len(missing)} class(es) of the project: {listed}. "
-                       "Add each to the mapping (a category name, or null to leave it out), or pass --skip-unmapped "
-                       "to leave their objects out (counted)")
+        return ConfigError(
+            f"objects use {len(missing)} class(es) that meta.json does not list: {listed}. Give a class "
+            "mapping (--mapping) that names them, or pass --skip-unmapped to leave them out (counted)"
+        )
+    return ConfigError(
+        f"the class mapping {str(mapping_path)!r} lacks {len(missing)} class(es) of the project: {listed}. "
+        "Add each to the mapping (a category name, or null to leave it out), or pass --skip-unmapped "
+        "to leave their objects out (counted)"
+    )
 
 
-def import_supervisely(project: str | Path, out: str | Path, *, mapping: str | Path | None = None,
-                       skip_unmapped: bool = False, images: str = "symlink", overwrite: bool = False,
-                       progress: bool = True) -> ProjectImport:
+def import_supervisely(
+    project: str | Path,
+    out: str | Path,
+    *,
+    mapping: str | Path | None = None,
+    skip_unmapped: bool = False,
+    images: str = "symlink",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ProjectImport:
     """Import a Supervise.ly project export (see the module docstring).
 
     Args:
@@ -129,8 +145,13 @@ def import_supervisely(project: str | Path, out: str | Path, *, mapping: str | P
     missing = Counter({c: 0 for c in classes if c not in table})
     if missing and not skip_unmapped:
         raise _unmapped_error(missing, mapping)
-    settings = {"format": "supervisely", "source": str(project), "mapping": table, "skip_unmapped": skip_unmapped,
-                "images": images}
+    settings = {
+        "format": "supervisely",
+        "source": str(project),
+        "mapping": table,
+        "skip_unmapped": skip_unmapped,
+        "images": images,
+    }
     folder = OutputFolder(out, datasets, settings, overwrite=overwrite)
     previous = folder.existing()
     if previous is not None:
@@ -150,8 +171,9 @@ def import_supervisely(project: str | Path, out: str | Path, *, mapping: str | P
 
     splits = {d: CocoSplit(categories) for d in datasets}
     frames = [(d, p) for d in datasets for p in sorted((project / d / "ann").glob("*.json"))]
-    for image_id, (d, ann_path) in enumerate(tqdm(frames, desc="Supervise.ly images", unit="img",
-                                                   disable=not progress), start=1):
+    for image_id, (d, ann_path) in enumerate(
+        tqdm(frames, desc="Supervise.ly images", unit="img", disable=not progress), start=1
+    ):
         name = ann_path.name[: -len(".json")]
         picture = project / d / "img" / name
         if not picture.is_file():
@@ -178,6 +200,11 @@ def import_supervisely(project: str | Path, out: str | Path, *, mapping: str | P
     except BaseException:
         folder.cleanup(staged)
         raise
-    folder.finish({"counts": counts, "report": report.to_dict(),
-                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+    folder.finish(
+        {
+            "counts": counts,
+            "report": report.to_dict(),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
     return ProjectImport(folder.root, False, counts, report.to_dict())

@@ -33,8 +33,15 @@ from PIL import Image, ImageDraw
 
 from ...errors import DataError
 
-__all__ = ["ImportReport", "Instance", "decode_bitmap", "frame_instances", "load_frame", "object_mask",
-           "read_annotation"]
+__all__ = [
+    "ImportReport",
+    "Instance",
+    "decode_bitmap",
+    "frame_instances",
+    "load_frame",
+    "object_mask",
+    "read_annotation",
+]
 
 #: (object) -> (category name, None) or (None, why it has no category)
 CategoryOf = Callable[[dict], "tuple[str | None, str | None]"]
@@ -71,7 +78,7 @@ def _paste(small: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.n
     h, w = small.shape
     ys, xs = slice(max(y0, 0), min(y0 + h, height)), slice(max(x0, 0), min(x0 + w, width))
     if ys.start < ys.stop and xs.start < xs.stop:
-        mask[ys, xs] = small[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        mask[ys, xs] = small[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
     return mask
 
 
@@ -111,8 +118,10 @@ def object_mask(obj: dict, height: int, width: int) -> np.ndarray:
             return _polygon_mask(obj["points"], height, width)
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"object {obj.get('id')}: malformed {kind} geometry ({type(e).__name__}: {e})") from e
-    raise DataError(f"object {obj.get('id')} has geometryType {kind!r}, which carries no mask; only 'bitmap' and "
-                    "'polygon' objects can be imported")
+    raise DataError(
+        f"object {obj.get('id')} has geometryType {kind!r}, which carries no mask; only 'bitmap' and "
+        "'polygon' objects can be imported"
+    )
 
 
 # ---------------------------------------------------------------------------- report
@@ -149,19 +158,30 @@ class ImportReport:
         self._name(reason, what)
 
     def to_dict(self) -> dict:
-        return {"skipped_frames": dict(self.skipped_frames), "skipped_objects": dict(self.skipped_objects),
-                "notes": dict(self.notes), "named": self.named}
+        return {
+            "skipped_frames": dict(self.skipped_frames),
+            "skipped_objects": dict(self.skipped_objects),
+            "notes": dict(self.notes),
+            "named": self.named,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImportReport":
-        return cls(Counter(d.get("skipped_frames", {})), Counter(d.get("skipped_objects", {})),
-                   Counter(d.get("notes", {})), {k: list(v) for k, v in d.get("named", {}).items()})
+        return cls(
+            Counter(d.get("skipped_frames", {})),
+            Counter(d.get("skipped_objects", {})),
+            Counter(d.get("notes", {})),
+            {k: list(v) for k, v in d.get("named", {}).items()},
+        )
 
     def format(self, indent: str = "  ") -> str:
         """Readable lines: one per reason with its count and the names."""
         lines = []
-        for title, counts in (("frames left out", self.skipped_frames), ("objects left out", self.skipped_objects),
-                              ("notes", self.notes)):
+        for title, counts in (
+            ("frames left out", self.skipped_frames),
+            ("objects left out", self.skipped_objects),
+            ("notes", self.notes),
+        ):
             for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
                 names = self.named.get(reason, [])
                 more = f", ... ({n - len(names)} more)" if n > len(names) else ""
@@ -182,11 +202,14 @@ def read_annotation(path: str | os.PathLike) -> dict:
         h, w = int(ann["size"]["height"]), int(ann["size"]["width"])
         objects = ann.get("objects", [])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"{path.name} is not a Supervise.ly annotation (needs size.height, size.width and an objects "
-                        f"list): {type(e).__name__}: {e}") from e
+        raise DataError(
+            f"{path.name} is not a Supervise.ly annotation (needs size.height, size.width and an objects "
+            f"list): {type(e).__name__}: {e}"
+        ) from e
     if h <= 0 or w <= 0 or not isinstance(objects, list):
-        raise DataError(f"{path.name}: image size {h}x{w} / objects {type(objects).__name__}; expected a positive "
-                        "size and a list")
+        raise DataError(
+            f"{path.name}: image size {h}x{w} / objects {type(objects).__name__}; expected a positive size and a list"
+        )
     return ann
 
 
@@ -206,8 +229,9 @@ def load_frame(annotation: Path, image: Path, frame: str, report: ImportReport) 
         return None
     h, w = int(ann["size"]["height"]), int(ann["size"]["width"])
     if size != (w, h):
-        report.skip_frame("image size differs from the annotation's", f"{frame} ({size[0]}x{size[1]}, annotation "
-                                                                       f"{w}x{h})")
+        report.skip_frame(
+            "image size differs from the annotation's", f"{frame} ({size[0]}x{size[1]}, annotation {w}x{h})"
+        )
         return None
     return ann
 
@@ -222,8 +246,9 @@ class Instance:
     object_ids: list
 
 
-def frame_instances(ann: dict, frame: str, category_ofs: dict[str, CategoryOf],
-                    reports: dict[str, ImportReport]) -> dict[str, list[Instance]]:
+def frame_instances(
+    ann: dict, frame: str, category_ofs: dict[str, CategoryOf], reports: dict[str, ImportReport]
+) -> dict[str, list[Instance]]:
     """The instances of one annotation, under several category mappings at once (each part is
     decoded once).
 
@@ -269,8 +294,11 @@ def frame_instances(ann: dict, frame: str, category_ofs: dict[str, CategoryOf],
                     report.skip_object(reason or "no category", frame, obj)
                 continue
             if len(set(classes)) > 1:
-                report.note("parts of one object with other categories", f"{frame}: object {parts[0][0].get('id')} "
-                            f"({' / '.join(dict.fromkeys(classes))}; kept as {classes[0]})")
+                report.note(
+                    "parts of one object with other categories",
+                    f"{frame}: object {parts[0][0].get('id')} "
+                    f"({' / '.join(dict.fromkeys(classes))}; kept as {classes[0]})",
+                )
             mask = np.logical_or.reduce([m for _, m in parts])
             if not mask.any():
                 report.skip_object("empty mask", frame, parts[0][0])

@@ -40,30 +40,131 @@ SPLITS = ("train", "val")
 
 #: the official classes in the official id order (ids from 1), as in the script and the READMEs
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "instance": ("rov", "plant", "animal_fish", "animal_starfish", "animal_shells", "animal_crab", "animal_eel",
-                 "animal_etc", "trash_clothing", "trash_pipe", "trash_bottle", "trash_bag", "trash_snack_wrapper",
-                 "trash_can", "trash_cup", "trash_container", "trash_unknown_instance", "trash_branch",
-                 "trash_wreckage", "trash_tarp", "trash_rope", "trash_net"),
-    "material": ("rov", "plant", "animal_fish", "animal_starfish", "animal_shells", "animal_crab", "animal_eel",
-                 "animal_etc", "trash_etc", "trash_fabric", "trash_fishing_gear", "trash_metal", "trash_paper",
-                 "trash_plastic", "trash_rubber", "trash_wood"),
+    "instance": (
+        "rov",
+        "plant",
+        "animal_fish",
+        "animal_starfish",
+        "animal_shells",
+        "animal_crab",
+        "animal_eel",
+        "animal_etc",
+        "trash_clothing",
+        "trash_pipe",
+        "trash_bottle",
+        "trash_bag",
+        "trash_snack_wrapper",
+        "trash_can",
+        "trash_cup",
+        "trash_container",
+        "trash_unknown_instance",
+        "trash_branch",
+        "trash_wreckage",
+        "trash_tarp",
+        "trash_rope",
+        "trash_net",
+    ),
+    "material": (
+        "rov",
+        "plant",
+        "animal_fish",
+        "animal_starfish",
+        "animal_shells",
+        "animal_crab",
+        "animal_eel",
+        "animal_etc",
+        "trash_etc",
+        "trash_fabric",
+        "trash_fishing_gear",
+        "trash_metal",
+        "trash_paper",
+        "trash_plastic",
+        "trash_rubber",
+        "trash_wood",
+    ),
 }
 
 # The script's lists. A numeric tag value v stands for entry v + 1 (the annotation tool numbered
 # from -1); unknown spellings of "unknown" and rare kinds fold into the catch-all classes.
-_TRASH_UNKNOWN_AKAS = frozenset({"unkonwn_instance", "cage", "uknwon_instance", "unknwon_instance", "unknown",
-                                 "unkown_instance", "etc", "unknown_instances", "unkonwn_instances", "eel", "hay",
-                                 "tire", "hose", "wire", "glove", "box", "bucket", "paper"})
-_BIO_ETC_AKAS = frozenset({"turtle", "squid", "lobster", "unknown", "jellyfish", "b", "stingray", "shrimp",
-                           "crawfish", "octopus", "shark"})
-_TRASH_NUMBERED = ("clothing", "pipe", "bottle", "bag", "snack_wrapper", "glove", "tire", "can", "cup", "container",
-                   "unknown_instance", "branch", "wreakage", "tarp", "box", "hose", "rope", "hay", "net", "paper",
-                   "bucket", "wire")
-_BIO_NUMBERED = ("fish", "crab", "eel", "shark", "squid", "starfish", "unknown", "shell", "shrimp", "stingray",
-                 "jellyfish", "lobster", "crawfish", "octopus")
-_ANIMAL_SPELLINGS = {"satrfish": "animal_starfish", "shell": "animal_shells", "ee;": "animal_eel", " crab": "animal_crab"}
-_TRASH_SPELLINGS = {"wreakage": "trash_wreckage", "trap": "trash_tarp", "bags": "trash_bag", "cab": "trash_can",
-                    "network": "trash_net", "8\\": "trash_can"}
+_TRASH_UNKNOWN_AKAS = frozenset(
+    {
+        "unkonwn_instance",
+        "cage",
+        "uknwon_instance",
+        "unknwon_instance",
+        "unknown",
+        "unkown_instance",
+        "etc",
+        "unknown_instances",
+        "unkonwn_instances",
+        "eel",
+        "hay",
+        "tire",
+        "hose",
+        "wire",
+        "glove",
+        "box",
+        "bucket",
+        "paper",
+    }
+)
+_BIO_ETC_AKAS = frozenset(
+    {"turtle", "squid", "lobster", "unknown", "jellyfish", "b", "stingray", "shrimp", "crawfish", "octopus", "shark"}
+)
+_TRASH_NUMBERED = (
+    "clothing",
+    "pipe",
+    "bottle",
+    "bag",
+    "snack_wrapper",
+    "glove",
+    "tire",
+    "can",
+    "cup",
+    "container",
+    "unknown_instance",
+    "branch",
+    "wreakage",
+    "tarp",
+    "box",
+    "hose",
+    "rope",
+    "hay",
+    "net",
+    "paper",
+    "bucket",
+    "wire",
+)
+_BIO_NUMBERED = (
+    "fish",
+    "crab",
+    "eel",
+    "shark",
+    "squid",
+    "starfish",
+    "unknown",
+    "shell",
+    "shrimp",
+    "stingray",
+    "jellyfish",
+    "lobster",
+    "crawfish",
+    "octopus",
+)
+_ANIMAL_SPELLINGS = {
+    "satrfish": "animal_starfish",
+    "shell": "animal_shells",
+    "ee;": "animal_eel",
+    " crab": "animal_crab",
+}
+_TRASH_SPELLINGS = {
+    "wreakage": "trash_wreckage",
+    "trap": "trash_tarp",
+    "bags": "trash_bag",
+    "cab": "trash_can",
+    "network": "trash_net",
+    "8\\": "trash_can",
+}
 
 
 def _numbered(value: str, names: tuple[str, ...], what: str) -> tuple[str | None, str | None]:
@@ -107,7 +208,7 @@ def trashcan_category(obj: dict, version: str = "instance") -> tuple[str | None,
                     value, why = _numbered(value, _BIO_NUMBERED, "animal")
                     if value is None:
                         return None, why
-                name = ("animal_etc" if value in _BIO_ETC_AKAS else _ANIMAL_SPELLINGS.get(value, f"animal_{value}"))
+                name = "animal_etc" if value in _BIO_ETC_AKAS else _ANIMAL_SPELLINGS.get(value, f"animal_{value}")
         if name is None:
             return None, "bio object without a plant or animal tag (the official script drops it)"
     elif title == "trash" and version == "material":
@@ -143,8 +244,10 @@ def trashcan_category(obj: dict, version: str = "instance") -> tuple[str | None,
 
 
 # ---------------------------------------------------------------------------- source
-LAYOUT = ("SOURCE/original_data/{images,annotations}/ with SOURCE/splits/{instance,material}_{train,val}.txt "
-          "(or the official SOURCE/<version>_version/{train,val}/ image folders)")
+LAYOUT = (
+    "SOURCE/original_data/{images,annotations}/ with SOURCE/splits/{instance,material}_{train,val}.txt "
+    "(or the official SOURCE/<version>_version/{train,val}/ image folders)"
+)
 
 
 def _split_lists(source: Path, version: str) -> dict[str, list[str]]:
@@ -158,12 +261,16 @@ def _split_lists(source: Path, version: str) -> dict[str, list[str]]:
         elif folder.is_dir():
             lists[split] = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")
         else:
-            raise DataError(f"no {version}-version {split} list: neither {str(txt)!r} nor {str(folder)!r} exists. "
-                            f"Expected layout: {LAYOUT}")
+            raise DataError(
+                f"no {version}-version {split} list: neither {str(txt)!r} nor {str(folder)!r} exists. "
+                f"Expected layout: {LAYOUT}"
+            )
     both = sorted(set(lists["train"]) & set(lists["val"]))
     if both:
-        raise DataError(f"{len(both)} frames are in both the {version} train and val lists, e.g. {both[:3]}; the "
-                        "official splits are disjoint")
+        raise DataError(
+            f"{len(both)} frames are in both the {version} train and val lists, e.g. {both[:3]}; the "
+            "official splits are disjoint"
+        )
     return lists
 
 
@@ -180,8 +287,10 @@ class ImportResult:
     manifest: dict = field(default_factory=dict)
 
     def format(self) -> str:
-        lines = [f"{'already imported (nothing written; pass --overwrite to import again)' if self.noop else 'imported'}"
-                 f" into {self.out}"]
+        lines = [
+            f"{'already imported (nothing written; pass --overwrite to import again)' if self.noop else 'imported'}"
+            f" into {self.out}"
+        ]
         for version, splits in self.counts.items():
             for split, c in splits.items():
                 lines.append(f"  {version}/{split}: {c['images']} frames, {c['annotations']} instances")
@@ -190,8 +299,15 @@ class ImportResult:
         return "\n".join(lines)
 
 
-def import_trashcan(source: str | Path, out: str | Path, *, versions: Sequence[str] = VERSIONS,
-                    images: str = "symlink", overwrite: bool = False, progress: bool = True) -> ImportResult:
+def import_trashcan(
+    source: str | Path,
+    out: str | Path,
+    *,
+    versions: Sequence[str] = VERSIONS,
+    images: str = "symlink",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ImportResult:
     """Import TrashCan's raw frames into the official COCO layout (see the module docstring).
 
     Args:
@@ -220,9 +336,12 @@ def import_trashcan(source: str | Path, out: str | Path, *, versions: Sequence[s
     ann_dir = check_source_dir(source / "original_data" / "annotations", "TrashCan annotations folder", LAYOUT)
     img_dir = check_source_dir(source / "original_data" / "images", "TrashCan images folder", LAYOUT)
     lists = {v: _split_lists(source, v) for v in versions}
-    folder = OutputFolder(out, [f"{v}_version" for v in versions],
-                          {"format": "trashcan", "source": str(source), "versions": versions, "images": images},
-                          overwrite=overwrite)
+    folder = OutputFolder(
+        out,
+        [f"{v}_version" for v in versions],
+        {"format": "trashcan", "source": str(source), "versions": versions, "images": images},
+        overwrite=overwrite,
+    )
     previous = folder.existing()
     if previous is not None:
         return ImportResult(folder.root, True, previous.get("counts", {}), previous.get("reports", {}), previous)
@@ -258,8 +377,9 @@ def import_trashcan(source: str | Path, out: str | Path, *, versions: Sequence[s
         todo = [v for v in versions if name in split_of[v]]
         found = frame_instances(ann, name, {v: mappings[v] for v in todo}, {v: reports[v] for v in todo})
         for v in todo:
-            splits[v][split_of[v][name]].add(image_ids[name], name, pictures[name], int(ann["size"]["height"]),
-                                             int(ann["size"]["width"]), found[v])
+            splits[v][split_of[v][name]].add(
+                image_ids[name], name, pictures[name], int(ann["size"]["height"]), int(ann["size"]["width"]), found[v]
+            )
 
     folder.begin()
     staged: list[Path] = []
@@ -268,15 +388,24 @@ def import_trashcan(source: str | Path, out: str | Path, *, versions: Sequence[s
         for v in versions:
             tmp = folder.staging(f"{v}_version")
             staged.append(tmp)
-            info = {"description": f"TrashCan 1.0 {v} version, imported by samadapt from the Supervise.ly bitmaps "
-                                   "(masks exact, compressed RLE)", "version": "1.0"}
-            counts[v] = {s: splits[v][s].write(tmp / f"instances_{s}_trashcan.json", tmp / s, images, info)
-                         for s in SPLITS}
+            info = {
+                "description": f"TrashCan 1.0 {v} version, imported by samadapt from the Supervise.ly bitmaps "
+                "(masks exact, compressed RLE)",
+                "version": "1.0",
+            }
+            counts[v] = {
+                s: splits[v][s].write(tmp / f"instances_{s}_trashcan.json", tmp / s, images, info) for s in SPLITS
+            }
             folder.commit(f"{v}_version", tmp)
     except BaseException:
         folder.cleanup(staged)
         raise
     all_reports = {"frames": frames_report.to_dict(), **{v: r.to_dict() for v, r in reports.items()}}
-    folder.finish({"counts": counts, "reports": all_reports,
-                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+    folder.finish(
+        {
+            "counts": counts,
+            "reports": all_reports,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
     return ImportResult(folder.root, False, counts, all_reports)

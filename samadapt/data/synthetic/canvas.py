@@ -240,7 +240,13 @@ class Scene:
         self.truncated: list[bool] = []
 
     def place(
-        self, rng: np.random.Generator, shape: Shape, *, inside: bool, max_cover: float, min_inside: float = 0.5,
+        self,
+        rng: np.random.Generator,
+        shape: Shape,
+        *,
+        inside: bool,
+        max_cover: float,
+        min_inside: float = 0.5,
         tries: int = 12,
     ) -> Pose | None:
         """Find a pose for ``shape`` that hides at most ``max_cover`` of any object's visible area.
@@ -296,7 +302,13 @@ class Scene:
         self.canvas[rows, cols] *= (1.0 - strength * shade)[..., None]
 
     def draw(
-        self, rng: np.random.Generator, pose: Pose, shape: Shape, category_id: int, painter: Painter, *,
+        self,
+        rng: np.random.Generator,
+        pose: Pose,
+        shape: Shape,
+        category_id: int,
+        painter: Painter,
+        *,
         edge_sigma: float = 0.6,
     ) -> None:
         """Composite an object over the canvas and make it the owner of its mask's pixels.

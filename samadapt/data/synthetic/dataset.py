@@ -127,7 +127,11 @@ def make_demo_dataset(
 
     root = Path(root)
     params = {
-        "domain": domain, "n_train": n_train, "n_val": n_val, "seed": seed, "image_size": list(image_size),
+        "domain": domain,
+        "n_train": n_train,
+        "n_val": n_val,
+        "seed": seed,
+        "image_size": list(image_size),
     }
     if _is_cached(root, params):
         return root
@@ -181,9 +185,7 @@ def _is_cached(root: Path, params: dict) -> bool:
     return True
 
 
-def _write_split(
-    out: Path, domain: str, split: str, n: int, seed: int, image_size: tuple[int, int], bar: tqdm
-) -> dict:
+def _write_split(out: Path, domain: str, split: str, n: int, seed: int, image_size: tuple[int, int], bar: tqdm) -> dict:
     """Render ``n`` images into ``out/images`` and write ``out/annotations.json``; return counts."""
     (out / "images").mkdir(parents=True)
     images, annotations = [], []
@@ -201,16 +203,18 @@ def _write_split(
                 segmentation = [poly.reshape(-1).tolist()]
             else:
                 segmentation = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": int(cat),
-                "segmentation": segmentation,
-                "area": int(mask_utils.area(rle)),
-                "bbox": [float(x) for x in mask_utils.toBbox(rle)],
-                "iscrowd": 0,
-                "attributes": attrs,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(cat),
+                    "segmentation": segmentation,
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": [float(x) for x in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                    "attributes": attrs,
+                }
+            )
         bar.update(1)
     coco = {
         "info": {

@@ -375,7 +375,11 @@ def _paint_paper(rng, fr: Frame, crop, under):
 
 
 _WASTE_PAINTERS: dict[int, Painter] = {
-    _RIGID: _paint_rigid, _CARDBOARD: _paint_cardboard, _METAL: _paint_metal, _SOFT: _paint_soft, _PAPER: _paint_paper,
+    _RIGID: _paint_rigid,
+    _CARDBOARD: _paint_cardboard,
+    _METAL: _paint_metal,
+    _SOFT: _paint_soft,
+    _PAPER: _paint_paper,
 }
 
 
@@ -411,7 +415,9 @@ def render(rng: np.random.Generator, h: int, w: int) -> DemoSample:
         # taller (bigger) things cast longer shadows
         dist = rng.uniform(*shadow_len) * min(1.0, np.sqrt(placed.mask.sum()) / 40) + 1
         scene.cast_shadow(
-            placed.mask, (dist * np.cos(light), dist * np.sin(light)), sigma=rng.uniform(1.5, 3.5),
+            placed.mask,
+            (dist * np.cos(light), dist * np.sin(light)),
+            sigma=rng.uniform(1.5, 3.5),
             strength=rng.uniform(*shadow_strength),
         )
         scene.draw(rng, placed, shape, cat, _WASTE_PAINTERS[cat], edge_sigma=rng.uniform(0.6, 1.0))
