@@ -236,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demo-val-images", type=int, default=40)
     ap.add_argument("--train-prompts", nargs="+", default=["box", "point"], help="the mixed run's prompt kinds")
     ap.add_argument("--click-rounds", type=int, default=3, help="the mixed run's corrective click rounds")
-    ap.add_argument("--point-share", type=float, default=0.5, help="the mixed run's share of click-first instances")
+    ap.add_argument(
+        "--point-share", type=float, default=0.3, help="the mixed run's share of click-first instances (SAM: 0.5)"
+    )
     ap.add_argument(
         "--first-round-weight",
         type=float,
-        default=None,
-        help="the mixed run's share of the loss on the first prediction (default: every round alike)",
+        default=0.8,
+        help="the mixed run's share of the loss on the first prediction, the corrective rounds sharing the rest "
+        "(SAM, micro-sam: every round alike; give 0 for that)",
     )
     ap.add_argument(
         "--click-sampling",
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more finetune.py options for both runs")
     args = ap.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
+    if args.first_round_weight == 0:  # every round alike (the trainer's default)
+        args.first_round_weight = None
     if args.max_clicks < 1:
         raise SystemExit(f"interactive: --max-clicks must be >= 1, got {args.max_clicks}")
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         title=f"demo / {args.model}: mean IoU after each click",
     )
     seconds = {r.key: r.summary()["seconds_per_epoch"] * r.summary()["epochs_run"] for r in runs}
-    machine = compare._machine()
+    machine = compare._machine(args.jobs)
     (args.out / "interactive.json").write_text(
         json.dumps(
             _jsonable({"command": command, "date": started, "machine": machine, "train_seconds": seconds, **stats}),

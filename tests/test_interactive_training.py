@@ -321,9 +321,11 @@ def test_interactive_recipe_writes_its_section(tmp_path, samadapt_home_dir):
         "--click-rounds",
         "3",
         "--point-share",
-        "0.5",
+        "0.3",
         "--click-sampling",
         "interior",
+        "--first-round-weight",
+        "0.8",
     ]
     box_argv = json.loads((tmp_path / "runs" / "box" / "compare_args.json").read_text())
     assert box_argv[box_argv.index("--train-prompts") + 1 :] == ["box", "--click-rounds", "0"]

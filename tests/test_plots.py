@@ -98,7 +98,8 @@ def test_plot_training_curves_writes_the_png(tmp_path):
 
 
 def test_trainer_passes_the_zero_shot_metrics_to_the_curves(tmp_path):
-    from samadapt.training import trainer
+    from samadapt.training.outputs import write_outputs
+    from samadapt.training.state import TrainProgress
 
     seen = {}
 
@@ -106,8 +107,8 @@ def test_trainer_passes_the_zero_shot_metrics_to_the_curves(tmp_path):
         seen.update(history=history, path=path, zero_shot=zero_shot)
 
     zero_shot = {"mean_iou": 0.3, "mean_f1": 0.4}
-    progress = trainer.TrainProgress(history=_history(1), zero_shot=zero_shot)
-    trainer._write_outputs(
+    progress = TrainProgress(history=_history(1), zero_shot=zero_shot)
+    write_outputs(
         tmp_path, SimpleNamespace(dataset_tag="demo"), progress, {"mean_iou": 0.5, "mean_f1": 0.6}, [], [], spy
     )
     assert seen["zero_shot"] == zero_shot and seen["path"] == tmp_path / "curves.png"
