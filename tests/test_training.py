@@ -513,3 +513,26 @@ def test_two_cpu_processes_agree(tmp_path, demo_data_root, mini_checkpoint, tiny
         assert metrics[label]["num_images"] == single["num_images"] == 3
         assert metrics[label]["num_instances"] == single["num_instances"]
     assert metrics["zero-shot"]["mean_iou"] == pytest.approx(single["mean_iou"], abs=1e-4)
+
+
+def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_check():
+    """Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is, also where it is
+    swallowed (a __del__, a cleanup); the trainer's check after every step stops the run anyway."""
+    import os
+    import signal
+    import time
+
+    from samadapt.training.state import catch_sigint, check_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with catch_sigint():
+        check_interrupt()  # nothing yet
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # swallowed
+        with pytest.raises(KeyboardInterrupt):
+            check_interrupt()
+    check_interrupt()  # forgotten after the block
+    assert signal.getsignal(signal.SIGINT) is before

@@ -8,12 +8,15 @@ leaves the previous one intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -128,3 +131,38 @@ def interrupted_message(run_dir: Path) -> str:
     else:
         saved = f"the state after epoch {int(state.name.split('_')[1])} is saved in {state}"
     return f"interrupted: {saved}; continue with the same command and --resume"
+
+
+#: set by Ctrl-C during training (:func:`catch_sigint`); checked after every step and epoch
+#: (:func:`check_interrupt`), so an interrupt that Python raised where it is swallowed (a
+#: ``__del__``, a weakref callback, a library's cleanup) still stops the run at the next step
+#: instead of letting it run to the end
+_INTERRUPT = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPT.set()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def catch_sigint() -> Iterator[None]:
+    """Within the block, Ctrl-C raises ``KeyboardInterrupt`` as usual and is also remembered for
+    :func:`check_interrupt`; the previous handler comes back after. (Main thread only: elsewhere
+    signals cannot be handled, and the block does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _INTERRUPT.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPT.clear()
+
+
+def check_interrupt() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C came since :func:`catch_sigint` began."""
+    if _INTERRUPT.is_set():
+        raise KeyboardInterrupt

@@ -47,6 +47,8 @@ from .state import (
     STATE_DIR,
     EpochShuffled,
     TrainProgress,
+    catch_sigint,
+    check_interrupt,
     interrupted_message,
     latest_state,
     register_trainable_only_state,
@@ -123,7 +125,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune as ``cfg`` says (see the module docstring). Ctrl-C ends it with
     :class:`TrainingInterrupted`, whose message says what is saved and how to continue."""
     try:
-        return _train(cfg)
+        with catch_sigint():
+            return _train(cfg)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_message(run_folder(cfg))) from None
 
@@ -317,6 +320,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             disable=not (cfg.progress and accelerator.is_local_main_process),
         )
         for batch in bar:
+            check_interrupt()
             with accelerator.accumulate(model):
                 emb = None
                 if cache is not None:
@@ -399,7 +403,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             say(f"early stopping: no improvement of validation mean IoU for {cfg.patience} epochs")
         progress.epoch = epoch + 1
         save_state(accelerator, state_root, progress.epoch)
+        check_interrupt()
 
+    check_interrupt()
     # --- final: best epoch, evaluation, outputs
     accelerator.wait_for_everyone()
     if progress.best_epoch < 0:
