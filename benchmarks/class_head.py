@@ -113,39 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data_root = args.runs / "demo-data"  # its own copy: other sizes never touch the shared demo set
+    # compare.py's finetune.py options for a demo run, plus the class head
+    train = argparse.Namespace(dataset="demo", model="mini", checkpoint=None, extra=[], **vars(args))
+    extra = ["--classify", "--no-zero-shot", "--num-examples", "0"]
     runs = [
-        compare.Run(
-            s,
-            args.runs / s,
-            [
-                "--strategy",
-                s,
-                "--dataset",
-                "demo",
-                "--model",
-                "mini",
-                "--epochs",
-                str(args.epochs),
-                "--seed",
-                str(args.seed),
-                "--output-dir",
-                str(args.runs / s),
-                "--data-root",
-                str(data_root),
-                "--patience",
-                str(args.epochs),
-                "--classify",
-                "--no-progress",
-                "--no-publish",
-                "--no-zero-shot",
-                "--num-examples",
-                "0",
-                "--demo-train-images",
-                str(args.demo_train_images),
-                "--demo-val-images",
-                str(args.demo_val_images),
-            ],
-        )
+        compare.Run(s, args.runs / s, compare._train_argv(train, s, args.seed, args.runs / s, data_root) + extra)
         for s in args.strategies
     ]
     compare.run_all(runs, args.jobs, args.runs / "logs")
