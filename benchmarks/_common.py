@@ -70,6 +70,23 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
+# ------------------------------------------------------------------------------------------ statistics
+def bootstrap_mean_over_images(values, image_of, seed: int = 0, n: int = 2000) -> list[float]:
+    """95% interval of the mean over objects, resampling whole images (objects of one image are not
+    independent)."""
+    import numpy as np
+
+    values, image_of = np.asarray(values, dtype=np.float64), np.asarray(image_of)
+    rng = np.random.default_rng(seed)
+    images = np.unique(image_of)
+    per_image = [values[image_of == i] for i in images]
+    means = []
+    for _ in range(n):
+        pick = rng.integers(0, len(images), len(images))
+        means.append(np.concatenate([per_image[i] for i in pick]).mean())
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
 # ------------------------------------------------------------------------------------------ timing
 def sync(device: str) -> None:
     if device == "cuda":
@@ -194,7 +211,9 @@ def build_variant(
 
     torch.manual_seed(seed)
     card = variant_card(model_type, image_size=image_size, depth=depth, global_attn_indexes=global_attn_indexes)
-    sam = build_sam_architecture(card).to(device).eval()
+    with torch.device(device):  # initialised where it runs: ViT-H's random init takes seconds on a CPU
+        sam = build_sam_architecture(card)
+    sam = sam.to(device).eval()
     sam.samadapt_base = BaseInfo(
         model_type, f"random:{model_type}@{card.image_size}px/{card.encoder_depth}blocks", None
     )
@@ -292,6 +311,17 @@ def emit(result: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ output
+def finish(bench: dict[str, Any], t0: float) -> None:
+    """Close a standalone benchmark's record (load at the end, elapsed seconds) and print its tables
+    and checks."""
+    bench["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    bench["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    for t in bench["tables"]:
+        print(f"\n## {t['title']}\n" + table(t["rows"], t["columns"]))
+    for c in bench["checks"]:
+        print(f"check {c['name']}: {'passed' if c['passed'] else 'FAILED'}")
+
+
 def result_file_name(benchmark: str, device: str, mode: str) -> str:
     """``<benchmark>-<device>.json``; a full-size run on the CPU gets ``-full`` so that it sits beside
     the ``--quick`` results instead of replacing them (on CUDA every run is full-size)."""

@@ -28,7 +28,6 @@ Writes ``benchmarks/results/export_latency-cpu.json`` (``--out`` to change the f
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -67,7 +66,7 @@ def _model(model_type: str) -> samadapt.AdaptedSam:
     return samadapt.adapt(C.build_variant(model_type, seed=0), "decoder").eval()
 
 
-def _session(path: Path, threads: int):
+def session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -76,7 +75,7 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _decoder_feed(model, box: np.ndarray, size: tuple[int, int], *, pad: bool) -> dict[str, np.ndarray]:
+def decoder_feed(model, box: np.ndarray, size: tuple[int, int], *, pad: bool) -> dict[str, np.ndarray]:
     """decoder.onnx inputs for one XYXY box in image pixels (corners labelled 2 and 3, optionally the
     -1 padding point labelling tools append)."""
     coords = model.transform.apply_boxes(box, size).numpy().reshape(2, 2)
@@ -117,7 +116,7 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
     size = sample.image.shape[:2]
     x = model.transform.preprocess_image(sample.image)[None]
     sessions = {
-        q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
+        q: (session(folder / f"encoder{q}.onnx", threads), session(folder / f"decoder{q}.onnx", threads))
         for q in ("", "_int8")
     }
     feed_image = {"image": x.numpy()}
@@ -145,7 +144,7 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
 
     ys, xs = sample.masks[0].nonzero()  # the first object's tight box
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-    feed = {**_decoder_feed(model, box, size, pad=False), "image_embeddings": theirs}
+    feed = {**decoder_feed(model, box, size, pad=False), "image_embeddings": theirs}
     torch_decoder = dynamic_crop_decoder(plain_sam(model))
     torch_feed = {k: torch.from_numpy(v) for k, v in feed.items()}
     with torch.no_grad():
@@ -186,25 +185,12 @@ def latency(model_type: str, plan: dict[str, Any], threads: int, work: Path, ben
     return rows
 
 
-def _bootstrap_mean(values: np.ndarray, image_of: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
-    """95% interval of the mean over objects, resampling whole images (objects of one image are not
-    independent)."""
-    rng = np.random.default_rng(seed)
-    images = np.unique(image_of)
-    per_image = [values[image_of == i] for i in images]
-    means = []
-    for _ in range(n):
-        pick = rng.integers(0, len(images), len(images))
-        means.append(np.concatenate([per_image[i] for i in pick]).mean())
-    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
-
-
 def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict], dict[str, Any]]:
     """mini on the generated waste validation images: mean IoU to the ground truth, fp32 vs int8."""
     model = _model("mini")
     folder = work / "mini"
     sessions = {
-        q: (_session(folder / f"encoder{q}.onnx", threads), _session(folder / f"decoder{q}.onnx", threads))
+        q: (session(folder / f"encoder{q}.onnx", threads), session(folder / f"decoder{q}.onnx", threads))
         for q in ("", "_int8")
     }
     ious: dict[str, list[float]] = {"torch": [], "fp32": [], "int8": [], "int8_vs_fp32": []}
@@ -223,7 +209,7 @@ def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict]
         for gt, box, ours in zip(sample.masks, boxes, torch_masks):
             masks = {}
             for q, (_, dec) in sessions.items():
-                feed = {**_decoder_feed(model, box, size, pad=True), "image_embeddings": emb[q]}
+                feed = {**decoder_feed(model, box, size, pad=True), "image_embeddings": emb[q]}
                 masks[q] = dec.run(None, feed)[0][0, 0] > 0
             image_of.append(index)
             for key, pred, ref in (
@@ -240,7 +226,7 @@ def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict]
             "runtime": name,
             "compared_with": "ground truth" if key != "int8_vs_fp32" else "fp32 ONNX masks",
             "mean_iou": round(float(arrays[key].mean()), 4),
-            "ci95": _bootstrap_mean(arrays[key], image_of),
+            "ci95": C.bootstrap_mean_over_images(arrays[key], image_of),
             "objects": int(arrays[key].size),
         }
         for key, name in (
@@ -253,7 +239,7 @@ def accuracy(plan: dict[str, Any], threads: int, work: Path) -> tuple[list[dict]
     diff = arrays["int8"] - arrays["fp32"]
     summary = {
         "int8_minus_fp32_mean_iou": round(float(diff.mean()), 4),
-        "int8_minus_fp32_ci95": _bootstrap_mean(diff, image_of),
+        "int8_minus_fp32_ci95": C.bootstrap_mean_over_images(diff, image_of),
         "images": plan["val_images"],
         "objects": int(diff.size),
     }
@@ -317,12 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": acc_rows,
             }
         )
-    bench["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    bench["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    for t in bench["tables"]:
-        print(f"\n## {t['title']}\n" + C.table(t["rows"], t["columns"]))
-    for c in bench["checks"]:
-        print(f"check {c['name']}: {'passed' if c['passed'] else 'FAILED'}")
+    C.finish(bench, t0)
     print(bench["summary"])
     path = C.write_json(
         Path(args.out) / "export_latency-cpu.json"

@@ -26,6 +26,9 @@ ORDER = [
     "decoder_step",
     "train_step",
     "inference",
+    "limits",
+    "peers",
+    "peers-partial",
 ]
 TITLES = {
     "cached_embeddings": "(a) Decoder training: cached embeddings vs the frozen encoder every step",
@@ -35,6 +38,9 @@ TITLES = {
     "decoder_step": "Decoder step: shared vs per-prompt image work",
     "train_step": "Training step per strategy",
     "inference": "Prediction throughput",
+    "limits": "Distance to the limit: achieved FLOP/s beside a plain matrix product",
+    "peers": "samadapt beside what users pick instead (benchmarks/peers.py)",
+    "peers-partial": "samadapt beside what users pick instead (benchmarks/peers.py; stopped before its end)",
 }
 
 
@@ -81,6 +87,12 @@ def render_one(d: dict[str, Any]) -> str:
         "unshared",
         "memory_ratio",
         "adapter_bytes",
+        "weights",
+        "epoch_s",
+        "frame_order",
+        "peak_memory",
+        "iou",
+        "ratios",
     ):
         if key in setup:
             lines.append(f"- {key.replace('_', ' ')}: {setup[key]}")
@@ -172,7 +184,7 @@ def targets_overview(docs: list[dict[str, Any]]) -> str:
                     "target": f"{name}: {target}",
                     "value": None,
                     "met": "not run",
-                    "note": "no GPU was available in this session; run benchmarks/gpu.sh",
+                    "note": "unmeasured: no GPU was lent so far; bash benchmarks/gpu.sh --wheels DIR --out DIR measures it",
                 }
             )
     return "### Targets\n\n" + md_table(["benchmark", "target", "value", "met", "note"], rows) + "\n"

@@ -19,6 +19,8 @@ Benchmarks, one module each beside this file (``--only`` takes a comma-separated
   checkpointing; gradients equal.
 - ``decoder_step``: the batched decoder with and without the shared first-block image work, with
   a ``torch.profiler`` table of where the step's time goes.
+- ``limits``: the decoder step on cached embeddings, the encoder forward and ``predict_batch`` as a
+  share of a plain matrix product's FLOP/s in the same dtype, and what keeps each below it.
 
 Each writes ``<out>/<name>-<device>.json`` (machine, torch version, threads, date, load average,
 what exactly was measured, results, checks, targets) and prints its tables. Exit status 1 when an
@@ -50,6 +52,7 @@ import batched_prediction  # noqa: E402
 import cached_embeddings  # noqa: E402
 import decoder_step  # noqa: E402
 import inference  # noqa: E402
+import limits  # noqa: E402
 import sdpa_attention  # noqa: E402
 import torch  # noqa: E402
 import train_step  # noqa: E402
@@ -63,6 +66,7 @@ BENCHMARKS = {
     "sdpa_attention": sdpa_attention,
     "activation_checkpointing": activation_checkpointing,
     "decoder_step": decoder_step,
+    "limits": limits,
 }
 #: ``spec["kind"]`` of ``run.py --worker SPEC`` -> the function run in that fresh process
 WORKERS = {"train_steps": train_step.worker_train_steps, "attention": sdpa_attention.worker_attention}

@@ -10,8 +10,9 @@ Data: ``--dataset demo`` generates the waste demo data (``--train-images`` train
 validation split cut into ``--val-images`` for the trainers' early stopping, ``--cal-images`` for the
 calibration and ``--eval-images`` scored); ``--dataset trashcan`` reads an import of the real dataset
 (``samadapt data import-trashcan``) and cuts seeded subsets of its official train / val frames the
-same way. Models: zero-shot ``mini``; one adapter per ``--strategies`` trained here (box prompts; and
-``decoder-points``: box and one-click prompts, ``--train-prompts box point``), or given by
+same way. Models: zero-shot ``mini``; one adapter per ``--strategies`` trained here (the trainer's
+default prompts: boxes and clicks, with corrective clicks; and ``decoder-box``: box prompts only,
+``--train-prompts box --click-rounds 0``, the protocol of "Don't waste SAM"), or given by
 ``--adapter LABEL=FILE``; a ``decoder --classify`` adapter for the class head. Every model is
 calibrated on the calibration images (``samadapt.segment.calibrate``) and scored on the same
 evaluation images, at SAM's fixed thresholds and at its own; 95% intervals: image bootstrap.
@@ -36,18 +37,23 @@ from _common import machine_info, write_json  # noqa: E402
 
 import samadapt  # noqa: E402
 from samadapt.data.coco import CocoInstances  # noqa: E402
-from samadapt.segment.api import proposal_records, segment_embedded  # noqa: E402
+from samadapt.errors import ConfigError  # noqa: E402
+from samadapt.segment.api import proposal_records, resolve_auto_config, segment_embedded  # noqa: E402
 from samadapt.segment.automatic import (  # noqa: E402
     SAM_DEFAULTS,
+    content_region,
     encode_images,
     filter_candidates,
     propose_masks,
 )
 from samadapt.segment.calibration import calibrate, describe  # noqa: E402
+from samadapt.segment.class_head import head_accuracy  # noqa: E402
 from samadapt.segment.results import coco_results, evaluate_results  # noqa: E402
 
 RESULTS = HERE / "results"
 SAM_KEY = "SAM's 0.88 / 0.95"
+DEFAULT_KEY = "default"  # what `samadapt segment --auto` uses with no flags: shipped / end-of-training calibration
+SETTINGS = (SAM_KEY, DEFAULT_KEY, "calibrated")
 DEMO_VAL_OFFSET = 40  # TrainConfig.demo_val_images
 
 
@@ -150,22 +156,28 @@ def train_adapter(label: str, strategy: str, parts, args, work: Path, **extra) -
 
 # ---------------------------------------------------------------------------- scoring
 def auto_scores(model, cal_set, eval_set, args) -> tuple[dict, dict]:
-    """Calibrate, then score automatic masks at SAM's and the calibrated thresholds (one decoding
-    pass per image serves both)."""
+    """Calibrate, then score automatic masks at SAM's thresholds, at the default ones (the built-in
+    weights' shipped calibration, an adapter's from the end of its training) and at the ones calibrated
+    on the calibration images, all at the benchmark's grid (one decoding pass per image serves all)."""
     cal = calibrate(model, cal_set, max_images=None, points_per_side=args.points_per_side, progress=False)
-    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=args.points_per_side), "calibrated": cal.auto_config()}
-    probe = SAM_DEFAULTS.replace(points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    grid = args.points_per_side
+    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=grid), "calibrated": cal.auto_config()}
+    try:
+        settings[DEFAULT_KEY] = resolve_auto_config(model).replace(points_per_side=grid)
+    except ConfigError as e:  # an adapter trained before the end-of-training calibration
+        print(f"no default thresholds: {e}")
+    probe = SAM_DEFAULTS.replace(points_per_side=grid, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     results = {k: [] for k in settings}
     records: dict[int, list] = {}
     ids = []
     for i in range(len(eval_set)):
         image = eval_set.load_image(i)
         emb = encode_images(model, [image])[0]
-        cands = propose_masks(model, emb, image.shape[:2], probe, keep_all=True)
+        cands = propose_masks(model, emb, image.shape[:2], probe, region=content_region(image), keep_all=True)
         image_id = int(eval_set.image_info(i)["id"])
         ids.append(image_id)
         for name, cfg in settings.items():
-            recs = proposal_records(model, emb, image.shape[:2], filter_candidates(cands, cfg), calibration=cal)
+            recs = proposal_records(model, emb, image.shape[:2], filter_candidates(cands, cfg))
             results[name] += coco_results(image_id, recs)
             if name == "calibrated":
                 records[image_id] = recs
@@ -177,6 +189,10 @@ def auto_scores(model, cal_set, eval_set, args) -> tuple[dict, dict]:
         for name, res in results.items()
     }
     out["calibration"] = cal.to_dict()
+    if DEFAULT_KEY in settings:
+        default = settings[DEFAULT_KEY]
+        out["default_thresholds"] = [default.pred_iou_thresh, default.stability_score_thresh]
+        out["default_source"] = default.source
     print(describe(cal))
     return out, records
 
@@ -186,7 +202,7 @@ def box_scores(model, eval_set, args, *, classify: bool = False) -> dict:
     with ``classify`` also the class head's labels (class-aware AP, accuracy) vs the majority class."""
     kinds = ("class head", "majority class", "true class") if classify else ("agnostic",)
     results: dict[str, list] = {k: [] for k in kinds}
-    hits, majority_hits, counts, pairs = [], [], [], []
+    predicted, truths = [], []
     for i in range(len(eval_set)):
         s = eval_set[i]
         emb = encode_images(model, [s["image"]])[0]
@@ -200,39 +216,18 @@ def box_scores(model, eval_set, args, *, classify: bool = False) -> dict:
         }
         for k in kinds:
             results[k] += coco_results(int(s["image_id"]), labelled[k])
-        pairs += [(r["category_id"], t) for r, t in zip(recs, truth)]
-        hits.append(sum(r["category_id"] == t for r, t in zip(recs, truth)))
-        majority_hits.append(sum(t == args.majority for t in truth))
-        counts.append(len(truth))
+        predicted.append([r["category_id"] for r in recs])
+        truths.append(truth)
     out = {
         k: evaluate_results(
             eval_set.coco, v, image_ids=eval_set.image_ids, class_agnostic=not classify, bootstrap=args.bootstrap
         )
         for k, v in results.items()
     }
-    if classify:
-        h, m, n = (np.asarray(x, float) for x in (hits, majority_hits, counts))
-        rng = np.random.default_rng(args.seed)
-        gains = []
-        for _ in range(max(args.bootstrap, 1)):  # images resampled: an image's instances stay together
-            k = rng.integers(0, len(n), len(n))
-            gains.append((h[k].sum() - m[k].sum()) / n[k].sum())
-        out["accuracy"] = {
-            "class_head": h.sum() / n.sum(),
-            "majority_class": m.sum() / n.sum(),
-            "majority_category": eval_set.categories.get(args.majority, args.majority),
-            "instances": int(n.sum()),
-            "gain_interval": np.percentile(gains, [2.5, 97.5]).tolist(),
-        }
-        # balanced accuracy: the mean over the categories present of the share of their instances labelled
-        # right (the majority class scores 1 / number of categories on it)
-        present = sorted({t for _, t in pairs})
-        recall = [np.mean([pred == t for pred, t2 in pairs if t2 == t]) for t in present]
-        out["accuracy"].update(
-            balanced_class_head=float(np.mean(recall)),
-            balanced_majority_class=1 / len(present),
-            per_category_recall={eval_set.categories.get(t, t): float(r) for t, r in zip(present, recall)},
-        )
+    if classify:  # the majority class of the evaluation images (what always answering one class gets right)
+        acc = head_accuracy(predicted, truths, n_boot=max(args.bootstrap, 1), seed=args.seed)
+        acc["majority_name"] = eval_set.categories.get(acc["majority_category"], acc["majority_category"])
+        out["accuracy"] = acc
     return out
 
 
@@ -253,13 +248,14 @@ def markdown(report: dict) -> str:
     ]
     for label, m in report["models"].items():
         cal = m["auto"]["calibration"]
-        for name in (SAM_KEY, "calibrated"):
+        thresholds = {
+            SAM_KEY: "0.88 / 0.95",
+            DEFAULT_KEY: "{:.2f} / {:.2f}".format(*m["auto"].get("default_thresholds", (float("nan"),) * 2)),
+            "calibrated": f"{cal['pred_iou_thresh']:.2f} / {cal['stability_score_thresh']:.2f}",
+        }
+        for name in (k for k in SETTINGS if k in m["auto"]):
             a = m["auto"][name]
-            th = (
-                "0.88 / 0.95"
-                if name != "calibrated"
-                else f"{cal['pred_iou_thresh']:.2f} / {cal['stability_score_thresh']:.2f}"
-            )
+            th = thresholds[name]
             lines.append(
                 f"| {label} | {name}: {th} | {a['masks_per_image']:.1f} | {_iv(a, 'AR100')} | {_iv(a, 'AP')} | "
                 f"{_pct(a['AP50'])} | {_pct(m['boxes']['agnostic']['AP']) if name == 'calibrated' else ''} |"
@@ -274,11 +270,11 @@ def markdown(report: dict) -> str:
         acc = c["boxes"]["accuracy"]
         lines += [
             "",
-            f"Accuracy on {acc['instances']} instances: class head {_pct(acc['class_head'])}%, majority class "
-            f"({acc['majority_category']}) {_pct(acc['majority_class'])}%; gain 95% interval "
+            f"Accuracy on {acc['instances']} instances: class head {_pct(acc['accuracy'])}%, majority class "
+            f"({acc['majority_name']}) {_pct(acc['majority_accuracy'])}%; gain 95% interval "
             f"[{_pct(acc['gain_interval'][0])}, {_pct(acc['gain_interval'][1])}] points; balanced accuracy "
-            f"(mean of the per-category recalls) {_pct(acc['balanced_class_head'])}% vs "
-            f"{_pct(acc['balanced_majority_class'])}%.",
+            f"(mean of the per-category recalls) {_pct(acc['balanced_accuracy'])}% vs "
+            f"{_pct(acc['balanced_majority'])}%.",
             "",
             "| category | AP (class head, GT boxes) |",
             "|---|---:|",
@@ -317,7 +313,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", choices=("demo", "trashcan"), default="demo")
     p.add_argument("--data-root", help="trashcan: the folder `samadapt data import-trashcan` wrote")
     p.add_argument("--version", choices=("instance", "material"), default="instance")
-    p.add_argument("--strategies", nargs="*", default=["decoder", "decoder-points", "lora", "adapter", "full"])
+    p.add_argument("--strategies", nargs="*", default=["decoder", "decoder-box", "lora", "adapter", "full"])
     p.add_argument("--adapter", action="append", default=[], metavar="LABEL=FILE", help="an adapter trained elsewhere")
     p.add_argument("--no-classify", dest="classify", action="store_false", help="no class-head adapter")
     p.add_argument("--train-images", type=int, default=40)
@@ -347,8 +343,8 @@ def main(argv=None) -> int:
     args.majority = max(counts, key=counts.get)
     adapters = {}
     for s in args.strategies:
-        extra = {"train_prompts": ["box", "point"]} if s == "decoder-points" else {}
-        adapters[s] = train_adapter(s, s.removesuffix("-points"), parts, args, work, **extra)
+        extra = {"train_prompts": ["box"], "click_rounds": 0} if s.endswith("-box") else {}
+        adapters[s] = train_adapter(s, s.removesuffix("-box"), parts, args, work, **extra)
     adapters.update(dict(a.split("=", 1) for a in args.adapter))
     models = {"zero-shot": samadapt.adapt(samadapt.build_sam("mini"), "decoder").eval()}
     models.update({label: samadapt.load(path) for label, path in adapters.items()})
@@ -382,7 +378,9 @@ def main(argv=None) -> int:
         for i in range(len(eval_set)):
             image = eval_set.load_image(i)
             emb = encode_images(model, [image])[0]
-            r = segment_embedded(model, emb, image.shape[:2], auto=cal.auto_config(), calibration=cal, classify=True)
+            r = segment_embedded(
+                model, emb, image.shape[:2], auto=cal.auto_config(), classify=True, region=content_region(image)
+            )
             recs[int(eval_set.image_info(i)["id"])] = r
             results += coco_results(int(eval_set.image_info(i)["id"]), r)
         auto = evaluate_results(eval_set.coco, results, image_ids=eval_set.image_ids, bootstrap=args.bootstrap)

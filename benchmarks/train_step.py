@@ -57,6 +57,7 @@ def plan(mode: str, models: list[str], strategies: list[str] | None = None) -> d
         "reps": 10,
         "reps_large": 10,
         "checkpointing": [False, True],
+        **({"memory_target": {"variant": {"model_type": "vit_h"}, "gib": 16}} if "vit_h" in models else {}),
     }
 
 
@@ -249,21 +250,22 @@ def run(args, cfg) -> C.Bench:
         ],
         rows,
     )
-    if args.device == "cuda":
+    goal = cfg.get("memory_target")  # {"variant", "gib"}: ViT-H on a GPU, a tiny model in gpu.sh --dry-run
+    if goal and args.dtype == "bf16":
+        desc = C.describe_variant(**goal["variant"])
         for r in rows:
             if (
                 "peak_total_MiB" in r
-                and "vit_h as registered" in r["model"]
+                and r["model"] == desc["what"]
                 and r["strategy"] in ("lora", "adapter")
                 and r["checkpointing"]
-                and args.dtype == "bf16"
-                and r["batch"] == 2
             ):
                 gib = r["peak_total_MiB"] / 1024
                 b.target(
-                    f"ViT-H {r['strategy']} training, 1024 px, batch 2, checkpointing + bf16",
-                    "peak <= 16 GiB",
+                    f"{desc['model_type']} {r['strategy']} training, {desc['image_size']} px, batch {r['batch']}, "
+                    "checkpointing + bf16",
+                    f"peak <= {goal['gib']} GiB",
                     round(gib, 2),
-                    gib <= 16,
+                    gib <= goal["gib"],
                 )
     return b

@@ -137,6 +137,11 @@ def _train_argv(args, strategy: str, seed: int, run_dir: Path, data_root: Path) 
         str(args.epochs),
         "--no-progress",
         "--no-publish",
+        # the protocol of "Don't waste SAM": box prompts only (the trainer's default adds clicks)
+        "--train-prompts",
+        "box",
+        "--click-rounds",
+        "0",
     ]
     if args.dataset == "demo":
         argv += ["--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)]
@@ -178,19 +183,21 @@ def run_demo(args, command: str, started: str) -> int:
     )
     val = presets.demo(data_root, "val")
     n = args.examples
+    # every model on the whole validation split: the figure's rows are chosen among a pool spread over
+    # its images, from the worst to the best (samadapt.evaluation.examples)
     examples = {
         "zero-shot": evaluate(
             samadapt.adapt(samadapt.build_sam(args.model, args.checkpoint), "decoder"),
             val,
-            max_images=n,
             return_examples=n,
             progress=False,
+            coco=False,
             seed=args.seed,
         ).examples
     }
     for r in runs:
         model = samadapt.load(r.run_dir / "adapter.safetensors", checkpoint=args.checkpoint)
-        examples[r.key] = evaluate(model, val, max_images=n, return_examples=n, progress=False, seed=args.seed).examples
+        examples[r.key] = evaluate(model, val, return_examples=n, progress=False, coco=False, seed=args.seed).examples
     ex = plot_examples(examples, fig_dir / "strategies_examples.png", max_rows=n)
     figures = {"bars": os.path.relpath(bars, args.out), "examples": os.path.relpath(ex, args.out)}
     clicks = demo_clicks(runs, val, args, fig_dir) if args.max_clicks else {}

@@ -23,7 +23,7 @@ from .models.fast import (
 )
 from .models.registry import BaseInfo, base_info, get_model_card
 from .strategies.base import StrategyConfig, get_strategy
-from .transforms import SamTransform
+from .transforms import SamTransform, check_boxes, check_points
 
 
 @dataclass
@@ -305,12 +305,15 @@ class AdaptedSam(nn.Module):
             boxes, points, labels = (
                 [x] if x is not None and not isinstance(x, (list, tuple)) else x for x in (boxes, points, labels)
             )
-        images = [self._check_image(im) for im in images]
         n = len(images)
+        images = [self._check_image(im, f"images[{i}]" if n > 1 else "image") for i, im in enumerate(images)]
         boxes_l, points_l, labels_l = (list(x) if x is not None else [None] * n for x in (boxes, points, labels))
         if not (len(boxes_l) == len(points_l) == len(labels_l) == n):
             raise ConfigError(f"got {n} images but prompts for {len(boxes_l)}; give one (N_i, 4) box array per image")
-        prompts = [self._prompts_for(im.shape, b, p, lab) for im, b, p, lab in zip(images, boxes_l, points_l, labels_l)]
+        prompts = [
+            self._prompts_for(im.shape, b, p, lab, f"images[{i}]: " if n > 1 else "")
+            for i, (im, b, p, lab) in enumerate(zip(images, boxes_l, points_l, labels_l))
+        ]
         x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(
             self.device, self.sam.pixel_mean.dtype
         )
@@ -319,10 +322,15 @@ class AdaptedSam(nn.Module):
         return (x, [move(p[1]) for p in prompts], [move(p[2]) for p in prompts], [move(p[3]) for p in prompts])
 
     # ------------------------------------------------------------------ inference
-    def _prompts_for(self, image_shape, boxes, points, labels):
+    def _prompts_for(self, image_shape, boxes, points, labels, where: str = ""):
+        """Prompts in pixels of one image -> (original size, boxes, points, labels) in the input frame;
+        a box or point that cannot be meant (inverted, outside the image) is refused, named with its
+        index (``where``: which image of a batch)."""
         original_size = tuple(int(s) for s in image_shape[:2])
         tf = self.transform
-        b = tf.apply_boxes(boxes, original_size) if boxes is not None else None
+        b = None
+        if boxes is not None:
+            b = tf.apply_boxes(check_boxes(boxes, original_size, f"{where}boxes"), original_size)
         p = lab = None
         if points is not None:
             if labels is None:
@@ -335,6 +343,7 @@ class AdaptedSam(nn.Module):
                 raise ConfigError(
                     f"points must be (N, P, 2) with labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}"
                 )
+            check_points(p.numpy(), lab.numpy(), original_size, f"{where}points")
             p = tf.apply_points(p, original_size)
         if b is None and p is None:
             raise ConfigError("predict needs boxes or points")
@@ -352,11 +361,13 @@ class AdaptedSam(nn.Module):
                 )
 
     @staticmethod
-    def _check_image(image) -> np.ndarray:
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ConfigError(f"expected an RGB uint8 image of shape (H, W, 3), got {image.dtype} {image.shape}")
-        return image
+    def _check_image(image, what: str = "image") -> np.ndarray:
+        """``image`` as RGB uint8 (H, W, 3). Grayscale (H, W), RGBA, 16-bit and float arrays (and PIL
+        images) are converted as the dataset loader converts image files
+        (:func:`samadapt.data.images.as_rgb_array`)."""
+        from .data.images import as_rgb_array
+
+        return as_rgb_array(image, what)
 
     @torch.no_grad()
     def predict(
@@ -371,8 +382,13 @@ class AdaptedSam(nn.Module):
         """Masks for one RGB uint8 image (H, W, 3).
 
         Args:
-            boxes: (N, 4) XYXY in pixels of ``image``.
-            points: (N, P, 2) XY pixels with ``labels`` (N, P); or (P, 2) with (P,) for one prompt.
+            image: RGB uint8 (H, W, 3); grayscale (H, W) or (H, W, 1), RGBA, uint16 and float arrays are
+                converted as the dataset loader converts image files (16-bit values / 257, floats as
+                0..1 when their maximum is <= 1, else 0..255; alpha dropped, gray repeated).
+            boxes: (N, 4) XYXY in pixels of ``image``. A box that is inverted (x1 < x0 or y1 < y0) or
+                wholly outside the image is refused with a ``ConfigError`` naming it and its index.
+            points: (N, P, 2) XY pixels with ``labels`` (N, P) (1 foreground, 0 background, -1 padding);
+                or (P, 2) with (P,) for one prompt. Points outside the image are refused likewise.
             multimask: return SAM's 3 candidate masks per prompt.
 
         Returns:
@@ -418,8 +434,11 @@ class AdaptedSam(nn.Module):
         results: list[tuple] = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
-            imgs = [self._check_image(images[i]) for i in idx]
-            prompts = [self._prompts_for(imgs[j].shape, boxes[i], points[i], labels[i]) for j, i in enumerate(idx)]
+            imgs = [self._check_image(images[i], f"images[{i}]" if n > 1 else "image") for i in idx]
+            prompts = [
+                self._prompts_for(imgs[j].shape, boxes[i], points[i], labels[i], f"images[{i}]: " if n > 1 else "")
+                for j, i in enumerate(idx)
+            ]
             if image_embeddings is None:
                 emb = self.encode(torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype))
             else:

@@ -24,7 +24,7 @@ from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
 from .files import atomic_write
 from .models.registry import base_info, build_sam_architecture, get_model_card
 from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes, with_calibration
-from .strategies.base import get_strategy
+from .strategies.base import get_strategy, peft_strategy
 
 FORMAT = "samadapt-adapter"
 FORMAT_VERSION = "1"
@@ -174,54 +174,29 @@ DECODER_WEIGHTS = "mask_decoder.safetensors"
 
 
 def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
-    """Read a peft LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``, and
-    ``mask_decoder.safetensors`` if present) onto ``sam``. Targets must be Linear layers of the
-    image encoder's blocks (``qkv``, ``proj``, ``lin1``/``lin2``)."""
-    from peft import set_peft_model_state_dict
+    """Read a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, and
+    ``mask_decoder.safetensors`` if present) onto ``sam``, through the strategy that reads its
+    ``peft_type`` (``LORA``, DoRA included: see :meth:`samadapt.strategies.Strategy.from_peft`).
+    Everything is checked before ``sam`` changes, except that the tensors fit the layers."""
     from safetensors.torch import load_file
-
-    from .strategies.lora import ADAPTER_NAME, SAM_PARTS, TARGETS, LoraStrategy
 
     directory = Path(directory)
     try:
         cfg = json.loads((directory / PEFT_CONFIG).read_text())
-        lora_sd = load_file(str(directory / PEFT_WEIGHTS))
+        peft_sd = load_file(str(directory / PEFT_WEIGHTS))
     except FileNotFoundError as e:
         raise AdapterFileError(f"{str(directory)!r} is not a peft adapter folder: {e.filename} is missing") from None
     except Exception as e:
         raise AdapterFileError(f"{str(directory)!r}: unreadable peft adapter ({e})") from None
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterFileError(f"{str(directory)!r} holds a {cfg.get('peft_type')!r} adapter; only LORA is supported")
-    tm = cfg.get("target_modules")
-    tm_text = tm if isinstance(tm, str) else " ".join(tm or [])
-    if isinstance(tm, list) and tm and all(str(t).split(".")[0] in SAM_PARTS for t in tm):
-        targets = list(tm)  # full module paths (written for module-path pattern targets): exact patterns
-    else:
-        targets = [t for t in ("qkv", "proj", "mlp") if t in tm_text or (t == "mlp" and "lin" in tm_text)]
-    if not targets:
-        raise AdapterMismatchError(f"peft target_modules {tm!r} name no image-encoder block layer ({sorted(TARGETS)})")
+    strategy = peft_strategy(cfg.get("peft_type"))
     decoder_file = directory / DECODER_WEIGHTS
-    model = adapt(
-        sam,
-        "lora",
-        rank=int(cfg["r"]),
-        alpha=float(cfg["lora_alpha"]),
-        dropout=float(cfg.get("lora_dropout", 0.0)),
-        targets=tuple(targets),
-        train_decoder=decoder_file.is_file(),
-    )
-    stripped = {k.removeprefix("base_model.model."): v for k, v in lora_sd.items()}
-    result = set_peft_model_state_dict(model.sam, stripped, adapter_name=ADAPTER_NAME)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing_lora = [k for k in (getattr(result, "missing_keys", []) or []) if LoraStrategy.owns(k)]
-    if unexpected or missing_lora:
-        raise AdapterMismatchError(
-            f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing_lora[:3]}"
-        )
+    config = strategy.from_peft(cfg, train_decoder=decoder_file.is_file())
+    model = adapt(sam, strategy.name, **config.to_dict())
+    strategy.load_peft_weights(model.sam, peft_sd)
     if decoder_file.is_file():
         dec = load_file(str(decoder_file))
         params = dict(model.sam.named_parameters())
-        want = {n for n in params if n.startswith("mask_decoder.") and not LoraStrategy.owns(n)}
+        want = {n for n in params if n.startswith("mask_decoder.") and not strategy.owns(n)}
         if set(dec) != want:
             raise AdapterMismatchError(f"{decoder_file} does not hold exactly the mask decoder's parameters")
         with torch.no_grad():

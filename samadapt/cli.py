@@ -273,9 +273,13 @@ def _add_option(parser, flag: str, f, hint, dest: str, choices=None, aliases: tu
     elif base in (int, float, str):
         kw["type"] = _none_or(base) if optional else base
     if choices:
-        shown_choices = [c for c in choices if c != "none"] + (["none"] if optional or "none" in choices else [])
-        kw["choices"] = [c for c in choices if c != "none"] + ([None] if optional else [])  # "none" parses to None
-        kw["metavar"] = "{" + ",".join(map(str, shown_choices)) + "}"
+        # "none" (-> None) is a choice where it means something other than leaving the option out: a
+        # field whose default is None gains nothing from it ("--mixed-precision none" beside "no")
+        with_none = "none" in choices or (optional and default is not None)
+        kw["choices"] = [c for c in choices if c != "none"] + ([None] if with_none else [])
+        kw["metavar"] = "{" + ",".join([c for c in choices if c != "none"] + (["none"] if with_none else [])) + "}"
+        if not with_none:
+            kw["type"] = base
     shown = (
         "none"
         if default is None
@@ -411,6 +415,12 @@ SUBCOMMANDS: list[Subcommand] = [
         "write an adapter as a plain SAM checkpoint, an ONNX pair, a transformers or a peft folder",
         _lazy("samadapt.exporters.cli", "add_export_arguments"),
         _lazy("samadapt.exporters.cli", "run_export"),
+    ),
+    Subcommand(
+        "annotate",
+        "label a folder of images in the browser, the adapted model proposing each mask",
+        _lazy("samadapt.annotate.cli", "add_annotate_arguments"),
+        _lazy("samadapt.annotate.cli", "run_annotate"),
     ),
 ]
 

@@ -80,7 +80,22 @@ class TrainConfig:
     )
     demo_train_images: int = option(160, "dataset demo: training images to generate")
     demo_val_images: int = option(40, "dataset demo: validation images to generate")
-    max_val_images: int | None = option(None, "validate on the first N validation images only")
+    max_train_images: int | None = option(
+        None,
+        "train on a seeded random subset of N training images (picked by --seed; the subset is "
+        "recorded on the adapter card, in metrics.json and run_summary.json)",
+    )
+    max_val_images: int | None = option(
+        None,
+        "evaluate (zero-shot, each epoch, final) on a seeded random subset of N validation "
+        "images (picked by --seed, as `samadapt eval --max-images N --seed S` picks them)",
+    )
+    epoch_val_images: int | None = option(
+        200,
+        "validate each epoch (best epoch, early stopping) on a fixed seeded subset of at most N of "
+        "the validation images, to keep epochs affordable on large sets; the zero-shot and final "
+        "numbers are measured on all of them (none: every epoch on all)",
+    )
     # optimisation
     epochs: int = option(8, "epochs (early stopping may end sooner)")
     lr: float = option(3e-4, "peak learning rate")
@@ -96,35 +111,43 @@ class TrainConfig:
     box_noise_max_px: float = option(20.0, "training box noise: cap in pixels (SAM: 20)")
     multimask: bool = option(False, "train SAM's 3 multimask outputs, back-propagating the lowest loss")
     train_prompts: list[str] = option(
-        lambda: ["box"],
-        "training prompt kinds, one drawn per instance: box (its noisy "
-        "box), point (one positive click, multimask output, lowest loss back-propagated)",
+        lambda: ["box", "point"],
+        "training prompt kinds, one drawn per instance: box (its noisy box), point (one positive "
+        "click, multimask output, lowest loss back-propagated); box alone with --click-rounds 0 is "
+        "the protocol of 'Don't waste SAM'",
     )
     click_sampling: str = option(
-        "uniform",
-        "training clicks (--train-prompts point): uniform over the object (SAM), or "
-        "interior: towards its middle, probability proportional to the distance to the "
-        "background (RITM keeps training clicks off the boundary)",
+        "interior",
+        "training clicks: uniform (SAM: the first click anywhere in the object, each corrective one "
+        "anywhere in the error), or interior (RITM: the first click towards the object's middle, "
+        "each corrective one towards the middle of the largest error region, the clicks the click "
+        "protocol makes), with probability proportional to the distance to the region's boundary",
     )
     point_share: float = option(
-        0.5, "with --train-prompts box point: the share of instances whose first prompt is the click (SAM: 0.5)"
+        0.3, "with --train-prompts box point: the share of instances whose first prompt is the click (SAM: 0.5)"
     )
     first_round_weight: float | None = option(
-        None,
+        0.5,
         "with --click-rounds: the share of the loss given to the first "
-        "prediction, the corrective rounds sharing the rest (default: every "
+        "prediction, the corrective rounds sharing the rest (none: every "
         "round weighs the same, as in SAM and micro-sam)",
     )
     click_rounds: int = option(
-        0,
+        3,
         "corrective clicks after the first prediction: each round adds a click from the error "
         "region and feeds the previous low-res logits as the mask prompt, as SAM was trained",
     )
     classify: bool = option(
         False,
         "add a class head on the mask decoder's output token that predicts each instance's "
-        "category (cross-entropy beside the mask loss); saved in the adapter, used by "
-        "`samadapt segment --classify` (box-prompted training only)",
+        "category (cross-entropy beside the mask loss, on each instance's first prompt); saved in "
+        "the adapter with its validation accuracy against the most frequent class, used by "
+        "`samadapt segment --classify`",
+    )
+    auto_calibration_images: int = option(
+        8,
+        "automatic masks: at the end of training, calibrate their thresholds on the first N "
+        "validation images and store them in the adapter, for `samadapt segment --auto` (0: do not)",
     )
     focal_weight: float = option(20.0, "weight of the focal loss (SAM: 20)")
     dice_weight: float = option(1.0, "weight of the dice loss (SAM: 1)")
@@ -160,7 +183,9 @@ class TrainConfig:
         "adapter name, <dataset>-<model tag>[-<strategy>] (default: from dataset, model and "
         "strategy, e.g. taco-vith-lora)",
     )
-    output_dir: str | None = option(None, "run folder (default outputs/<name>)")
+    output_dir: str | None = option(
+        None, "run folder (default outputs/<name>, or the next free outputs/<name>-2, -3, ... when it holds a run)"
+    )
     resume: bool = option(False, "continue the run in --output-dir from its last saved epoch")
     overwrite: bool = option(False, "delete what --output-dir holds and start afresh")
     publish: bool = option(True, "install the adapter under its name in SAMADAPT_HOME (samadapt.load(name))")
@@ -214,11 +239,14 @@ class TrainConfig:
             raise ConfigError(
                 f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}"
             )
-        if self.classify and (list(self.train_prompts) != ["box"] or self.click_rounds):
+        if (
+            isinstance(self.auto_calibration_images, bool)
+            or not isinstance(self.auto_calibration_images, int)
+            or self.auto_calibration_images < 0
+        ):
             raise ConfigError(
-                f"--classify trains the class head on the box-prompted step; it cannot be combined with "
-                f"train_prompts {self.train_prompts} / click_rounds {self.click_rounds}: use "
-                f"--train-prompts box --click-rounds 0, or train without --classify"
+                f"`auto_calibration_images` should be an integer >= 0 (0: no calibration), got "
+                f"{self.auto_calibration_images!r}"
             )
         if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
             self.log_with = None  # so `--log-with none` turns logging off from the command line
@@ -249,6 +277,10 @@ class TrainConfig:
             "num_examples",
         ):
             _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("max_train_images", "max_val_images", "epoch_val_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"`{name}` should be a positive number of images, or none for all; got {value!r}")
         if self.focal_weight + self.dice_weight == 0:
             raise ConfigError("`focal_weight` and `dice_weight` are both 0: the masks would get no loss")
         self._check_dataset()
@@ -392,9 +424,20 @@ class TrainConfig:
 # keys of older config.yaml files -> their names now (TrainConfig.from_dict reads both)
 RENAMED_KEYS = {"gradient_checkpointing": "activation_checkpointing"}
 
-# settings a resumed run may change: none of them changes what is computed
+# settings a resumed run may change: none of them changes what is trained (the automatic-mask
+# calibration is computed after training, from the best epoch)
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "progress", "num_workers", "log_with", "publish", "cache_dir", "name", "output_dir"}
+    {
+        "resume",
+        "progress",
+        "num_workers",
+        "log_with",
+        "publish",
+        "cache_dir",
+        "name",
+        "output_dir",
+        "auto_calibration_images",
+    }
 )
 
 

@@ -54,3 +54,9 @@ class TrainingInterrupted(TrainingError):
     """Training stopped by Ctrl-C (SIGINT); the message says what was saved and how to resume."""
 
     exit_code = 130  # the shell's code for a process ended by SIGINT
+
+
+def json_error_at(error) -> str:
+    """Where a ``json.JSONDecodeError`` happened, in words: ``"Expecting value at line 3, column 9"``
+    (the decoder's messages that end in "starting at" get no second "at")."""
+    return f"{error.msg.removesuffix(' at')} at line {error.lineno}, column {error.colno}"

@@ -68,3 +68,19 @@ def atomic_directory(path: Path) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding=encoding))
+
+
+def holds_something(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file, or a folder with anything in it."""
+    path = Path(path)
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def next_free_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` when it is missing or empty, else the first of ``folder-2``, ``folder-3``, ... that
+    is: where a new output goes beside the earlier ones, which stay untouched."""
+    folder = Path(folder)
+    k, candidate = 2, folder
+    while holds_something(candidate):
+        candidate, k = folder.with_name(f"{folder.name}-{k}"), k + 1
+    return candidate

@@ -22,6 +22,8 @@ from .errors import ConfigError
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+_MEAN = np.array(PIXEL_MEAN, dtype=np.float32)
+_STD = np.array(PIXEL_STD, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,13 @@ class SamTransform:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ConfigError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         resized = self._resizer.apply_image(image)
-        x = torch.as_tensor(resized).permute(2, 0, 1).contiguous().float()
-        mean = torch.tensor(PIXEL_MEAN).view(-1, 1, 1)
-        std = torch.tensor(PIXEL_STD).view(-1, 1, 1)
-        x = (x - mean) / std
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
+        h, w = resized.shape[:2]
+        # numpy, not torch: this per-image element-wise work gains nothing from torch's intra-op
+        # threads and stalls at their barriers on a busy CPU (benchmarks/cache_fill.py); float32
+        # subtract and divide round as torch's do, so the values are the same bit for bit
+        out = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
+        out[:, :h, :w] = ((resized.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
+        return torch.from_numpy(out)
 
     def apply_boxes(self, boxes: np.ndarray | torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Boxes (N, 4) XYXY in original pixels -> (N, 4) float32 in the input frame."""
@@ -271,3 +274,57 @@ def _probe_matches(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
     ]
     got = _resize_crop(lambda r, c: m[np.ix_(r, c)], (0, 0, in_hw[0] - 1, in_hw[1] - 1), in_hw, out_hw)
     return torch.equal(got, ref)
+
+
+# ---------------------------------------------------------------------------- prompts from users
+def _numbers(values) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def check_boxes(boxes, original_size: tuple[int, int], what: str = "boxes") -> np.ndarray:
+    """``boxes`` as float32 (N, 4) XYXY pixels of an image of ``original_size`` (H, W), refused with a
+    :class:`ConfigError` that names the box and its index when one is not finite, is inverted
+    (x1 < x0 or y1 < y0: an XYWH box or swapped corners) or lies wholly outside the image. A box
+    partly outside is kept as drawn (SAM takes it so; the mask stays inside the image)."""
+    b = np.asarray(boxes, dtype=np.float32)
+    if b.ndim == 1 and b.size == 4:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ConfigError(f"{what} must be an (N, 4) array of XYXY pixels, got shape {b.shape}")
+    h, w = original_size
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        name = f"{what}[{i}] = {_numbers(b[i])}"
+        if not np.isfinite(b[i]).all():
+            raise ConfigError(f"{name} is not finite")
+        if x1 < x0 or y1 < y0:
+            raise ConfigError(
+                f"{name} is inverted ({'x1 < x0' if x1 < x0 else ''}{' and ' if x1 < x0 and y1 < y0 else ''}"
+                f"{'y1 < y0' if y1 < y0 else ''}): boxes are XYXY, [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1 "
+                f"(from COCO's XYWH: [x, y, x + w, y + h])"
+            )
+        if x1 < 0 or y1 < 0 or x0 > w or y0 > h:
+            raise ConfigError(f"{name} lies wholly outside the image ({w} x {h} pixels, W x H)")
+    return b
+
+
+def check_points(points, labels, original_size: tuple[int, int], what: str = "points") -> None:
+    """Refuse, naming the point and its index, a point that is not finite or lies outside the image
+    of ``original_size`` (H, W), and a label other than 1 (foreground), 0 (background) or -1 (padding,
+    which SAM ignores wherever it is)."""
+    pts = np.asarray(points, dtype=np.float32)
+    lab = np.asarray(labels).reshape(pts.shape[:-1])
+    h, w = original_size
+
+    def name(i: tuple) -> str:
+        return f"{what}{''.join(f'[{int(k)}]' for k in i)} = {_numbers(pts[i])}"
+
+    for i in np.ndindex(*lab.shape):
+        if lab[i] not in (-1, 0, 1):
+            raise ConfigError(f"{name(i)} has label {lab[i].item()!r}: labels are 1 (foreground), 0 (background) or -1")
+        x, y = pts[i]
+        if lab[i] == -1:
+            continue
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise ConfigError(f"{name(i)} is not finite")
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise ConfigError(f"{name(i)} lies outside the image ({w} x {h} pixels, W x H); points are XY pixels")

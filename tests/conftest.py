@@ -145,7 +145,8 @@ def demo_data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run_args(demo_data_root) -> list[str]:
-    """``recipes/finetune.py`` options of a tiny run: 2 epochs of 3 steps on the session demo data."""
+    """``recipes/finetune.py`` options of a tiny run: 2 epochs of 3 steps on the session demo data, no
+    automatic-mask calibration at its end."""
     return [
         "--data-root",
         str(demo_data_root),
@@ -159,6 +160,8 @@ def tiny_run_args(demo_data_root) -> list[str]:
         "4",
         "--batch-size",
         "2",
+        "--auto-calibration-images",
+        "0",  # the automatic-mask calibration at the end of training: tests/test_segment_auto.py
         "--no-progress",
     ]
 
@@ -242,3 +245,21 @@ def classify_adapter(tmp_path_factory, demo_data_root) -> Path:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+# ============================================================================================
+# Real data fixtures (../shared/realdata beside the repository; tests skip where it is absent)
+# ============================================================================================
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
+def trashcan_coco(tmp_path_factory) -> Path:
+    """The 3,247 real TrashCan frames of ``../shared/realdata/trashcan``, imported once per session
+    (instance version, about 10 s): the root of the ``trashcan`` layout."""
+    source = REALDATA / "trashcan"
+    if not (source / "original_data").is_dir():
+        pytest.skip(f"TrashCan frames not found at {source}")
+    from samadapt.data.importers import import_trashcan
+
+    return import_trashcan(source, tmp_path_factory.mktemp("tc") / "coco", versions=["instance"], progress=False).out

@@ -19,6 +19,7 @@ from samadapt.strategies import STRATEGIES
 VARIANTS = [(s, {}) for s in sorted(STRATEGIES)] + [
     ("lora", {"train_decoder": False, "rank": 2, "alpha": 8.0}),
     ("lora", {"targets": ("qkv", "proj", "mlp")}),
+    ("lora", {"use_dora": True, "targets": ("qkv", "mlp")}),
     ("adapter", {"prompt_generator": True, "placement": ("mlp",)}),
 ]
 VARIANT_IDS = [f"{s}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for s, o in VARIANTS]
@@ -112,8 +113,8 @@ def test_adapter_file_is_small(make_mini, tmp_path):
 # ---------------------------------------------------------------------------- peft interchange
 @pytest.mark.parametrize(
     "options",
-    [{}, {"train_decoder": False, "targets": ("qkv", "mlp"), "rank": 2, "alpha": 3.0}],
-    ids=["default", "no-decoder-qkv-mlp"],
+    [{}, {"train_decoder": False, "targets": ("qkv", "mlp"), "rank": 2, "alpha": 3.0}, {"use_dora": True}],
+    ids=["default", "no-decoder-qkv-mlp", "dora"],
 )
 def test_peft_export_import_round_trip(options, make_mini, mini_batch, tmp_path):
     import peft
@@ -131,6 +132,7 @@ def test_peft_export_import_round_trip(options, make_mini, mini_batch, tmp_path)
     cfg = peft.PeftConfig.from_pretrained(str(folder))
     assert isinstance(cfg, peft.LoraConfig)
     assert cfg.r == model.config.rank and cfg.lora_alpha == model.config.alpha
+    assert cfg.use_dora == model.config.use_dora
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     assert keys and all(k.startswith("base_model.model.") for k in keys)
@@ -177,6 +179,14 @@ def test_peft_errors(make_mini, tmp_path):
     with pytest.raises(AdapterMismatchError, match="to_q"):
         samadapt.import_peft(folder, sam)
     _assert_base_untouched(sam, snapshot)
+    for option, value in (("use_rslora", True), ("rank_pattern", {"qkv": 8}), ("bias", "all")):
+        (folder / "adapter_config.json").write_text(json.dumps({**cfg, option: value}))
+        with pytest.raises(AdapterMismatchError, match=f"{option}.*no samadapt equivalent"):
+            samadapt.import_peft(folder, sam)
+        _assert_base_untouched(sam, snapshot)
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "IA3"}))
+    with pytest.raises(AdapterFileError, match="'IA3' adapter has no samadapt strategy; supported: \\['LORA'\\]"):
+        samadapt.import_peft(folder, sam)
 
 
 # ---------------------------------------------------------------------------- saving safely

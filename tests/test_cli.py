@@ -216,3 +216,27 @@ def test_eval_is_wired_to_the_evaluation_runner(capsys):
     assert cli.main(["eval", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--adapter" in out and "--prompt" in out
+
+
+# ---------------------------------------------------------------------------- choices shown in --help (issue 18)
+def test_mixed_precision_offers_no_fp16_bf16_and_not_none(capsys):
+    """`--mixed-precision` left out means the launcher's choice; "none" beside "no" was one more
+    spelling of nothing: it is not offered, and refused by name."""
+    assert cli.main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--mixed-precision {no,fp16,bf16}" in text and "{no,fp16,bf16,none}" not in text
+    assert "--log-with {tensorboard,wandb,mlflow,comet_ml,aim,clearml,dvclive,all,none}" in text  # none = no tracker
+    assert cli.main(["train", "--mixed-precision", "none"]) == 2
+    assert "argument --mixed-precision: invalid choice: 'none' (choose from 'no', 'fp16', 'bf16')" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("command", ["eval", "segment"])
+def test_model_option_lists_the_model_types(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    assert "--model {mini,vit_b,vit_h,vit_l}" in capsys.readouterr().out
+    assert cli.main([command, "--model", "vit_x", "--images", "x", "--auto"]) == 2
+    assert "argument --model: invalid choice: 'vit_x' (choose from 'mini', 'vit_b', 'vit_h', 'vit_l')" in (
+        capsys.readouterr().err
+    )

@@ -156,15 +156,6 @@ def test_the_comparison_covers_every_registered_strategy():
 
 
 # ---------------------------------------------------------------------------- the recipe
-@pytest.fixture(scope="module")
-def trashcan_coco(tmp_path_factory):
-    if not (TRASHCAN / "original_data").is_dir():
-        pytest.skip(f"TrashCan frames not found at {TRASHCAN}")
-    from samadapt.data.importers import import_trashcan
-
-    return import_trashcan(TRASHCAN, tmp_path_factory.mktemp("tc") / "coco", versions=["instance"], progress=False).out
-
-
 @pytest.mark.slow
 def test_compare_trashcan_shortened(trashcan_coco, mini_checkpoint, tmp_path):
     """A few real frames, one epoch, two seeds: the page section, figures and JSON, and the

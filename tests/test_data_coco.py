@@ -143,6 +143,25 @@ def test_missing_file_and_broken_json(tmp_path):
         load_coco_json(arr)
 
 
+def test_truncated_json_says_where_in_plain_words(tmp_path):
+    """A file cut inside a string: the decoder's "Unterminated string starting at" gets the line and
+    column without a second "at" (it read "starting at at line 1")."""
+    cut = tmp_path / "cut.json"
+    cut.write_text('{"images": [{"file_name": "a.jp')
+    with pytest.raises(DataError) as e:
+        load_coco_json(cut)
+    assert "is not valid JSON: Unterminated string starting at line 1, column 27. The file may be truncated" in str(
+        e.value
+    )
+    assert "at at" not in str(e.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(
+        DataError, match=r"is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2\."
+    ):
+        load_coco_json(bad)
+
+
 @pytest.mark.parametrize("key", ["images", "annotations", "categories"])
 def test_missing_top_level_key(tmp_path, key):
     d = {"images": [], "annotations": [], "categories": []}

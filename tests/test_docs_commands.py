@@ -46,7 +46,11 @@ FENCE = re.compile(r"^```(\w+)\s*$")
 
 def blocks(page: str) -> list[tuple[int, str, str | None, str]]:
     """(line, language, marker or None, code) of every fenced block of ``page``."""
-    lines = (REPO / page).read_text().splitlines()
+    return blocks_of_text((REPO / page).read_text())
+
+
+def blocks_of_text(text: str) -> list[tuple[int, str, str | None, str]]:
+    lines = text.splitlines()
     out, i = [], 0
     while i < len(lines):
         m = FENCE.match(lines[i])
@@ -100,6 +104,54 @@ def test_command_parsing():
     assert commands("python -m pip install x && python -m pytest\n# only a comment") == []
 
 
+#: ``print(x)  # prints VALUE: what it means``: the block prints the line VALUE (checked when it runs)
+PRINTS = re.compile(r"#\s*prints (.+?)(?::\s|:?$)")
+
+
+def printed_values(code: str) -> list[str]:
+    """The lines a python block says it prints, in its ``# prints VALUE: ...`` comments."""
+    return [m.group(1) for line in code.splitlines() if "print(" in line for m in [PRINTS.search(line)] if m]
+
+
+def test_readme_says_what_the_logits_shape_is_for_mini():
+    """README's "Use it from code" block states the low-res logits shape it prints: for the built-in
+    mini (256 px input) that is 64 x 64 (S/4), which its forward gives."""
+    import numpy as np
+
+    import samadapt
+
+    code = next(code for _, lang, _, code in blocks("README.md") if lang == "python" and "low_res_logits" in code)
+    line = next(line for line in code.splitlines() if "print(out.low_res_logits.shape)" in line)
+    (value,) = printed_values(line)
+    model = samadapt.adapt(samadapt.build_sam("mini"), "lora", rank=8)
+    image = np.full((48, 64, 3), 90, np.uint8)
+    boxes = np.array([[10, 12, 30, 36]])
+    out = model([image, image], boxes=[boxes, boxes])
+    assert value == str(out.low_res_logits.shape) == "torch.Size([2, 1, 64, 64])"
+
+
+def quick_start_commands() -> list[str]:
+    """The command lines of README.md's Quick start block."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    code = next(code for _, lang, _, code in blocks_of_text(section) if lang == "bash")
+    return [line for line in code.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
+    """Two Quick start commands; .ci/run takes the second from README.md as written and runs it in a
+    virtualenv it makes anew, without system site-packages (an undeclared import fails there)."""
+    quick = quick_start_commands()
+    assert len(quick) == 2, quick
+    assert quick[0].endswith("accelerate launch recipes/finetune.py --strategy decoder")
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "run"), "--print-command"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == quick[1]
+    script = (REPO / ".ci" / "run").read_text()
+    assert "-m venv --clear" in script and "--system-site-packages" not in script
+    assert script.index("-m venv") < script.index('source "$venv/bin/activate"') < script.index('eval "$test_command"')
+
+
 @pytest.mark.slow
 def test_run_blocks_run_as_written(tmp_path):
     home = tmp_path / "home"  # one SAMADAPT_HOME: the adapters one page publishes, the next may load
@@ -113,6 +165,7 @@ def test_run_blocks_run_as_written(tmp_path):
         for line, lang, marker, code in blocks(page):
             if marker != "run":
                 continue
+            expected = printed_values(code) if lang == "python" else []
             if lang == "python":
                 script = work / f"block_{ran}.py"
                 script.write_text(code)
@@ -124,5 +177,7 @@ def test_run_blocks_run_as_written(tmp_path):
                 where = f"{page}:{line}: {' '.join(argv)}"
                 assert proc.returncode == 0, f"{where}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
                 assert "Traceback" not in proc.stderr, f"{where}\n{proc.stderr[-3000:]}"
+                for value in expected:  # what a "# prints VALUE: ..." comment promises
+                    assert value in proc.stdout.splitlines(), f"{where}: does not print {value!r}\n{proc.stdout}"
                 ran += 1
     assert ran >= 8

@@ -197,9 +197,18 @@ def test_training_mode_is_restored(model, data):
         model.eval()
 
 
-def test_max_images_and_subset(model, data):
-    r = evaluate(model, data, max_images=1, progress=False, coco=False)
-    assert r.metrics["num_images"] == 1 and r.metrics["num_instances"] == 3 and "coco" not in r.metrics
+def test_max_images_is_a_seeded_subset_and_subset_is_kept(model, data):
+    """``max_images`` picks its images by the seed, not the first N: the same seed the same ones."""
+    picked = {}
+    for seed in range(4):
+        r = evaluate(model, data, max_images=1, seed=seed, progress=False, coco=False)
+        assert r.metrics["num_images"] == 1 and "coco" not in r.metrics
+        picked[seed] = r.per_image[0]["image_id"]
+    assert len(set(picked.values())) > 1  # the first image is not always the one
+    again = evaluate(model, data, max_images=1, seed=2, progress=False, coco=False)
+    assert again.per_image[0]["image_id"] == picked[2]
+    two = evaluate(model, data, max_images=2, seed=2, progress=False, coco=False)  # nested: grows the same subset
+    assert picked[2] in [row["image_id"] for row in two.per_image] and two.metrics["num_images"] == 2
     r = evaluate(model, data, subset=[1], progress=False)
     assert r.metrics["num_instances"] == 2 and r.per_image[0]["image_id"] == 20
 

@@ -8,6 +8,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_training import _tiny_config, _train
@@ -62,8 +63,22 @@ def test_finetune_command_line_takes_the_options():
     spec.loader.exec_module(finetune)
     cfg = finetune.config_from_args(["--train-prompts", "box", "point", "--click-rounds", "3"])
     assert cfg.train_prompts == ["box", "point"] and cfg.click_rounds == 3
-    default = finetune.config_from_args([])
-    assert default.train_prompts == ["box"] and default.click_rounds == 0
+    paper = finetune.config_from_args(["--train-prompts", "box", "--click-rounds", "0"])
+    assert paper.train_prompts == ["box"] and paper.click_rounds == 0
+
+
+@pytest.mark.parametrize("argv", [[], ["--train-prompts", "box", "point"]])
+def test_asking_for_point_prompts_gives_the_settings_that_work(argv):
+    """Issue 18 item 3: the settings measured in recipes/interactive.py are what a user gets, both
+    without prompt flags and by asking for point prompts alone."""
+    spec = importlib.util.spec_from_file_location("samadapt_recipe_finetune_i18", REPO / "recipes" / "finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    cfg = finetune.config_from_args(argv)
+    assert cfg.train_prompts == ["box", "point"]
+    assert (cfg.click_rounds, cfg.point_share, cfg.first_round_weight, cfg.click_sampling) == (3, 0.3, 0.5, "interior")
+    equal = finetune.config_from_args([*argv, "--first-round-weight", "none"])
+    assert equal.first_round_weight is None  # every round alike, as SAM
     again = TrainConfig.from_dict(__import__("yaml").safe_load(cfg.to_yaml()))
     assert again.train_prompts == ["box", "point"] and again.click_rounds == 3
 
@@ -103,6 +118,33 @@ def test_corrective_points_ignore_the_padding():
     for _ in range(10):
         coords, labels = corrective_points(logits, gt, g, valid)
         assert coords[0, 0].tolist() == [10.0, 18.0] and labels.item() == 0
+
+
+def test_interior_corrective_points_go_to_the_middle_of_the_largest_error():
+    """click_sampling="interior": the click protocol's corrections (RITM), sampled: inside the largest
+    error region, towards its middle, labelled by what the region is; padding ignored."""
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(2, 16, 16)
+    logits = torch.full((2, 16, 16), -1.0)
+    gt[0, 2:12, 2:12] = 1  # instance 0: the object's right part (cols 7..11) is missed: 50 pixels
+    logits[0, 2:12, 2:7] = 1.0
+    logits[0, 14, 0:3] = 1.0  # ... and a false strip of 3 pixels
+    logits[1, 3:9, 3:9] = 1.0  # instance 1: a false 6x6 block (36 pixels) beside a missed 2x2 block
+    gt[1, 12:14, 12:14] = 1
+    valid = torch.ones(2, 16, 16, dtype=torch.bool)
+    for _ in range(30):
+        coords, labels = corrective_points(logits, gt, g, valid, interior=True)
+        (x0, y0), (x1, y1) = ((c - 2) / 4 for c in coords[0, 0].tolist()), ((c - 2) / 4 for c in coords[1, 0].tolist())
+        assert 7 <= x0 <= 11 and 2 <= y0 <= 11 and labels[0].item() == 1  # in the missed part
+        assert 3 <= x1 <= 8 and 3 <= y1 <= 8 and labels[1].item() == 0  # in the false block
+    # towards the middle: the block's border pixels are least likely (distance 1 vs up to 3)
+    hits = [corrective_points(logits[1:], gt[1:], g, interior=True)[0][0, 0] for _ in range(300)]
+    inner = sum(1 for x, y in hits if 4 <= (x - 2) / 4 <= 7 and 4 <= (y - 2) / 4 <= 7)
+    assert inner / len(hits) > 16 / 36 + 0.15  # 16 of the 36 pixels are inner, with most of the weight
+    # uniform (SAM) keeps its old draws: the interior option changes nothing there
+    a = corrective_points(logits, gt, torch.Generator().manual_seed(3), valid)
+    b = corrective_points(logits, gt, torch.Generator().manual_seed(3), valid, interior=False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_the_iou_head_can_be_trained_on_every_candidate():
@@ -214,8 +256,8 @@ def test_a_step_is_a_function_of_seed_epoch_and_images(batch_and_model):
     assert model.encoder_images_seen == 1 * 2  # only the one encode above: the embeddings were reused
 
 
-def test_the_default_step_is_the_plain_box_step(batch_and_model):
-    cfg, model, batch = batch_and_model()
+def test_the_box_only_step_is_the_plain_box_step(batch_and_model):
+    cfg, model, batch = batch_and_model(train_prompts=["box"], click_rounds=0)
     gt = torch.cat(batch["gt_masks"])
     spy = Spy(model)
     lo = training_loss(spy, batch, gt, SamLoss(), cfg)
@@ -228,7 +270,7 @@ def test_the_default_step_is_the_plain_box_step(batch_and_model):
 def test_point_share_sets_the_share_of_click_first_instances(batch_and_model):
     counts = {}
     for share in (0.1, 0.9):
-        cfg, model, batch = batch_and_model(train_prompts=["box", "point"], point_share=share)
+        cfg, model, batch = batch_and_model(train_prompts=["box", "point"], point_share=share, click_rounds=0)
         spy = Spy(model)
         training_loss(spy, batch, torch.cat(batch["gt_masks"]), SamLoss(), cfg)
         counts[share] = sum(p.shape[0] for c in spy.calls if c["boxes"] is None for p in c["points"])
@@ -312,23 +354,61 @@ def test_interactive_recipe_writes_its_section(tmp_path, samadapt_home_dir):
     data = json.loads((out / "interactive.json").read_text())
     assert set(data["models"]) == {"zero-shot", "box-trained", "mixed-trained"}
     assert len(data["models"]["mixed-trained"]["clicks"]["miou_at"]) == 2
-    assert set(data["checks"]) == {"box_within", "one_click_gain"}
+    assert set(data["checks"]) == {
+        "box_within",
+        "one_click_not_worse",
+        "corrected_gain",
+        "clicks_never_fall",
+        "clicks_at_least_zero_shot",
+    }
     assert (out / "figures" / "interactive_clicks.png").stat().st_size > 0
+    # the mixed run is what a user gets without prompt flags; the box run the paper's protocol
     argv = json.loads((tmp_path / "runs" / "mixed" / "compare_args.json").read_text())
-    assert argv[argv.index("--train-prompts") + 1 :] == [
-        "box",
-        "point",
-        "--click-rounds",
-        "3",
-        "--point-share",
-        "0.3",
-        "--click-sampling",
-        "interior",
-        "--first-round-weight",
-        "0.8",
-    ]
+    assert "--train-prompts" not in argv and "--click-rounds" not in argv
+    assert data["mixed"] == {
+        "train_prompts": ["box", "point"],
+        "point_share": 0.3,
+        "click_sampling": "interior",
+        "click_rounds": 3,
+        "first_round_weight": 0.5,
+    }
     box_argv = json.loads((tmp_path / "runs" / "box" / "compare_args.json").read_text())
     assert box_argv[box_argv.index("--train-prompts") + 1 :] == ["box", "--click-rounds", "0"]
+
+
+def _records(iou):
+    """Hand-made click records: one instance per image, IoU (instances, clicks)."""
+    from samadapt.evaluation.clicks import ClickRecords
+
+    iou = np.asarray(iou, dtype=np.float64)
+    ids = np.arange(len(iou), dtype=np.int64)
+    return ClickRecords(iou, ids, np.ones(len(iou), dtype=np.int64), [{"id": int(i), "num_instances": 1} for i in ids])
+
+
+def test_click_checks_on_hand_made_curves():
+    """Correctable: over the first 5 clicks no step falls and no click is below zero-shot beyond the
+    paired bootstrap interval; a collapse fails, a wobble inside the noise does not."""
+    spec = importlib.util.spec_from_file_location("samadapt_recipe_interactive_c", REPO / "recipes" / "interactive.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    rng = np.random.default_rng(0)
+    n = 60
+    base = rng.uniform(0.2, 0.6, size=(n, 1))
+    zs = _records(base + np.array([0.0, 0.02, 0.03, 0.04, 0.05, -0.3]) + rng.normal(0, 0.01, (n, 6)))
+    rising = base + np.array([0.01, 0.05, 0.05, 0.07, 0.08, -0.35])  # click 6 is not checked
+    good = recipe.click_checks(_records(rising + rng.normal(0, 0.01, (n, 6))), zs, n_boot=500)
+    assert good["clicks_never_fall"]["passed"] and good["clicks_at_least_zero_shot"]["passed"]
+    assert good["clicks_at_least_zero_shot"]["value"] == pytest.approx(1.0, abs=0.5)
+    # a wobble: half the instances lose 3 points at click 3, half gain 2.4 -> mean -0.3, inside the noise
+    wobble = rising.copy()
+    wobble[:, 2:] += np.where(np.arange(n) % 2 == 0, -0.03, 0.024)[:, None]
+    assert recipe.click_checks(_records(wobble), zs, n_boot=500)["clicks_never_fall"]["passed"]
+    collapse = base + np.array([0.01, -0.35, -0.35, -0.35, -0.35, -0.35])  # the collapse of issue 18
+    falls = recipe.click_checks(_records(collapse), zs, n_boot=500)
+    assert not falls["clicks_never_fall"]["passed"] and falls["clicks_never_fall"]["value"] == pytest.approx(-36.0)
+    assert not falls["clicks_at_least_zero_shot"]["passed"]
+    below = recipe.click_checks(_records(base + np.array([-0.03, 0.0, 0.01, 0.02, 0.03, 0.0])), zs, n_boot=500)
+    assert below["clicks_never_fall"]["passed"] and not below["clicks_at_least_zero_shot"]["passed"]
 
 
 # ============================================================================ interior clicks

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 import samadapt
 from samadapt.evaluation.evaluate import evaluate
@@ -91,6 +92,28 @@ def test_epoch_and_step_ticks_are_whole_numbers(epochs):
             assert set(xs) <= {int(t) for t in ticks}  # every epoch has its tick
 
 
+def test_one_epoch_curves_show_every_step_and_mark_the_single_point():
+    """A 1-epoch run is not a single dot: its loss is drawn per step with the epoch mean marked, and
+    its one validation point is a marker beside the zero-shot line, with a note saying so."""
+    from samadapt.evaluation.plots import training_curves_data
+
+    steps = [[1, 0.9], [2, 0.8], [3, 0.85], [4, 0.6]]
+    data = training_curves_data(_history(1), {"mean_iou": 0.4, "mean_f1": 0.5}, steps)
+    assert data["loss"] == {"x": [1.0, 2.0, 3.0, 4.0], "y": [0.9, 0.8, 0.85, 0.6], "xlabel": "step"}
+    assert data["loss_epochs"] == {"x": [4.0], "y": [1.0]}
+    for panel in data["panels"]:
+        assert len(panel["x"]) == 1 and panel["best"] == (1.0, panel["y"][0])
+        assert panel["note"] == "one epoch: one validation point; dashed: zero-shot"
+    fig = training_curves_figure(_history(1), {"mean_iou": 0.4, "mean_f1": 0.5}, steps)
+    (step_line, _) = [ln for ln in fig.axes[0].get_lines()]
+    assert len(step_line.get_xdata()) == 4
+    assert _axis(fig, "validation mean IoU").get_lines()[0].get_marker() == "o"
+    # several epochs: no note; without step losses, one point per epoch as before
+    data = training_curves_data(_history(3))
+    assert data["loss"]["x"] == [4.0, 8.0, 12.0] and not data["loss_epochs"]["x"]
+    assert all(p["note"] is None for p in data["panels"])
+
+
 def test_plot_training_curves_writes_the_png(tmp_path):
     out = plot_training_curves(_history(3), tmp_path / "curves.png", zero_shot={"mean_iou": 0.4, "mean_f1": 0.5})
     assert out == tmp_path / "curves.png" and out.read_bytes()[:8] == PNG
@@ -103,15 +126,15 @@ def test_trainer_passes_the_zero_shot_metrics_to_the_curves(tmp_path):
 
     seen = {}
 
-    def spy(history, path, zero_shot=None):
-        seen.update(history=history, path=path, zero_shot=zero_shot)
+    def spy(history, path, zero_shot=None, step_losses=None):
+        seen.update(history=history, path=path, zero_shot=zero_shot, step_losses=step_losses)
 
     zero_shot = {"mean_iou": 0.3, "mean_f1": 0.4}
-    progress = TrainProgress(history=_history(1), zero_shot=zero_shot)
-    write_outputs(
-        tmp_path, SimpleNamespace(dataset_tag="demo"), progress, {"mean_iou": 0.5, "mean_f1": 0.6}, [], [], spy
-    )
+    progress = TrainProgress(history=_history(1), zero_shot=zero_shot, step_losses=[[1, 0.9], [2, 0.7]])
+    cfg = SimpleNamespace(dataset_tag="demo", num_examples=6)
+    write_outputs(tmp_path, cfg, progress, {"mean_iou": 0.5, "mean_f1": 0.6}, [], [], spy)
     assert seen["zero_shot"] == zero_shot and seen["path"] == tmp_path / "curves.png"
+    assert seen["step_losses"] == [[1, 0.9], [2, 0.7]]
 
 
 # ---------------------------------------------------------------------------- examples.png
@@ -243,3 +266,113 @@ def test_plot_examples_writes_the_png(tmp_path):
     out = plot_examples(_examples(), tmp_path / "examples.png")
     assert out.read_bytes()[:8] == PNG
     assert [p.name for p in tmp_path.iterdir()] == ["examples.png"]
+
+
+# ---------------------------------------------------------------------------- which examples
+def _video_dataset(root) -> "CocoInstances":  # noqa: F821
+    """30 small frames in TrashCan's naming: the first 10 are one video with one class (as TrashCan's
+    first validation frames), then 10 more videos of 2 frames each with other classes."""
+    import json
+
+    from PIL import Image
+
+    from samadapt.data import CocoInstances
+
+    rng = np.random.default_rng(0)
+    frames = [(1, f, 1) for f in range(10)] + [(v, f, 2 + v % 4) for v in range(2, 12) for f in range(2)]
+    images, annotations = [], []
+    for k, (video, frame, cat) in enumerate(frames):
+        name = f"vid_{video:06d}_frame{frame:07d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / name)
+        images.append({"id": k + 1, "file_name": name, "height": 40, "width": 48})
+        x0, y0, side = int(rng.integers(2, 20)), int(rng.integers(2, 16)), int(rng.integers(8, 20))
+        poly = [x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side]
+        annotations.append(
+            {
+                "id": k + 1,
+                "image_id": k + 1,
+                "category_id": cat,
+                "segmentation": [poly],
+                "iscrowd": 0,
+                "bbox": [x0, y0, side, side],
+                "area": side * side,
+            }
+        )
+    categories = [{"id": c, "name": f"class{c}"} for c in range(1, 6)]
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return CocoInstances(root, root / "ann.json")
+
+
+def test_example_pool_spreads_over_sequences_and_classes_seeded(tmp_path):
+    from samadapt.data.subsets import sequence_of
+    from samadapt.evaluation.examples import POOL_PER_ROW, example_pool
+
+    ds = _video_dataset(tmp_path)
+    assert {sequence_of(ds.image_info(i)["file_name"]) for i in range(10)} == {"vid_000001"}
+    pool = example_pool(ds, 4, seed=0)
+    assert len(pool) == 4 * POOL_PER_ROW and pool == sorted(pool)
+    sequences = {sequence_of(ds.image_info(i)["file_name"]) for i in pool}
+    classes = {a["category_id"] for i in pool for a in ds.instance_annotations(i)}
+    assert len(sequences) == 11 and classes == {1, 2, 3, 4, 5}  # every video before any repeats
+    assert example_pool(ds, 4, seed=0) == pool and example_pool(ds, 4, seed=1) != pool
+
+
+def test_choose_rows_spans_the_iou_range():
+    from samadapt.evaluation.examples import choose_rows
+
+    ious = [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
+    pool = [{"image_id": k, "iou": np.array([v])} for k, v in enumerate(ious)]
+    assert choose_rows({"a": pool}, 3) == [0, 1, 2]  # worst, median, best (in the pool's order)
+    assert choose_rows({"a": pool}, 9) == list(range(9)) and choose_rows({"a": pool[:2]}, 6) == [0, 1]
+    # ranked by the mean over the models: a second model that lifts image 1 to the top
+    other = [{"image_id": k, "iou": np.array([2.0 if k == 1 else v])} for k, v in enumerate(ious)]
+    assert choose_rows({"a": pool, "b": other}, 3) == [1, 5, 8]  # best 1 (mean 1.05), worst 5, median 8 (0.6)
+
+
+def test_examples_of_an_evaluation_span_sequences_classes_and_ious(tmp_path):
+    """The figure of a dataset whose first frames are one video shows frames of several videos and
+    classes, from the worst image of the pool to the best, with the ground truth beside them."""
+    from samadapt.data.subsets import sequence_of
+
+    ds = _video_dataset(tmp_path)
+    model = samadapt.adapt(samadapt.build_sam("mini"), "decoder")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared: two threads on a busy one are many times slower
+    try:
+        result = evaluate(model, ds, return_examples=4, progress=False, coco=False)
+    finally:
+        torch.set_num_threads(threads)
+    pool_ious = {e["image_id"]: float(np.mean(e["iou"])) for e in result.examples}
+    fig = examples_figure({"zero-shot": result.examples}, max_rows=4)
+    axes = np.array(fig.axes).reshape(4, 3)
+    names = [axes[r, 0].get_title() for r in range(4)]
+    shown = [e for e in result.examples if e["file_name"] in names]
+    assert len({sequence_of(n) for n in names}) >= 3
+    assert len({int(c) for e in shown for c in e["category_ids"]}) >= 2
+    assert all(axes[r, 1].get_title().startswith("ground truth") for r in range(4))
+    shown_ious = [pool_ious[e["image_id"]] for e in shown]
+    assert min(shown_ious) == min(pool_ious.values()) and max(shown_ious) == max(pool_ious.values())
+
+
+def test_example_pool_on_real_trashcan_frames_spans_videos_and_classes(trashcan_coco):
+    """TrashCan's first validation frames are a few videos: the pool of a 6-row figure draws its 18
+    frames from many more videos and classes, and another seed draws others."""
+    from samadapt.data import presets
+    from samadapt.data.subsets import sequence_of
+    from samadapt.evaluation.examples import POOL_PER_ROW, example_pool
+
+    val = presets.trashcan(trashcan_coco, "val")
+    size = 6 * POOL_PER_ROW
+
+    def spread(indices):
+        videos = {sequence_of(val.image_info(i)["file_name"]) for i in indices}
+        classes = {a["category_id"] for i in indices for a in val.instance_annotations(i)}
+        return len(videos), len(classes)
+
+    first = [i for i in range(len(val)) if val.instance_annotations(i)][:size]
+    pool = example_pool(val, 6, seed=0)
+    assert len(pool) == size and all(val.instance_annotations(i) for i in pool)
+    (first_videos, first_classes), (videos, classes) = spread(first), spread(pool)
+    assert videos == size > first_videos  # one frame per video
+    assert classes > first_classes and classes >= 8
+    assert example_pool(val, 6, seed=0) == pool and example_pool(val, 6, seed=1) != pool

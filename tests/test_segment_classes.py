@@ -122,15 +122,149 @@ def test_the_class_loss_is_cross_entropy_beside_the_mask_loss(mini_batch):
     assert class_head_of(model).mlp.layers[1].weight.grad.abs().sum() > 0
     with pytest.raises(TrainingError, match="category id\\(s\\) \\[9\\] are not among the class head's categories"):
         loss_with_class_head(model, {"category_ids": [torch.tensor([9]), torch.tensor([1, 5])]}, step)
-    with pytest.raises(TrainingError, match="--classify trains on the box-prompted step only"):
+    with pytest.raises(TrainingError, match="the class head saw 3 decoder prompts in calls of \\[3\\] for 1 instances"):
         loss_with_class_head(model, {"category_ids": [torch.tensor([1])]}, step)
 
 
-def test_classify_is_refused_with_click_training():
-    with pytest.raises(ConfigError, match="--classify trains the class head on the box-prompted step"):
-        TrainConfig(classify=True, train_prompts=["box", "point"])
-    with pytest.raises(ConfigError, match="click_rounds 2"):
-        TrainConfig(classify=True, click_rounds=2)
+def test_the_class_loss_reads_each_instances_first_prompt_under_click_rounds(mini_batch):
+    """A mixed-prompt step decodes the first round by prompt kind (``LossOutput.prompt_order``), then the
+    corrective rounds: the class loss is on the first round's prompts, each against its own instance."""
+    from samadapt.training.losses import LossOutput
+
+    model = _with_head()
+    model.train()
+    images, boxes = mini_batch  # instances 0 (image 0), 1 and 2 (image 1)
+    emb = model.encode(images)
+    batch = {"category_ids": [torch.tensor([3]), torch.tensor([1, 5])]}
+    zero = torch.zeros(())
+
+    def step():  # round 0: image 1's boxes, then image 0's; round 1: all of them again
+        model(image_embeddings=emb[1:], boxes=[boxes[1]])
+        model(image_embeddings=emb[:1], boxes=[boxes[0]])
+        out = model(image_embeddings=emb, boxes=boxes)
+        return LossOutput(out.low_res_logits.sum() * 0, zero, zero, zero, zero, prompt_order=torch.tensor([1, 2, 0]))
+
+    with MaskTokenCapture(model.sam) as cap:
+        model(image_embeddings=emb[1:], boxes=[boxes[1]])
+        model(image_embeddings=emb[:1], boxes=[boxes[0]])
+    head = class_head_of(model)
+    want = torch.nn.functional.cross_entropy(head(cap.features(head)), torch.tensor([0, 4, 2]))  # ids 1, 5, 3
+    lo = loss_with_class_head(model, batch, step)
+    torch.testing.assert_close(lo.loss, want)
+
+
+def test_classify_trains_a_head_under_mixed_prompt_training(tmp_path, demo_data_root, monkeypatch):
+    """``--classify`` with the default prompts (boxes and clicks, corrective rounds): accepted, the head
+    is trained (its weights move from their initial values) and saved with its held-out check."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+
+    import samadapt.segment.class_head as class_head_module
+    from samadapt.training.trainer import train
+
+    initial = {}
+    attach = class_head_module.attach_class_head
+
+    def recording_attach(model, categories, **kw):
+        head = attach(model, categories, **kw)
+        initial.update({f"class_head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
+        return head
+
+    monkeypatch.setattr(class_head_module, "attach_class_head", recording_attach)
+    cfg = TrainConfig(
+        classify=True,
+        dataset="demo",
+        data_root=str(demo_data_root),
+        demo_train_images=6,
+        demo_val_images=3,
+        epochs=1,
+        prompts_per_image=4,
+        batch_size=2,
+        progress=False,
+        zero_shot=False,
+        num_examples=0,
+        log_with=None,
+        publish=False,
+        auto_calibration_images=0,
+        output_dir=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert "point" in cfg.train_prompts and cfg.click_rounds > 0  # the defaults mix prompts
+    try:
+        path = train(cfg).adapter_path
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    saved = {k: v for k, v in load_file(str(path)).items() if k.startswith("class_head.")}
+    assert saved.keys() == initial.keys() and len(saved) == 4
+    assert all(not torch.equal(saved[k], initial[k]) for k in saved)  # every head tensor was trained
+    model = samadapt.load(path)
+    assert class_head_of(model).validation["instances"] == demo(demo_data_root, "val").num_instances
+
+
+def test_head_accuracy_against_the_majority_class():
+    from samadapt.segment.class_head import head_accuracy
+
+    truth = [[1, 1, 2], [1, 3]]
+    even = head_accuracy([[1, 2, 2], [3, 3]], truth)
+    assert (even["accuracy"], even["majority_category"], even["majority_accuracy"]) == (0.6, 1, 0.6)
+    assert even["gain"] == 0.0 and not even["beats_majority"]
+    perfect = head_accuracy(truth, truth)
+    assert perfect["accuracy"] == 1.0 and perfect["gain"] == pytest.approx(0.4)
+    assert perfect["gain_interval"][0] > 0 and perfect["beats_majority"]  # every resample gains
+    assert perfect["balanced_accuracy"] == 1.0 and perfect["balanced_majority"] == pytest.approx(1 / 3)
+
+
+def test_the_head_is_checked_against_the_majority_class_and_segment_warns(tmp_path, classify_adapter, demo_data_root):
+    """Training records the head's held-out accuracy against always answering the most frequent class
+    (metrics, adapter); `segment --classify` warns when it did not clearly beat it, and not otherwise."""
+    from safetensors.torch import load_file, save_file
+
+    from samadapt.segment.state import SEGMENT_KEY, parse_segment_metadata
+
+    meta = samadapt.read_adapter_metadata(classify_adapter)
+    check = meta["info"]["metrics"]["class_head"]
+    assert check["instances"] == demo(demo_data_root, "val").num_instances and check["images"] == 3
+    assert 0 <= check["accuracy"] <= 1 and check["majority_name"] in CATEGORIES.values()
+    metrics = json.loads((classify_adapter.parent / "metrics.json").read_text())
+    assert metrics["models"]["fine-tuned"]["class_head"] == check
+    assert parse_segment_metadata(meta)["class_head"]["validation"]["accuracy"] == check["accuracy"]
+
+    images, ann = demo_data_root / "val" / "images", demo_data_root / "val" / "annotations.json"
+    gt = json.loads(ann.read_text())
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": a["image_id"], "bbox": a["bbox"]} for a in gt["annotations"]]))
+
+    def run(adapter):
+        import contextlib
+        import io
+
+        from samadapt import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        args = ["segment", "--adapter", str(adapter), "--images", str(images), "--annotation-file", str(ann),
+                "--detections", str(dets), "--classify", "--out", str(tmp_path / f"{adapter.stem}.json"), "--no-progress"]  # fmt: skip
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert cli.main(args) == 0
+        return err.getvalue()
+
+    for beats in (False, True):
+        with safe_open(str(classify_adapter), framework="pt") as f:
+            raw = dict(f.metadata())
+        seg = json.loads(raw[SEGMENT_KEY])
+        seg["class_head"]["validation"] = {
+            **check,
+            "beats_majority": beats,
+            "gain_interval": [0.01 if beats else -0.2, 0.3],
+        }
+        path = tmp_path / f"beats_{beats}.safetensors"
+        save_file(load_file(str(classify_adapter)), str(path), metadata={**raw, SEGMENT_KEY: json.dumps(seg)})
+        err = run(path)
+        if beats:
+            assert "warning" not in err
+        else:
+            assert "samadapt: warning: class head: accuracy" in err and "does NOT clearly beat always answering" in err
+            assert "no better than always answering that class" in err and "docs/segment.md" in err
 
 
 def test_segment_labels_masks_without_a_category(demo_data_root):
@@ -160,8 +294,9 @@ def test_automatic_masks_are_labelled_through_their_box(demo_data_root):
     recs = model.segment(image, auto=auto, classify=True)
     assert recs and all(r["category_id"] in CATEGORIES for r in recs)
     assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
-    for r in recs:
-        assert r["score"] == pytest.approx(r["predicted_iou"] * r["class_probability"], abs=1e-5)
+    for r in recs:  # an automatic mask's score (predicted IoU x stability) times its class probability
+        expected = r["predicted_iou"] * r["stability_score"] * r["class_probability"]
+        assert r["score"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_class_head_checks_its_arguments():

@@ -248,3 +248,53 @@ def test_segment_from_python_matches_predict(pretrained_mini, demo_data_root):
         np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool), m)
         assert r["predicted_iou"] == pytest.approx(float(iou), abs=1e-6)
         assert r["area"] == int(m.sum())
+
+
+def test_masks_without_a_class_never_claim_one_and_are_scored_with_usecats_0(tmp_path, demo_data_root):
+    """Class-less masks are written with category_id -1, which no dataset uses (TrashCan's 1 is ``rov``,
+    TACO's 0 is "Aluminium foil"); the class-agnostic AP is COCOeval's useCats=0 AP, which equals the AP of
+    an independent scoring with every object and every result merged into one category."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from samadapt.segment.results import AGNOSTIC_CATEGORY, coco_results, evaluate_results
+
+    images, ann = _val(demo_data_root)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps(_gt_detections(ann, jitter=0.1, with_category=False)))
+    res = tmp_path / "res.json"
+    code, _, err = _run("--images", images, "--detections", dets, "--annotation-file", ann, "--out", res)
+    assert code == 0, err
+    results = json.loads(res.read_text())
+    gt = json.loads(ann.read_text())
+    real_ids = {c["id"] for c in gt["categories"]}
+    assert AGNOSTIC_CATEGORY == -1 and {r["category_id"] for r in results} == {-1} and -1 not in real_ids
+    assert (
+        coco_results(7, [{"segmentation": results[0]["segmentation"], "bbox": [0, 0, 1, 1], "score": 0.5}])[0][
+            "category_id"
+        ]
+        == -1
+    )  # a record without category_id
+    taco = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "taco" / "annotations.json"
+    if taco.is_file():  # TACO has a real category 0: -1 is safe there too
+        taco_ids = {c["id"] for c in json.loads(taco.read_text())["categories"]}
+        assert 0 in taco_ids and AGNOSTIC_CATEGORY not in taco_ids
+
+    agnostic = evaluate_results(gt, results, class_agnostic=True)
+    merged = {**gt, "categories": [{"id": 1, "name": "object"}]}
+    merged["annotations"] = [{**a, "category_id": 1} for a in gt["annotations"]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = merged
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes([{**r, "category_id": 1} for r in results]), iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert agnostic["AP"] == pytest.approx(float(ev.stats[0]), abs=1e-12) and agnostic["AP"] > 0.05
+    assert agnostic["AR100"] == pytest.approx(float(ev.stats[8]), abs=1e-12)
+    # class-aware scoring: masks that name no category match no object
+    assert evaluate_results(gt, results)["AP"] == 0.0
+    # a ground truth that uses -1 itself is refused rather than scored wrongly
+    with pytest.raises(DataError, match="a category with id -1"):
+        evaluate_results({**gt, "categories": [*gt["categories"], {"id": -1, "name": "x"}]}, results)

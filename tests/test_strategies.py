@@ -46,6 +46,7 @@ VARIANTS = [(s, {}) for s in sorted(STRATEGIES)] + [
     ("lora", {"train_decoder": False}),
     ("lora", {"targets": ("qkv", "proj", "mlp"), "rank": 2}),
     ("lora", {"targets": ("mask_decoder.transformer.*_proj",), "train_decoder": False}),
+    ("lora", {"use_dora": True}),  # DoRA: a magnitude per output row trains beside A and B
     ("adapter", {"prompt_generator": True}),
     ("adapter", {"placement": ("mlp",), "train_decoder": False}),
     ("adapter", {"placement": (), "prompt_generator": True}),

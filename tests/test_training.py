@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _tiny_config(demo_data_root: Path, tmp_path: Path, checkpoint: Path, **overrides) -> TrainConfig:
     """The tiny run of ``tiny_run_args`` as a config, quiet and without the extras (zero-shot
-    evaluation, example figures, TensorBoard, publishing) unless asked for."""
+    evaluation, example figures, TensorBoard, publishing, automatic-mask calibration) unless asked for."""
     kw = dict(
         strategy="decoder",
         model="mini",
@@ -52,6 +52,7 @@ def _tiny_config(demo_data_root: Path, tmp_path: Path, checkpoint: Path, **overr
         num_examples=0,
         log_with=None,
         publish=False,
+        auto_calibration_images=0,
         output_dir=str(tmp_path / "run"),
         cache_dir=str(tmp_path / "cache"),
     )
@@ -195,6 +196,49 @@ def test_cache_stats(tmp_path):
     assert "1 embeddings" in text and "3 hits / 1 misses" in text and "hit rate 75%" in text and str(cache.path) in text
 
 
+def test_cache_fill_writes_what_the_torch_preprocessing_path_gave(tmp_path, demo_data_root):
+    """The fill (numpy preprocessing) stores, bit for bit, the embeddings of the path it replaced:
+    preprocessing with torch ops, then the encoder on the same batches; only missing images, once."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from samadapt.data import presets
+    from samadapt.data.prompts import PromptConfig
+    from samadapt.data.sam_dataset import SamPromptDataset
+    from samadapt.training.cache import fill_embedding_cache
+    from samadapt.transforms import PIXEL_MEAN, PIXEL_STD
+
+    model = samadapt.adapt(samadapt.build_sam("mini", pretrained=False), "decoder").eval()
+    tf = model.transform
+    ds = SamPromptDataset(presets.demo(demo_data_root, "train"), tf, PromptConfig(), load_image=True)
+
+    def torch_preprocess(image):  # SamTransform.preprocess_image before the fill went numpy
+        x = torch.as_tensor(tf._resizer.apply_image(image)).permute(2, 0, 1).contiguous().float()
+        x = (x - torch.tensor(PIXEL_MEAN).view(-1, 1, 1)) / torch.tensor(PIXEL_STD).view(-1, 1, 1)
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, tf.image_size - w, 0, tf.image_size - h))
+
+    cache = _cache(tmp_path, dtype=torch.float32)
+    cache.put(ds.image_key(0), torch.zeros(1))  # already there: not encoded again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared
+    try:
+        n = fill_embedding_cache(Accelerator(cpu=True), model, ds, cache, batch_size=2, progress=False)
+        images = [ds.instances.load_image(i) for i in range(1, len(ds))]
+        with torch.no_grad():
+            x = torch.stack([torch_preprocess(im) for im in images])
+            expected = torch.cat([model.encode(x[s : s + 2]) for s in range(0, len(x), 2)])
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert n == len(ds) - 1 and cache.get(ds.image_key(0)).shape == (1,)
+    assert torch.equal(x, torch.stack([tf.preprocess_image(im) for im in images]))
+    for i, e in zip(range(1, len(ds)), expected):
+        assert torch.equal(cache.get(ds.image_key(i)), e)
+
+
 # ============================================================================ the cache in training
 def test_decoder_training_encodes_each_image_once(
     tmp_path, demo_data_root, mini_checkpoint, other_mini_checkpoint, monkeypatch, capsys
@@ -316,6 +360,141 @@ def test_resume_accepts_only_settings_that_change_nothing_computed(tmp_path):
     assert f"--config {path} --resume" in str(e.value)
 
 
+# ============================================================================ parts of a dataset
+def _subset_run(demo_data_root, tmp_path, checkpoint, name: str, **overrides):
+    """A 1-epoch run on 4 of the 6 demo training images (seeded), validated each epoch on 2 of the 3
+    validation images; returns (result, its printed log, the curves' data, the cached training keys)."""
+    from samadapt.evaluation import plots
+
+    seen = {}
+    real = plots.plot_training_curves
+
+    def spy(history, path, zero_shot=None, step_losses=None):
+        seen["data"] = plots.training_curves_data(history, zero_shot, step_losses)
+        return real(history, path, zero_shot=zero_shot, step_losses=step_losses)
+
+    # box prompts alone: which images a run uses does not depend on the prompts, and these steps are 4x cheaper
+    kw = dict(epochs=1, max_train_images=4, epoch_val_images=2, zero_shot=True, num_examples=2)
+    kw.update(train_prompts=["box"], click_rounds=0)
+    kw.update(overrides)
+    cfg = _tiny_config(
+        demo_data_root,
+        tmp_path,
+        checkpoint,
+        output_dir=str(tmp_path / name),
+        cache_dir=str(tmp_path / name / "c"),
+        **kw,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "plot_training_curves", spy)
+        result = _train(cfg)
+    (bf16,) = [
+        p
+        for p in (tmp_path / name / "c").iterdir()
+        if json.loads((p / "namespace.json").read_text())["dtype"] == "bf16"
+    ]
+    return result, seen["data"], sorted(f.stem for f in bf16.glob("*.npy"))
+
+
+def test_max_train_images_trains_on_the_seeded_subset_and_records_it(tmp_path, demo_data_root, mini_checkpoint, capsys):
+    from samadapt.data import presets
+    from samadapt.data.sam_dataset import file_sha1
+    from samadapt.data.subsets import seeded_indices
+
+    train_set = presets.demo(demo_data_root, "train")
+
+    def expected_keys(seed):
+        return sorted(
+            file_sha1(train_set.image_path(i)) for i in seeded_indices(train_set, 4, seed=seed, purpose="train")
+        )
+
+    first, _, keys0 = _subset_run(demo_data_root, tmp_path, mini_checkpoint, "s0", seed=0)
+    out = capsys.readouterr().out
+    # exactly the 4 seeded images were encoded and trained on: 2 steps of batch 2, not 3
+    assert keys0 == expected_keys(0) and first.history[0]["step"] == 2
+    assert "training: a seeded subset of 4 of the 6 images (--max-train-images, seed 0)" in out
+    recorded = {"images": 4, "of": 6, "seed": 0, "option": "--max-train-images"}
+    summary = json.loads((tmp_path / "s0" / "run_summary.json").read_text())
+    metrics = json.loads((tmp_path / "s0" / "metrics.json").read_text())
+    meta = samadapt.read_adapter_metadata(tmp_path / "s0" / "adapter.safetensors")
+    for card in (summary["data"], metrics["data"], meta["info"]["training"]["data"]):
+        assert card["train_subset"] == recorded and card["train_images"] == 4 and "val_subset" not in card
+    assert "a seeded subset of 4 of the 6 images" in (tmp_path / "s0" / "metrics.md").read_text()
+    # the same seed picks the same images, another seed others
+    again, _, keys_again = _subset_run(demo_data_root, tmp_path, mini_checkpoint, "s0b", seed=0)
+    other, _, keys1 = _subset_run(demo_data_root, tmp_path, mini_checkpoint, "s1", seed=1)
+    assert keys_again == keys0 and keys1 == expected_keys(1) and keys1 != keys0
+
+
+def test_epoch_validation_uses_a_logged_subset_and_the_final_numbers_all_images(
+    tmp_path, demo_data_root, mini_checkpoint, capsys
+):
+    result, curves, _ = _subset_run(demo_data_root, tmp_path, mini_checkpoint, "v")
+    out = capsys.readouterr().out
+    assert (
+        "per-epoch validation (best epoch, early stopping): a fixed seeded subset of 2 of the 3 validation images "
+        "(--epoch-val-images); zero-shot and final numbers on all 3"
+    ) in out
+    assert result.history[0]["val_images"] == 2
+    assert result.zero_shot["num_images"] == 3 and result.fine_tuned["num_images"] == 3
+    card = json.loads((tmp_path / "v" / "run_summary.json").read_text())["data"]
+    assert card["epoch_val_images"] == 2 and card["val_images"] == 3
+    # the best epoch was scored on the 2 subset images: the best adapter's metrics say so
+    best = samadapt.read_adapter_metadata(tmp_path / "v" / "best_adapter.safetensors")["info"]["metrics"]
+    assert best["num_images"] == 2
+    # 1 epoch: the curves show the loss of both steps and mark the single validation point
+    assert curves["loss"]["x"] == [1.0, 2.0] and len(curves["loss_epochs"]["x"]) == 1
+    (iou,) = [p for p in curves["panels"] if p["metric"] == "mean_iou"]
+    assert len(iou["x"]) == 1 and iou["best"] is not None and iou["zero_shot"] is not None
+    assert iou["note"] == "one epoch: one validation point; dashed: zero-shot"
+    # ... scored on the same 2 images as the epoch (the reference line too), and the panel says how many
+    from samadapt.data import presets
+    from samadapt.training.preflight import build_run_data
+
+    epoch_val = build_run_data(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, epoch_val_images=2)).epoch_val
+    base = samadapt.adapt(samadapt.build_sam("mini", str(mini_checkpoint)), "decoder")
+    zs_subset = evaluate(base, presets.demo(demo_data_root, "val"), subset=epoch_val, progress=False, coco=False)
+    assert iou["zero_shot"] == pytest.approx(100 * zs_subset.metrics["mean_iou"], abs=1e-2)
+    assert iou["zero_shot"] != pytest.approx(100 * result.zero_shot["mean_iou"], abs=1e-2)  # not all 3 images'
+    assert iou["title"] == "validation mean IoU (2 images)"
+
+
+def test_max_val_images_is_the_subset_samadapt_eval_picks(demo_data_root):
+    from samadapt.data import presets
+    from samadapt.evaluation.evaluate import evaluate
+    from samadapt.training.preflight import build_run_data
+
+    cfg = TrainConfig(
+        dataset="demo",
+        data_root=str(demo_data_root),
+        demo_train_images=6,
+        demo_val_images=3,
+        max_val_images=2,
+        epoch_val_images=1,
+        seed=3,
+        progress=False,
+    )
+    data = build_run_data(cfg)
+    assert len(data.val) == 2 and data.card["val_subset"] == {
+        "images": 2,
+        "of": 3,
+        "seed": 3,
+        "option": "--max-val-images",
+    }
+    assert len(data.epoch_val) == 1 and data.epoch_val[0] in range(2)
+    model = samadapt.adapt(samadapt.build_sam("mini", pretrained=False), "decoder")
+    full_val = presets.demo(demo_data_root, "val")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared
+    try:
+        picked = evaluate(model, full_val, max_images=2, seed=3, progress=False, coco=False).per_image
+        inner = evaluate(model, full_val, max_images=1, seed=3, progress=False, coco=False).per_image
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["image_id"] for r in picked] == data.val.image_ids
+    assert [r["image_id"] for r in inner] == [data.val.image_ids[data.epoch_val[0]]]  # nested in it
+
+
 # ============================================================================ non-finite loss
 def test_nan_loss_stops_without_writing_an_adapter(
     tmp_path, demo_data_root, mini_checkpoint, samadapt_home_dir, monkeypatch
@@ -333,7 +512,8 @@ def test_nan_loss_stops_without_writing_an_adapter(
         return out
 
     monkeypatch.setattr(losses.SamLoss, "forward", forward)
-    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, publish=True)
+    # Box prompts only: one loss call per step, so the 5th call is the 5th step.
+    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, publish=True, train_prompts=["box"], click_rounds=0)
     with pytest.raises(TrainingError) as err:
         _train(cfg)
     message = str(err.value)

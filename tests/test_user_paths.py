@@ -457,8 +457,11 @@ def test_forward_takes_what_predict_takes():
         np.testing.assert_allclose(single.iou_predictions[:, 0].detach().numpy(), scores, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match=r"forward takes images as a float tensor \(B, 3, S, S\)"):
         model(torch.zeros(3, 64, 64), boxes=[torch.zeros(1, 4)])
-    with pytest.raises(ConfigError, match=r"expected an RGB uint8 image"):
-        model([images[0].astype(np.float32)], boxes=[boxes[0]])
+    # a float image (0..255) is converted as the dataset loader converts one (issue 18): the same logits
+    as_float = model([images[0].astype(np.float32)], boxes=[boxes[0]])
+    torch.testing.assert_close(as_float.low_res_logits, model([images[0]], boxes=[boxes[0]]).low_res_logits)
+    with pytest.raises(ConfigError, match=r"expected images\[0\] as an RGB uint8 array \(H, W, 3\)"):
+        model([images[0].astype(bool), images[1]], boxes=boxes)
 
 
 def test_train_help_describes_every_option(capsys):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, json_error_at
 from .skips import IssueLog
 
 __all__ = ["ParsedFile", "annotation_area", "ignore_predicate", "load_coco_json"]
@@ -58,8 +58,8 @@ def load_coco_json(path: str | os.PathLike) -> dict:
         raise DataError(f"annotation file {str(path)!r} is not UTF-8 text ({e}); is it really a COCO JSON file?") from e
     except json.JSONDecodeError as e:
         raise DataError(
-            f"annotation file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, "
-            f"column {e.colno}. The file may be truncated; download it again"
+            f"annotation file {str(path)!r} is not valid JSON: {json_error_at(e)}. The file may be "
+            "truncated; download it again"
         ) from e
     if not isinstance(data, dict):
         raise DataError(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import ConfigError, DataError, UnknownNameError
+from ..errors import ConfigError, DataError, UnknownNameError, json_error_at
 from .coco import CocoInstances
 from .coco_file import ignore_predicate as _ignore_predicate
 
@@ -103,9 +103,7 @@ def read_split_file(path: str | os.PathLike, split: str, images: dict[int, dict]
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(
-                f"split file {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
-            ) from e
+            raise DataError(f"split file {str(path)!r} is not valid JSON: {json_error_at(e)}") from e
         if isinstance(data, dict):
             if split in data:
                 entries = data[split]

@@ -29,6 +29,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``recipes/evaluate.py`` and ``samadapt eval``."""
     from ..cli import _add_option
     from ..data.presets import DATASET_CARDS
+    from ..models import MODEL_TYPES
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -74,7 +75,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="a named adapter (demo-mini, taco-vith-lora) or an adapter file; repeat for several",
     )
     models.add_argument(
-        "--model", default=None, help="model type of the zero-shot baseline (default: the first adapter's, else mini)"
+        "--model",
+        default=None,
+        choices=sorted(MODEL_TYPES),
+        help="model type of the zero-shot baseline (default: the first adapter's, else mini)",
     )
     models.add_argument(
         "--checkpoint",
@@ -107,7 +111,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--out",
         default=None,
-        help="folder for metrics.json, metrics.md, examples.png (default: outputs/eval-<dataset>)",
+        help="folder for metrics.json, metrics.md, examples.png (default: outputs/eval-<dataset>, or the next "
+        "free outputs/eval-<dataset>-2, -3, ... when it holds earlier results); a --out folder that holds "
+        "something is refused unless --overwrite",
+    )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report files in a --out folder that holds earlier results (other files are left alone)",
     )
     out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
@@ -138,6 +149,30 @@ def _label(name_or_path: str, taken: set[str]) -> str:
     return label
 
 
+def report_folder(args: argparse.Namespace) -> Path:
+    """Where the report goes, decided before any work: ``--out`` (refused when it holds something,
+    unless ``--overwrite``), else ``outputs/eval-<dataset>``, or beside it the next free
+    ``outputs/eval-<dataset>-2``, ... when it holds earlier results (said in one line; they stay),
+    as training chooses its run folder."""
+    from ..files import holds_something, next_free_folder
+
+    if args.out is None:
+        default = Path("outputs") / f"eval-{args.dataset}"
+        out = default if args.overwrite else next_free_folder(default)
+        if out != default:
+            print(f"{default} holds earlier results (kept as they are): this report goes to {out}; choose with --out")
+        return out
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; the report is a folder (metrics.json, metrics.md, ...)")
+    if holds_something(out) and not args.overwrite:
+        raise ConfigError(
+            f"--out {str(out)!r} is not empty (earlier results?); replace its report with --overwrite, or choose "
+            "another --out"
+        )
+    return out
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Build the dataset and the models, evaluate, write the report and print the table.
 
@@ -147,7 +182,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..adapter_io import read_adapter_metadata
     from ..hub import load, resolve_adapter
-    from .report import format_click_table, format_table, write_report
+    from .report import REPORT_FILES, format_click_table, format_table, write_report
     from .run import (
         ZERO_SHOT_LABEL,
         evaluate_models,
@@ -158,6 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.adapter and not args.zero_shot:
         raise ConfigError("nothing to evaluate: give --adapter NAME (one or more) or drop --no-zero-shot")
     cfg = eval_config_from_args(args)
+    out = report_folder(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     # check every adapter name before the (slow) dataset and models
@@ -194,9 +230,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
     results = evaluate_models(models, dataset, cfg, progress=args.progress)
     table = format_click_table(results) if cfg.prompt == CLICK_PROMPT else format_table(results)
-    out = Path(args.out) if args.out else Path("outputs") / f"eval-{args.dataset}"
     dataset_name = getattr(dataset, "name", args.dataset)
     paths_written = write_report(results, out, dataset_name=dataset_name, max_examples=max(1, cfg.num_examples))
+    for stale in sorted(set(REPORT_FILES) - {p.name for p in paths_written.values()}):  # --overwrite: no old figure
+        (out / stale).unlink(missing_ok=True)
     first = next(iter(results.values()))
     n_images = (first if isinstance(first, dict) else first.metrics)["num_images"]
     print(f"{dataset_name}: {n_images} images, prompts: {cfg.prompt} (seed {cfg.seed})")

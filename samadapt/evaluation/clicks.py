@@ -40,6 +40,7 @@ __all__ = [
     "NOC_THRESHOLDS",
     "ClickRecords",
     "click_summary",
+    "correctability",
     "evaluate_clicks",
     "first_click",
     "next_click",
@@ -87,32 +88,20 @@ def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, bool] | None
     Returns:
         (row, col, positive): the interior point of the largest 4-connected region of missed object
         pixels (positive=True) or of false-foreground pixels (positive=False) farthest from that
-        region's boundary; None when the prediction has no error.
+        region's boundary (:func:`~samadapt.data.prompts.largest_error_region`); None when the
+        prediction has no error.
     """
-    from scipy.ndimage import label
+    from ..data.prompts import largest_error_region
 
     gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
     if gt.shape != pred.shape or gt.ndim != 2:
         raise ConfigError(f"next_click takes two (H, W) masks of one shape, got {gt.shape} and {pred.shape}")
-    err = gt ^ pred
-    if not err.any():
+    found = largest_error_region(gt, pred)
+    if found is None:
         return None
-    # only the errors' bounding box matters (a 6000x4000 photo, a small object)
-    rows, cols = np.flatnonzero(err.any(axis=1)), np.flatnonzero(err.any(axis=0))
-    r0, c0 = rows[0], cols[0]
-    sl = (slice(r0, rows[-1] + 1), slice(c0, cols[-1] + 1))
-    best: tuple[int, bool, np.ndarray] | None = None
-    for positive, errors in ((True, gt[sl] & ~pred[sl]), (False, pred[sl] & ~gt[sl])):
-        labels, n = label(errors)
-        if n == 0:
-            continue
-        areas = np.bincount(labels.ravel())[1:]
-        k = int(np.argmax(areas))
-        if best is None or areas[k] > best[0]:
-            best = (int(areas[k]), positive, labels == k + 1)
-    assert best is not None
-    r, c = _interior_point(best[2])
-    return int(r0 + r), int(c0 + c), best[1]
+    region, positive = found
+    r, c = _interior_point(region)
+    return r, c, positive
 
 
 # ---------------------------------------------------------------------------- the numbers
@@ -198,6 +187,42 @@ class ClickRecords:
             "num_instances": summary.pop("num_instances"),
             "clicks": summary,
         }
+
+
+def correctability(trained: ClickRecords, zero_shot: ClickRecords, upto: int = 5, n_boot: int = 2000) -> dict:
+    """Whether a model stays correctable: its mean IoU does not fall as clicks are added and stays at
+    or above zero-shot's, after each of the first ``upto`` clicks (issue 18's definition).
+
+    Both are judged as the standards call numbers different: a step (mIoU after click k+1 minus after
+    k) *falls* only when its paired bootstrap interval over images lies wholly below 0; the model is
+    *below zero-shot* at k only when the paired interval of the difference does. A collapse (40 -> 4
+    after the second click) is far outside the noise; a 0.3-point wobble on 40 frames is inside it.
+
+    Args:
+        trained, zero_shot: the click records of the two models on the same images.
+        upto: clicks checked (at most the records' clicks).
+        n_boot: bootstrap rounds.
+
+    Returns:
+        ``{"steps": [Interval], "margins": [Interval], "never_falls": bool, "at_least_zero_shot": bool}``,
+        intervals in fractions of IoU (``steps[k]``: click k+2 minus click k+1; ``margins[k]``: after
+        click k+1).
+    """
+    from .uncertainty import bootstrap_interval
+
+    upto = min(upto, trained.iou.shape[1], zero_shot.iou.shape[1])
+
+    def paired(a, b):
+        return bootstrap_interval(a, "iou", reference=b, n_boot=n_boot, seed=0)
+
+    steps = [paired(trained.after(k + 1), trained.after(k)) for k in range(1, upto)]
+    margins = [paired(trained.after(k), zero_shot.after(k)) for k in range(1, upto + 1)]
+    return {
+        "steps": steps,
+        "margins": margins,
+        "never_falls": all(iv.high >= 0 for iv in steps),
+        "at_least_zero_shot": all(iv.high >= 0 for iv in margins),
+    }
 
 
 # ---------------------------------------------------------------------------- the protocol

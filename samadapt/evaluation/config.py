@@ -52,10 +52,14 @@ class EvalConfig:
     loose_margin: float = option(0.1, "prompt loose: margin, fraction of the box side")
     num_points: int = option(1, "prompt points: positive clicks per instance")
     num_negative_points: int = option(0, "prompt points: negative clicks per instance")
-    seed: int = option(0, "seed of the prompts (the trainer evaluates with its --seed)")
+    seed: int = option(0, "seed of the prompts and of --max-images' subset (the trainer evaluates with its --seed)")
     max_clicks: int = option(20, "prompt clicks: clicks per instance, the cap of NoC (RITM and SAM: 20)")
     mask_prompt: bool = option(True, "prompt clicks: give the previous low-res logits as the mask prompt")
-    max_images: int | None = option(None, "evaluate only the first N images")
+    max_images: int | None = option(
+        None,
+        "evaluate a seeded random subset of N images (picked by --seed: training's "
+        "--max-val-images N with the same seed picks the same ones)",
+    )
     batch_size: int = option(4, "images per forward pass")
     num_examples: int = option(6, "images kept per model for examples.png")
     coco: bool = option(True, "compute COCO mask AP (one RLE encoding per mask)")

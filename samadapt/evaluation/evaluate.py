@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +41,9 @@ from .metrics import (
 
 __all__ = ["EvalRecords", "EvalResult", "evaluate", "evaluate_records", "prompt_config", "summarize_records"]
 
-#: longest side of the images and masks kept for the examples figure (they are downscaled to it)
-EXAMPLE_MAX_SIDE = 1024
+#: longest side of the images and masks kept for the examples figure (they are downscaled to it;
+#: a figure panel is about 320 px wide)
+EXAMPLE_MAX_SIDE = 512
 
 
 # ---------------------------------------------------------------------------- records
@@ -77,6 +78,17 @@ class EvalRecords:
     @property
     def num_instances(self) -> int:
         return int(self.iou.size)
+
+    def select(self, image_ids: Collection[int]) -> "EvalRecords":
+        """The records of the images ``image_ids`` only (examples left out), e.g. to score a subset
+        of the images from an evaluation of all of them."""
+        keep = {int(i) for i in image_ids}
+        mask = np.isin(self.image_ids, list(keep))
+        out = EvalRecords(**{name: getattr(self, name)[mask] for name in self._ARRAYS})
+        out.images = [im for im in self.images if int(im["id"]) in keep]
+        out.gt_annotations = [a for a in self.gt_annotations if int(a["image_id"]) in keep]
+        out.detections = [d for d in self.detections if int(d["image_id"]) in keep]
+        return out
 
     @classmethod
     def merge(cls, parts: Iterable["EvalRecords"]) -> "EvalRecords":
@@ -172,6 +184,7 @@ def evaluate_records(
     progress: bool = True,
     desc: str = "evaluation",
     return_examples: int = 0,
+    example_indices: Collection[int] | None = None,
     embeddings: Callable[[int], torch.Tensor] | None = None,
     **options: Any,
 ) -> EvalRecords:
@@ -193,8 +206,12 @@ def evaluate_records(
         options: :class:`~samadapt.evaluation.config.EvalConfig` fields replacing ``config``'s
             (``prompt="jitter"``).
         progress: show a tqdm bar titled ``desc``.
-        return_examples: keep this many images (the first with instances) for the figure,
-            downscaled to at most ``EXAMPLE_MAX_SIDE`` pixels.
+        return_examples: keep the examples of a figure of this many rows: those of the images
+            :func:`~samadapt.evaluation.examples.example_pool` picks among ``indices`` (up to 3 per
+            row, spread over sequences and classes; the figure chooses its rows among them by
+            IoU), downscaled to at most ``EXAMPLE_MAX_SIDE`` pixels.
+        example_indices: keep the examples of these dataset indices instead (a sharded
+            evaluation gives each process its part of one pool).
         embeddings: dataset index -> that image's embedding from the model's (frozen) encoder, e.g.
             read from an embedding cache; the encoder is then skipped.
 
@@ -211,8 +228,12 @@ def evaluate_records(
     rec = EvalRecords()
     queue: list[tuple[_Pending, slice]] = []
     queued_pixels = 0
-    examples_claimed = 0
     category_names = dict(getattr(dataset, "categories", None) or {})  # for the examples figure's legend
+    if example_indices is None and return_examples:
+        from .examples import example_pool
+
+        example_indices = example_pool(dataset, return_examples, seed=cfg.seed, indices=indices)
+    keep_examples = {int(i) for i in example_indices or ()}
 
     def flush() -> None:
         nonlocal queued_pixels
@@ -316,9 +337,7 @@ def evaluate_records(
                 )
                 per_chunk = max(1, max_mask_pixels // (h * w))
                 slices = [slice(s, min(n, s + per_chunk)) for s in range(0, n, per_chunk)]
-                want = examples_claimed < return_examples
-                examples_claimed += int(want)
-                pending = _Pending(index, sample, prompts, len(slices), want)
+                pending = _Pending(index, sample, prompts, len(slices), index in keep_examples)
                 for sl in slices:
                     if queue and (
                         len(queue) >= batch_size or queued_pixels + (sl.stop - sl.start) * h * w > max_mask_pixels
@@ -454,8 +473,9 @@ def evaluate(
     Args:
         config: the :class:`~samadapt.evaluation.config.EvalConfig` (default: its defaults, exact
             boxes); ``options``: fields of it to replace (``prompt="jitter", seed=1``).
-        subset: dataset indices to evaluate (default all); ``config.max_images`` then keeps the
-            first ones.
+        subset: dataset indices to evaluate (default all); ``config.max_images`` then keeps a
+            seeded subset of them (:func:`~samadapt.data.subsets.seeded_indices` with
+            ``config.seed``: the same seed, the same images).
         Other arguments as in :func:`evaluate_records`.
 
     Returns:
@@ -464,7 +484,9 @@ def evaluate(
     cfg = EvalConfig.of(config, **options)
     indices = list(range(len(dataset))) if subset is None else [int(i) for i in subset]
     if cfg.max_images is not None:
-        indices = indices[: cfg.max_images]
+        from ..data.subsets import seeded_indices
+
+        indices = seeded_indices(dataset, cfg.max_images, seed=cfg.seed, purpose="eval", indices=indices)
     rec = evaluate_records(model, dataset, indices, cfg, progress=progress, desc=desc, return_examples=return_examples)
     metrics = summarize_records(rec, getattr(dataset, "categories", None), prompt=cfg.prompt, coco=cfg.coco)
     metrics["seed"] = cfg.seed

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..files import atomic_write
+from .examples import choose_rows, image_mean_iou
 
 __all__ = [
     "examples_figure",
@@ -26,6 +27,7 @@ __all__ = [
     "plot_curves",
     "plot_examples",
     "plot_training_curves",
+    "training_curves_data",
     "training_curves_figure",
 ]
 
@@ -119,19 +121,6 @@ def _draw_prompts(ax, example: Mapping[str, Any], colors: np.ndarray) -> None:
                 )
 
 
-def image_mean_iou(example: Mapping[str, Any]) -> float | None:
-    """Mean IoU over one example image's instances: its ``iou`` (N,) (measured at full resolution
-    by the evaluation), else computed from its ``pred`` and ``gt`` masks; None without instances."""
-    iou = example.get("iou")
-    if iou is None and example.get("pred") is not None and example.get("gt") is not None:
-        from .metrics import instance_metrics
-
-        iou = instance_metrics(example["pred"], example["gt"])["iou"]
-    if iou is None or len(iou) == 0:
-        return None
-    return float(np.mean(iou))
-
-
 def examples_figure(
     examples_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
     *,
@@ -145,7 +134,8 @@ def examples_figure(
     models = list(examples_by_model)
     if not models:
         raise ValueError("plot_examples needs at least one model's examples")
-    rows = list(examples_by_model[models[0]])[:max_rows]
+    shown = set(choose_rows(examples_by_model, max_rows))
+    rows = [e for e in examples_by_model[models[0]] if e.get("image_id") in shown]
     by_id = {m: {e.get("image_id"): e for e in examples_by_model[m]} for m in models}
     # one colour per category over the whole figure, so the legend holds for every panel
     names: dict[int, str] = {}
@@ -161,9 +151,9 @@ def examples_figure(
         }
     )
     palette = dict(zip(cat_ids, _colors(len(cat_ids))))
-    ncols = 2 + len(models)
-    nrows = max(1, len(rows))
-    fig = _figure(3.2 * ncols, 3.0 * nrows)
+    ncols, nrows = 2 + len(models), max(1, len(rows))
+    aspect = float(np.median([np.shape(ex["image"])[0] / np.shape(ex["image"])[1] for ex in rows])) if rows else 1.0
+    fig = _figure(3.2 * ncols, (3.2 * aspect + 0.4) * nrows)  # rows as tall as their images, plus the titles
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -214,6 +204,10 @@ def plot_examples(
 ) -> Path:
     """A grid with one row per example image: the image, the ground truth, then each model's masks.
 
+    With more examples than ``max_rows`` (an evaluation keeps a pool of them, spread over sequences
+    and classes), the rows are taken at evenly spaced ranks of the images' mean IoU
+    (:func:`~samadapt.evaluation.examples.choose_rows`): from the worst to the best, never only one end.
+
     Masks are coloured by category (a legend above the grid names them; instances of one category
     are told apart by their outlines), or by instance when the examples carry no ``category_ids``.
     The prompts (boxes, clicks) are drawn on the ground truth and on every model's column; each
@@ -227,7 +221,7 @@ def plot_examples(
             ``file_name``. Rows follow the first model's examples; the other models' examples are
             matched by ``image_id``.
         path: output file (PNG unless the suffix says otherwise).
-        max_rows: at most this many rows.
+        max_rows: at most this many rows, chosen by IoU as said above.
         categories: category id -> name, over the examples' own ``category_names``; ids named
             nowhere are shown as "category <id>".
 
@@ -263,70 +257,111 @@ def _integer_ticks(ax, xs: Sequence[float]) -> None:
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
 
 
-def training_curves_figure(history: Sequence[Mapping[str, Any]], zero_shot: Mapping[str, Any] | None = None):
+def training_curves_data(
+    history: Sequence[Mapping[str, Any]],
+    zero_shot: Mapping[str, Any] | None = None,
+    step_losses: Sequence[Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """What :func:`plot_training_curves` draws, as numbers (for tests and notebooks).
+
+    Returns:
+        ``loss``: ``{"x", "y", "xlabel"}``, the loss of every step where ``step_losses`` is given,
+        else one point per history row (by ``step``, else ``epoch``); ``loss_epochs``: ``{"x",
+        "y"}``, each epoch's mean loss at its last step (markers over the steps; empty without
+        ``step_losses``); ``panels``: per validation metric, ``metric``, ``title`` (with the
+        rows' ``val_images``), ``ylabel``, ``color``, ``x`` (epochs), ``y`` (%), ``best`` ((x, y)
+        or None), ``zero_shot`` (%, or None), ``note`` (a run of one epoch says it is one point).
+    """
+    steps = [(float(x), float(y)) for x, y in (step_losses or ()) if math.isfinite(float(y))]
+    if steps:
+        loss = {"x": [x for x, _ in steps], "y": [y for _, y in steps], "xlabel": "step"}
+        ex, ey = _series(history, TRAIN_LOSS_KEYS, ("step",))
+        loss_epochs = {"x": ex, "y": ey}
+    else:
+        x, y = _series(history, TRAIN_LOSS_KEYS, ("step", "epoch"))
+        uses_steps = any("step" in r for r in history if any(k in r for k in TRAIN_LOSS_KEYS))
+        loss = {"x": x, "y": y, "xlabel": "step" if uses_steps else "epoch"}
+        loss_epochs = {"x": [], "y": []}
+    panels = []
+    for metric, keys, title, ylabel, color in (
+        ("mean_iou", VAL_IOU_KEYS, "validation mean IoU", "mean IoU (%)", "tab:green"),
+        ("mean_f1", VAL_F1_KEYS, "validation mean F1", "mean F1 (%)", "tab:purple"),
+    ):
+        ref = (zero_shot or {}).get(metric)
+        ref = 100 * float(ref) if ref is not None and math.isfinite(float(ref)) else None
+        # a panel where the history has the metric (a loss-only history, as pretraining's, gets the
+        # loss alone); IoU also when only the zero-shot value is known
+        if not any(k in r for r in history for k in keys) and not (metric == "mean_iou" and ref is not None):
+            continue
+        xs, ys = _series(history, keys, ("epoch", "step"))
+        ys = [100 * v for v in ys]
+        n_images = next((r["val_images"] for r in reversed(history) if r.get("val_images")), None)
+        title = f"{title} ({n_images} images)" if n_images else title
+        best = (xs[int(np.argmax(ys))], max(ys)) if ys else None
+        one = "one epoch: one validation point" + ("; dashed: zero-shot" if ref is not None else "")
+        panel = dict(metric=metric, title=title, ylabel=ylabel, color=color, x=xs, y=ys, best=best, zero_shot=ref)
+        panels.append({**panel, "note": one if len(xs) == 1 else None})
+    return {"loss": loss, "loss_epochs": loss_epochs, "panels": panels}
+
+
+def training_curves_figure(
+    history: Sequence[Mapping[str, Any]],
+    zero_shot: Mapping[str, Any] | None = None,
+    step_losses: Sequence[Sequence[float]] | None = None,
+):
     """The figure :func:`plot_training_curves` saves (a matplotlib ``Figure``), for tests and notebooks."""
-    loss_x, loss_y = _series(history, TRAIN_LOSS_KEYS, ("step", "epoch"))
-    uses_steps = any("step" in r for r in history if any(k in r for k in TRAIN_LOSS_KEYS))
-    # a validation panel where the history has that metric (a loss-only history, as pretraining's,
-    # gets the loss alone); IoU also when only the zero-shot value is known
-    has = {
-        metric: any(k in r for r in history for k in keys)
-        for metric, keys in (("mean_iou", VAL_IOU_KEYS), ("mean_f1", VAL_F1_KEYS))
-    }
-    has["mean_iou"] |= (zero_shot or {}).get("mean_iou") is not None
-    panels = [
-        p
-        for p in (
-            ("mean_iou", VAL_IOU_KEYS, "validation mean IoU", "mean IoU (%)", "tab:green"),
-            ("mean_f1", VAL_F1_KEYS, "validation mean F1", "mean F1 (%)", "tab:purple"),
-        )
-        if has[p[0]]
-    ]
+    data = training_curves_data(history, zero_shot, step_losses)
+    loss, epochs, panels = data["loss"], data["loss_epochs"], data["panels"]
     fig = _figure(4.8 * (1 + len(panels)), 3.6)
     ax1, *val_axes = fig.subplots(1, 1 + len(panels), squeeze=False)[0]
-    ax1.plot(loss_x, loss_y, marker="o" if len(loss_x) < 30 else None, markersize=3)
-    _integer_ticks(ax1, loss_x)
-    ax1.set_xlabel("step" if uses_steps else "epoch")
+    if epochs["x"]:  # every step, thin, and each epoch's mean as a marker over it
+        ax1.plot(loss["x"], loss["y"], linewidth=0.8, alpha=0.6, label="step")
+        ax1.plot(epochs["x"], epochs["y"], marker="o", markersize=5, color="black", label="epoch mean")
+        ax1.legend(fontsize=8)
+    else:
+        ax1.plot(loss["x"], loss["y"], marker="o" if len(loss["x"]) < 30 else None, markersize=3)
+    _integer_ticks(ax1, loss["x"])
+    ax1.set_xlabel(loss["xlabel"])
     ax1.set_ylabel("loss")
     ax1.set_title("training loss")
     ax1.grid(alpha=0.3)
-    for ax, (metric, keys, title, ylabel, color) in zip(val_axes, panels):
-        xs, ys = _series(history, keys, ("epoch", "step"))
-        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=color, label="fine-tuning")
-        if ys:
-            best = int(np.argmax(ys))
-            ax.scatter(
-                [xs[best]],
-                [100 * ys[best]],
-                s=60,
-                facecolors="none",
-                edgecolors="black",
-                label=f"best {100 * ys[best]:.2f}",
-            )
-        ref = (zero_shot or {}).get(metric)
-        if ref is not None and math.isfinite(float(ref)):
+    for ax, p in zip(val_axes, panels):
+        ax.plot(
+            p["x"], p["y"], marker="o", markersize=3 if len(p["x"]) > 1 else 7, color=p["color"], label="fine-tuning"
+        )
+        if p["best"] is not None:
+            bx, by = p["best"]
+            ax.scatter([bx], [by], s=60, facecolors="none", edgecolors="black", label=f"best {by:.2f}")
+        if p["zero_shot"] is not None:
             # the gain the run is judged by is the distance to this line
             ax.axhline(
-                100 * float(ref), linestyle="--", color="gray", linewidth=1.2, label=f"zero-shot {100 * float(ref):.2f}"
+                p["zero_shot"], linestyle="--", color="gray", linewidth=1.2, label=f"zero-shot {p['zero_shot']:.2f}"
             )
-        if ys or ref is not None:
+        if p["y"] or p["zero_shot"] is not None:
             ax.legend(fontsize=8)
+        if p["note"]:
+            ax.text(0.5, 0.02, p["note"], transform=ax.transAxes, ha="center", va="bottom", fontsize=7, color="dimgray")
         ax.margins(y=0.15)  # keep the reference line off the frame when it is the lowest value
-        _integer_ticks(ax, xs)
+        _integer_ticks(ax, p["x"])
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(p["title"])
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
 def plot_training_curves(
-    history: Sequence[Mapping[str, Any]], path: str | os.PathLike, zero_shot: Mapping[str, Any] | None = None
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    zero_shot: Mapping[str, Any] | None = None,
+    step_losses: Sequence[Sequence[float]] | None = None,
 ) -> Path:
-    """Training loss (by ``step``, else ``epoch``) and validation mean IoU and F1 (by ``epoch``),
-    with the zero-shot model's value as a dashed reference line; x ticks are whole numbers. A
-    validation panel is drawn when some row has its metric.
+    """Training loss (by ``step``, else ``epoch``; every step's loss with the epoch means marked
+    over it when ``step_losses`` is given) and validation mean IoU and F1 (by ``epoch``), with the
+    zero-shot model's value as a dashed reference line; x ticks are whole numbers. A validation
+    panel is drawn when some row has its metric; a single epoch's point is drawn large and the panel
+    says it is one point (:func:`training_curves_data` gives the numbers drawn).
 
     Args:
         history: rows such as the trainer's ``{"epoch", "step", "train_loss", "val_mean_iou",
@@ -337,8 +372,9 @@ def plot_training_curves(
         path: output file.
         zero_shot: the zero-shot metrics (``mean_iou``, ``mean_f1`` as fractions), or None for no
             reference line.
+        step_losses: (step, loss) of every training step (the trainer's), or None.
     """
-    return _save(training_curves_figure(history, zero_shot), path)
+    return _save(training_curves_figure(history, zero_shot, step_losses), path)
 
 
 def plot_bars(

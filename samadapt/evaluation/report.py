@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..files import atomic_write_text
 from .evaluate import EvalResult
 
-__all__ = ["click_markdown", "format_click_table", "format_table", "text_table", "write_report"]
+__all__ = ["REPORT_FILES", "click_markdown", "format_click_table", "format_table", "text_table", "write_report"]
 
 #: the click counts whose mIoU the click tables show (those up to the run's maximum)
 CLICK_COLUMNS = (1, 2, 3, 5, 10, 20)
@@ -157,11 +157,41 @@ def _split_table(metrics_by_model: Mapping[str, Mapping[str, Any]], key: str, ti
     return ["", *rows]
 
 
-def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: str) -> str:
+def _data_line(data: Mapping[str, Any] | None) -> list[str]:
+    """What a training run's numbers were measured on (``data``: its data card), as a paragraph."""
+    if not data:
+        return []
+    said = []
+    for key, what in (("train", "Trained on"), ("val", "Measured on")):
+        sub = data.get(f"{key}_subset")
+        n = data.get(f"{key}_images")
+        split = data.get(f"{key}_split")
+        if sub:
+            said.append(
+                f"{what} a seeded subset of {sub['images']} of the {sub['of']} images of {split} "
+                f"({sub['option']}, seed {sub['seed']})."
+            )
+        elif n is not None:
+            said.append(f"{what} all {n} images of {split}.")
+    ep, n_val = data.get("epoch_val_images"), data.get("val_images")
+    if ep is not None and n_val is not None and ep < n_val:
+        said.append(
+            f"The best epoch was chosen on a fixed seeded subset of {ep} of those {n_val} validation images "
+            "(--epoch-val-images); the table is on all of them."
+        )
+    if data.get("note"):
+        said.append(str(data["note"]).capitalize() + ".")
+    return [" ".join(said), ""] if said else []
+
+
+def _markdown(
+    metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: str, data: Mapping[str, Any] | None = None
+) -> str:
     prompts = sorted({str(m.get("prompt")) for m in metrics_by_model.values()})
     lines = [
         f"# Evaluation on {dataset_name}",
         "",
+        *_data_line(data),
         f"Prompts: {', '.join(prompts)}. Metrics are computed per instance and averaged over instances "
         "(docs/metrics.md); values in %. AP is COCO mask AP (pycocotools).",
         "",
@@ -187,6 +217,10 @@ def _markdown(metrics_by_model: Mapping[str, Mapping[str, Any]], dataset_name: s
 
 
 # ---------------------------------------------------------------------------- the files
+#: every file :func:`write_report` may write (which of them depends on the results)
+REPORT_FILES = ("metrics.json", "metrics.md", "examples.png", "clicks.png")
+
+
 def write_report(
     result_by_model: Mapping[str, EvalResult | Mapping[str, Any]],
     out_dir: str | os.PathLike,
@@ -194,6 +228,7 @@ def write_report(
     dataset_name: str,
     examples: Mapping[str, Sequence[dict]] | None = None,
     max_examples: int = 6,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md`` and ``examples.png`` comparing several models.
 
@@ -203,7 +238,10 @@ def write_report(
         out_dir: folder (created).
         dataset_name: shown in the files.
         examples: label -> example dicts, overriding the results' own ``examples``.
-        max_examples: rows of the examples figure.
+        max_examples: rows of the examples figure (chosen among the examples by IoU:
+            :func:`~samadapt.evaluation.plots.plot_examples`).
+        data: what the numbers were measured on (a training run's images and subsets), stored in
+            ``metrics.json`` under ``data`` and said in ``metrics.md``.
 
     Returns:
         {"json", "markdown", "examples", "clicks"} -> path written (``examples`` absent when no model has
@@ -222,9 +260,14 @@ def write_report(
     ex = {k: v for k, v in ex.items() if v}
     paths = {"json": out / "metrics.json", "markdown": out / "metrics.md"}
     atomic_write_text(
-        paths["json"], json.dumps(_json_safe({"dataset": dataset_name, "models": metrics}), indent=2, allow_nan=False)
+        paths["json"],
+        json.dumps(
+            _json_safe({"dataset": dataset_name, **({"data": dict(data)} if data else {}), "models": metrics}),
+            indent=2,
+            allow_nan=False,
+        ),
     )
-    atomic_write_text(paths["markdown"], _markdown(metrics, dataset_name))
+    atomic_write_text(paths["markdown"], _markdown(metrics, dataset_name, data))
     if ex:
         paths["examples"] = out / "examples.png"
         plot_examples(ex, paths["examples"], max_rows=max_examples)

@@ -167,7 +167,8 @@ def evaluate_models(
 ) -> dict[str, EvalResult | dict[str, Any]]:
     """:func:`compare_models`, or with ``prompt="clicks"`` the click protocol
     (:func:`~samadapt.evaluation.clicks.evaluate_clicks`: ``max_clicks``, ``mask_prompt``; its
-    clicks are deterministic, no seed) on the first ``max_images`` images.
+    clicks are deterministic) on the seeded subset of ``max_images`` images that
+    :func:`~samadapt.evaluation.evaluate.evaluate` takes.
 
     Returns:
         label -> :class:`~samadapt.evaluation.evaluate.EvalResult`, or for clicks the metrics dict
@@ -181,7 +182,11 @@ def evaluate_models(
 
     if not models:
         raise ConfigError("evaluate_models needs at least one model")
-    indices = None if cfg.max_images is None else range(min(len(dataset), cfg.max_images))
+    indices = None
+    if cfg.max_images is not None:
+        from ..data.subsets import seeded_indices
+
+        indices = seeded_indices(dataset, cfg.max_images, seed=cfg.seed, purpose="eval")
     return {
         label: evaluate_clicks(
             model,

@@ -38,7 +38,8 @@ class ExportFormat:
     name: the ``to=`` value; description: one line for ``--help``; folder: writes a folder (else
     one file, with its metadata in ``<out>.json``); carries_added_modules: can hold modules that do
     not fold into SAM's weights; writer: ``"module:function"`` called as ``writer(model, tmp_out,
-    metadata, **options)``; options: the keyword options it takes.
+    metadata, **options)``; options: the keyword options it takes; requires: the optional packages
+    (``pip install "samadapt[export]"``) it needs.
     """
 
     name: str
@@ -47,6 +48,7 @@ class ExportFormat:
     carries_added_modules: bool
     writer: str
     options: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()  # modules of the optional extra "export" that the writer imports
 
     def write(self, model: AdaptedSam, out: Path, metadata: dict[str, Any], **options: Any) -> None:
         module, function = self.writer.split(":")
@@ -70,6 +72,7 @@ FORMATS: dict[str, ExportFormat] = {
             carries_added_modules=True,
             writer=".onnx:write_onnx",
             options=("quantize", "rgb_encoder"),
+            requires=("onnx", "onnxruntime"),
         ),
         ExportFormat(
             "hf",
@@ -77,6 +80,7 @@ FORMATS: dict[str, ExportFormat] = {
             folder=True,
             carries_added_modules=False,
             writer=".hf:write_hf",
+            requires=("transformers",),
         ),
         ExportFormat(
             "peft",
@@ -112,6 +116,21 @@ def export_metadata(model: AdaptedSam, fmt: str, source: Path | None = None) -> 
         "adapter_file": source.name if source is not None else None,
         "adapter_sha256": file_sha256(source, use_cache=False) if source is not None else None,
     }
+
+
+def _check_installed(fmt: ExportFormat) -> None:
+    """The optional packages of ``fmt`` import, or an error that says how to install them."""
+    missing = []
+    for module in fmt.requires:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportError(
+            f"the {fmt.name!r} export needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f'not installed: pip install "samadapt[export]"'
+        )
 
 
 def _check_can_carry(model: AdaptedSam, fmt: ExportFormat) -> None:
@@ -155,7 +174,8 @@ def export(
 
     Raises:
         UnknownNameError: ``to`` is not a format. ConfigError: an option the format does not take.
-        ExportError: ``out`` exists (without ``force``), or the format cannot carry the model.
+        ExportError: ``out`` exists (without ``force``), the format cannot carry the model, or its
+            optional packages are not installed (``pip install "samadapt[export]"``).
         CheckpointNotFoundError: the base checkpoint of a named adapter is missing.
     """
     if to not in FORMATS:
@@ -165,6 +185,7 @@ def export(
     unknown = sorted(set(options) - set(fmt.options))
     if unknown:
         raise ConfigError(f"the {to!r} export takes no option {unknown}; its options: {list(fmt.options) or 'none'}")
+    _check_installed(fmt)
     out = Path(out)
     side = out.with_name(out.name + ".json")  # the metadata of a one-file format
     taken = [p for p in ((out,) if fmt.folder else (out, side)) if p.exists() or p.is_symlink()]

@@ -4,6 +4,7 @@ of the subcommand (``samadapt.cli`` lists it)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,4 +52,8 @@ def run_export(args: argparse.Namespace) -> int:
         files = [out, out.with_name(out.name + ".json")]
     for f in files:
         print(f"{f}  {f.stat().st_size / 1e6:.1f} MB")
+    if args.to == "sam":
+        from .sam import how_to_load
+
+        print(how_to_load(json.loads(files[-1].read_text())["model_type"], out))
     return 0

@@ -20,6 +20,7 @@ import torch
 
 from ..adapted import AdaptedSam
 from ..errors import ExportError
+from ..files import atomic_write
 from ..models.registry import ModelCard
 from .sam import plain_state_dict
 
@@ -155,4 +156,5 @@ def write_hf(model: AdaptedSam, folder: Path, metadata: dict[str, Any]) -> None:
             header = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         header["samadapt"] = json.dumps(metadata, sort_keys=True, default=str)
-        save_file(tensors, str(weights), metadata=header)
+        # atomic_write also gives the file the usual mode (safetensors writes 0600)
+        atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata=header))

@@ -26,9 +26,9 @@ Folder::
 Each graph carries the export metadata as the ONNX metadata property ``samadapt`` (JSON).
 
 The exporter is torch's TorchScript-based one (``dynamo=False``): ``SamOnnxModel`` is written for
-tracing, and it needs no onnxscript. ONNX has no FFT the tracer can emit, so the prompt generator's
-high-pass filter (an FFT, a centred box of frequencies zeroed, an inverse FFT) is exported in its
-exact linear form, ``x - Re(A_h x A_w^T)`` with ``A = F^-1 diag(box) F`` precomputed in float64.
+tracing, and it needs no onnxscript. A strategy whose modules the tracer cannot record as they are
+gives a traceable form of them (:meth:`samadapt.strategies.Strategy.tracing`): the ``adapter``
+strategy's prompt generator exports its FFT high-pass filter in its exact linear form.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
@@ -48,7 +47,7 @@ from torch import nn
 
 from ..adapted import AdaptedSam
 from ..models.fast import disable_activation_checkpointing, disable_sdpa_attention
-from ..strategies.adapter import HighFrequencyPromptGenerator
+from ..strategies.base import Strategy, get_strategy
 from .sam import added_parameters, plain_sam
 
 OPSET = 17  # segment-anything's export script's default
@@ -56,46 +55,19 @@ ENCODER, DECODER, ENCODER_RGB = "encoder.onnx", "decoder.onnx", "encoder_rgb.onn
 EXTERNAL_DATA_BYTES = 1 << 31  # protobuf's 2 GiB limit: bigger graphs keep their weights in <name>.data
 
 
-def low_pass_matrix(n: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts (float32, (n, n)) of ``A = ifft(ifftshift(box * fftshift(fft(I))))``:
-    ``A @ x`` keeps the ``2 * half`` centred frequencies of each column of ``x``, as the prompt
-    generator's box does along one axis. Computed in float64 with numpy, so that a tracer records
-    the result as a constant, not the FFTs."""
-    spectrum = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0, norm="forward"), axes=0)
-    box = np.zeros(n)
-    box[n // 2 - half : n // 2 + half] = 1
-    a = np.fft.ifft(np.fft.ifftshift(spectrum * box[:, None], axes=0), axis=0, norm="forward")
-    return torch.from_numpy(a.real.astype(np.float32)), torch.from_numpy(a.imag.astype(np.float32))
-
-
-class MatrixHighPassPromptGenerator(HighFrequencyPromptGenerator):
-    """The prompt generator with ``high_pass`` as matrix products (same numbers to float rounding).
-    Modules become this class only while they are traced (:func:`traceable`)."""
-
-    def high_pass(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 3, H, W) float32: ``x - Re(A_h x A_w^T)``, the complement of the box."""
-        x = image.float()
-        h, w = x.shape[-2:]
-        half = int((h * w * self.mask_ratio) ** 0.5 // 2)  # HighFrequencyPromptGenerator.high_pass's box
-        rh, ih = (t.to(x.device) for t in low_pass_matrix(h, half))
-        rw, iw = (t.to(x.device) for t in low_pass_matrix(w, half))
-        return x - (rh @ x @ rw.T - ih @ x @ iw.T)
-
-
 @contextlib.contextmanager
-def traceable(sam: Sam) -> Iterator[Sam]:
-    """``sam`` in eval mode with upstream attention, no activation checkpointing and the matrix
-    high-pass, for the tracer; every module class (and SDPA mode, and train mode) is restored afterwards."""
+def traceable(sam: Sam, strategy: Strategy) -> Iterator[Sam]:
+    """``sam`` in eval mode with upstream attention, no activation checkpointing and ``strategy``'s
+    modules in their traceable form (:meth:`samadapt.strategies.Strategy.tracing`), for the tracer;
+    every module class (and SDPA mode, and train mode) is restored afterwards."""
     saved = [(m, type(m), m.__dict__.get("samadapt_rel_pos")) for m in sam.modules()]
     training = sam.training
     sam.eval()
     disable_sdpa_attention(sam)
     disable_activation_checkpointing(sam)
-    for m in sam.modules():
-        if type(m) is HighFrequencyPromptGenerator:
-            m.__class__ = MatrixHighPassPromptGenerator
     try:
-        yield sam
+        with strategy.tracing(sam):
+            yield sam
     finally:
         for m, cls, rel_pos in saved:
             m.__class__ = cls
@@ -238,7 +210,7 @@ def write_onnx(
     size = source.image_encoder.img_size
     emb = source.prompt_encoder.image_embedding_size
     meta = metadata
-    with traceable(source), torch.no_grad():
+    with traceable(source, get_strategy(model.strategy)), torch.no_grad():
         image = torch.randn(1, 3, size, size, device=device)
         _save(
             OnnxImageEncoder(source),

@@ -1,7 +1,8 @@
 """The ``sam`` format: a plain SAM state dict, and the folding every other format starts from.
 
 An adapted model becomes plain upstream SAM weights when every module its strategy added folds into
-SAM's own parameters: LoRA does (``W + scaling * B @ A``, merged into each ``nn.Linear``), a trained
+SAM's own parameters (the strategy folds them: :meth:`samadapt.strategies.Strategy.merged_state_dict`):
+LoRA and DoRA do (peft's merge into each ``nn.Linear``), a trained
 mask decoder or a fully fine-tuned model already are SAM weights. Modules that compute something SAM
 has no parameter for (the ``adapter`` strategy's bottlenecks and prompt generator) do not fold;
 :func:`added_parameters` names them, and the formats that cannot carry them refuse the model.
@@ -16,35 +17,18 @@ from segment_anything.modeling import Sam
 
 from ..adapted import AdaptedSam
 from ..models.registry import build_sam_architecture, load_state_strict
+from ..strategies.base import get_strategy
 
 
 def merged_state_dict(model: AdaptedSam) -> dict[str, torch.Tensor]:
-    """``model.sam``'s weights with every LoRA layer folded into its base ``nn.Linear``, as fresh
-    float32 CPU tensors under upstream names (``...attn.qkv.weight``, not ``...qkv.base_layer.weight``).
+    """``model.sam``'s weights with every module its strategy added folded in where it folds, as
+    fresh float32 CPU tensors under upstream names (``...attn.qkv.weight``, not
+    ``...qkv.base_layer.weight``): :meth:`samadapt.strategies.Strategy.merged_state_dict`.
 
     Parameters of modules that do not fold (adapter blocks) are kept under their own names, so
     :func:`added_parameters` can name them. The model is not changed.
     """
-    lora_layers = {}
-    if any(".lora_" in name for name, _ in model.sam.named_parameters()):
-        from peft.tuners.lora import LoraLayer  # peft imports transformers (seconds): only for LoRA
-
-        lora_layers = {name: m for name, m in model.sam.named_modules() if isinstance(m, LoraLayer)}
-    state: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for prefix, layer in lora_layers.items():
-            base = layer.get_base_layer()
-            weight = base.weight.detach().float().clone()
-            if not layer.merged:  # merged layers hold W + delta in the base weight already
-                for name in layer.active_adapters:
-                    weight += layer.get_delta_weight(name).float()
-            state[f"{prefix}.weight"] = weight.cpu()
-            if base.bias is not None:
-                state[f"{prefix}.bias"] = base.bias.detach().float().cpu().clone()
-        for key, tensor in model.sam.state_dict().items():
-            if not any(key.startswith(f"{prefix}.") for prefix in lora_layers):
-                state[key] = tensor.detach().float().cpu().clone()
-    return state
+    return get_strategy(model.strategy).merged_state_dict(model.sam, model.config)
 
 
 def reference_keys(model: AdaptedSam) -> set[str]:
@@ -82,3 +66,18 @@ def write_sam(model: AdaptedSam, tmp: Path, metadata: dict) -> None:
     ``segment_anything.sam_model_registry[type](checkpoint=...)`` loads as it loads the official ones.
     (The format has no place for metadata; the dispatcher writes it beside the file.)"""
     torch.save(plain_state_dict(model), tmp)
+
+
+def how_to_load(model_type: str, path: str | Path) -> str:
+    """One line saying how to load a ``sam`` export of ``model_type`` at ``path``: upstream's
+    ``sam_model_registry`` for the official types; ``mini`` (samadapt's own size) is not in it, so
+    ``samadapt.build_sam`` builds its upstream ``Sam``."""
+    from segment_anything import sam_model_registry
+
+    if model_type in sam_model_registry:
+        return f"load it with segment_anything.sam_model_registry[{model_type!r}](checkpoint={str(path)!r})"
+    return (
+        f"{model_type!r} is not in segment_anything's sam_model_registry: load it with "
+        f"samadapt.build_sam({model_type!r}, {str(path)!r}), an upstream segment_anything Sam (SamPredictor, "
+        f"SamAutomaticMaskGenerator take it)"
+    )

@@ -6,7 +6,9 @@ grid, labelled by a class head, written as COCO results (docs/segment.md).
 - :mod:`.detections`: COCO detection results in (checked, boxes clipped, missing images counted);
 - :mod:`.results`: COCO results out (compressed RLE), and COCOeval mask AP / AR@100;
 - :mod:`.automatic`: automatic mask generation from upstream's ``segment_anything.utils.amg`` pieces;
-- :mod:`.calibration`: per-model thresholds from predicted vs real IoU;
+- :mod:`.calibration`: per-model thresholds from predicted vs real IoU (and the one shipped with the
+  built-in weights);
+- :mod:`.finish`: what the end of training adds to an adapter (its calibration, the class head's check);
 - :mod:`.class_head`: the head on the decoder's mask token, its loss and capture.
 
 The names are imported on first use (``samadapt.adapter_io`` imports :mod:`.state`, and this package's

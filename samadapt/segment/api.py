@@ -8,46 +8,100 @@ Every mask comes back as a record::
      "predicted_iou", "class_probability", ...}
 
 Scores. From boxes, ``score`` is the detector's score (the SAM paper's Table 5 protocol keeps it);
-from points or the automatic grid it is the mask's quality: its predicted IoU mapped to real IoU by
-the model's calibration (:meth:`Calibration.quality`), or the predicted IoU without one. A mask the
-class head labels gets ``score`` x the probability of its class, so a confident mask of an unsure
-class ranks below a confident mask of a sure one. A box that comes with a ``category_id`` keeps it.
+from points it is the mask's predicted IoU; from the automatic grid, the predicted IoU times the
+stability score (:attr:`~samadapt.segment.automatic.Proposals.score`). A mask the class head labels
+gets ``score`` x the probability of its class, so a confident mask of an unsure class ranks below a
+confident mask of a sure one. A box that comes with a ``category_id`` keeps it; a mask without a
+class has ``category_id`` None (written to COCO results as ``AGNOSTIC_CATEGORY``, -1).
+
+Automatic thresholds come from :func:`resolve_auto_config`: the model's calibration, the one shipped
+with the built-in weights, SAM's own for official checkpoints, or an error that says what to pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .automatic import SAM_DEFAULTS, AutoConfig, encode_images, propose_masks
+from ..transforms import check_boxes, check_points
+from .automatic import SAM_DEFAULTS, AutoConfig, content_region, encode_images, propose_masks
 from .class_head import MaskTokenCapture, classify_boxes, require_class_head
 
-__all__ = ["proposal_records", "resolve_auto_config", "segment", "segment_embedded", "segment_images"]
+__all__ = [
+    "model_calibration",
+    "no_thresholds_message",
+    "proposal_records",
+    "resolve_auto_config",
+    "segment",
+    "segment_embedded",
+    "segment_images",
+]
 
-logger = logging.getLogger("samadapt.segment")
+
+def model_calibration(model, calibration=None):
+    """The :class:`~samadapt.segment.calibration.Calibration` automatic masks of ``model`` use:
+    ``calibration`` if given; else the model's own (``model.auto_calibration``: an adapter's, stored
+    at the end of training or by ``--save-calibration``); else, for a base model run as it is (not
+    an adapter), the one shipped with its built-in weights (``mini``); else None. A model adapted and
+    trained in a loop of your own is not told apart from its base: calibrate it and set
+    ``model.auto_calibration``."""
+    from .calibration import builtin_calibration
+
+    if calibration is not None:
+        return calibration
+    if getattr(model, "auto_calibration", None) is not None:
+        return model.auto_calibration
+    return builtin_calibration(model.base) if getattr(model, "adapter_info", None) is None else None
+
+
+def _official_weights(model) -> bool:
+    from ..models.checkpoints import official_checkpoint
+
+    official = official_checkpoint(model.model_type)
+    return official is not None and model.base.base_id == f"sha256:{official.sha256}"
+
+
+def no_thresholds_message(model) -> str:
+    """Why ``model`` has no automatic-mask thresholds, and what to pass."""
+    if getattr(model, "adapter_info", None) is not None:
+        why = (
+            "this adapter carries no calibration (it was trained before samadapt calibrated at the end of "
+            "training, or with --auto-calibration-images 0)"
+        )
+        save = " --save-calibration"
+    else:
+        why = (
+            f"the {model.model_type} weights ({model.base.checkpoint or model.base.base_id}) are neither "
+            "samadapt's built-in weights, which ship a calibration, nor an official SAM checkpoint, for which "
+            "SAM's own thresholds (0.88 / 0.95) were chosen"
+        )
+        save = ""
+    return (
+        f"automatic masks need thresholds for this model: {why}. Calibrate them on a few labelled images of "
+        f"your domain (samadapt segment --auto --calibrate-annotation-file ANN.json --calibrate-images DIR{save}; "
+        "in Python samadapt.segment.calibrate), or give both thresholds (--pred-iou-thresh and "
+        "--stability-thresh; an AutoConfig in Python)"
+    )
 
 
 def resolve_auto_config(model, auto: AutoConfig | None = None, calibration=None) -> AutoConfig:
-    """The automatic-mask settings to use: ``auto`` if given, else the calibration's (``calibration``
-    or the model's ``auto_calibration``), else SAM's fixed defaults, with a warning: a small or
-    fine-tuned model's predicted IoU rarely reaches SAM's 0.88, so they may find nothing."""
+    """The automatic-mask settings to use: ``auto`` if given; else those of the model's calibration
+    (:func:`model_calibration`); else, for an official SAM checkpoint run as it is, SAM's own
+    thresholds, which were chosen for those weights; else a :class:`ConfigError` that says what to
+    pass (:func:`no_thresholds_message`): a small or fine-tuned model predicts IoU on its own scale,
+    and SAM's thresholds keep no mask of it (docs/segment.md)."""
     if auto is not None:
         return auto
-    cal = calibration if calibration is not None else getattr(model, "auto_calibration", None)
+    cal = model_calibration(model, calibration)
     if cal is not None:
         return cal.auto_config()
-    logger.warning(
-        "automatic masks with SAM's fixed thresholds (predicted IoU > 0.88, stability >= 0.95): this "
-        "model is not calibrated, and a small or fine-tuned model may keep no mask at them. Calibrate it "
-        "on labelled images (samadapt.segment.calibrate, or samadapt segment --auto "
-        "--calibrate-annotation-file ...)"
-    )
-    return SAM_DEFAULTS
+    if getattr(model, "adapter_info", None) is None and _official_weights(model):
+        return SAM_DEFAULTS.replace(source="SAM's own thresholds (official weights)")
+    raise ConfigError(no_thresholds_message(model))
 
 
 def _records(
@@ -93,7 +147,7 @@ def _from_prompts(
     """Masks (K, H, W) bool, predicted IoU (K,), mask tokens (K, C) or None, from box or point prompts."""
     tf = model.transform
     dev = model.device
-    b = tf.apply_boxes(np.asarray(boxes, np.float32), image_size).to(dev) if boxes is not None else None
+    b = tf.apply_boxes(check_boxes(boxes, image_size), image_size).to(dev) if boxes is not None else None
     p = lab = None
     multimask = False
     if points is not None:
@@ -105,6 +159,7 @@ def _from_prompts(
             raise ConfigError(
                 f"points must be (N, P, 2) with point_labels (N, P); got {tuple(p.shape)} and {tuple(lab.shape)}"
             )
+        check_points(p.numpy(), lab.numpy(), image_size)
         p, lab = tf.apply_points(p, image_size).to(dev), lab.to(dev)
         multimask = boxes is None and p.shape[1] == 1  # one click is ambiguous: SAM's best of three
     capture = MaskTokenCapture(model.sam) if want_tokens else contextlib.nullcontext()
@@ -137,8 +192,11 @@ def segment_embedded(
     auto: AutoConfig | None = None,
     calibration=None,
     classify: bool = False,
+    region: tuple[int, int, int, int] | None = None,
 ) -> list[dict]:
-    """:func:`segment` for an image whose embedding (C, h, w) is computed already."""
+    """:func:`segment` for an image whose embedding (C, h, w) is computed already; ``region``: the
+    image inside its letterbox bars (:func:`~samadapt.segment.automatic.content_region`), where
+    automatic masks are made."""
     from ..evaluation.metrics import encode_mask
 
     head = require_class_head(model) if classify else None
@@ -164,7 +222,7 @@ def segment_embedded(
         if boxes is not None:
             prompt_scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
         else:
-            prompt_scores = _quality(model, iou, calibration)
+            prompt_scores = np.asarray(iou, np.float32)
         probs = None
         if want and tokens is not None:
             probs = head(tokens).float().softmax(-1).cpu().numpy()
@@ -177,19 +235,18 @@ def segment_embedded(
         model,
         embedding,
         image_size,
-        propose_masks(model, embedding, image_size, cfg),
-        calibration=calibration,
+        propose_masks(model, embedding, image_size, cfg, region=region),
         classify=classify,
     )
 
 
 def proposal_records(
-    model, embedding: torch.Tensor, image_size: tuple[int, int], props, *, calibration=None, classify: bool = False
+    model, embedding: torch.Tensor, image_size: tuple[int, int], props, *, classify: bool = False
 ) -> list[dict]:
     """Records of automatic proposals (:class:`~samadapt.segment.automatic.Proposals`), best first:
-    scored by their quality, labelled through their boxes with ``classify``."""
+    scored by predicted IoU x stability, labelled through their boxes with ``classify``."""
     head = require_class_head(model) if classify else None
-    quality = _quality(model, props.predicted_iou, calibration)
+    quality = props.score
     probs = None
     if head is not None and len(props):
         box_in = model.transform.apply_boxes(props.boxes, image_size).to(model.device)
@@ -212,11 +269,6 @@ def _num_prompts(boxes, points) -> int:
         return int(np.asarray(boxes).reshape(-1, 4).shape[0])
     pts = np.asarray(points)
     return 1 if pts.ndim == 2 else int(pts.shape[0])
-
-
-def _quality(model, predicted_iou: np.ndarray, calibration=None) -> np.ndarray:
-    cal = calibration if calibration is not None else getattr(model, "auto_calibration", None)
-    return cal.quality(predicted_iou) if cal is not None else np.asarray(predicted_iou, np.float32)
 
 
 def _classify_masks(model, embedding: torch.Tensor, image_size: tuple[int, int], masks: torch.Tensor) -> np.ndarray:
@@ -248,8 +300,8 @@ def segment(
             ``category_ids`` N ints or None (None: unlabelled, the class head labels it with ``classify``).
         points: (N, P, 2) XY pixels with ``point_labels`` (N, P) (1 foreground, 0 background): one mask
             per prompt (one click: the best of SAM's three by predicted IoU).
-        auto: neither boxes nor points: automatic masks with these settings (default: the model's
-            calibration, else SAM's with a warning).
+        auto: neither boxes nor points: automatic masks with these settings (default:
+            :func:`resolve_auto_config`); none are made in the image's letterbox bars.
         calibration: a :class:`~samadapt.segment.calibration.Calibration` to use instead of the model's.
         classify: label the masks that have no category with the class head (an error without one).
 
@@ -263,6 +315,7 @@ def segment(
         model,
         embedding,
         image.shape[:2],
+        region=content_region(image),
         boxes=boxes,
         scores=scores,
         category_ids=category_ids,
@@ -293,7 +346,8 @@ def segment_images(
 
     Returns:
         (COCO result entries, report): the report counts images segmented, detections used, boxes
-        clipped and boxes outside their image (dropped), masks written, and the settings used.
+        clipped and boxes outside their image (dropped), masks written, automatic images that got no
+        mask, and the settings used.
     """
     from tqdm.auto import tqdm
 
@@ -309,7 +363,7 @@ def segment_images(
     )
     with_name = images.instances is None
     results: list[dict] = []
-    clipped = outside = 0
+    clipped = outside = empty = 0
     bar = tqdm(total=len(todo), desc="segmenting", unit="img", disable=not progress)
     for start in range(0, len(todo), batch_size):
         refs = todo[start : start + batch_size]
@@ -317,7 +371,8 @@ def segment_images(
         for ref, array, emb in zip(refs, arrays, encode_images(model, arrays, batch_size)):
             hw = array.shape[:2]
             if detections is None:
-                segs = segment_embedded(model, emb, hw, auto=cfg, calibration=calibration, classify=classify)
+                segs = segment_embedded(model, emb, hw, auto=cfg, classify=classify, region=content_region(array))
+                empty += not segs
             else:
                 boxes, keep, changed = clip_boxes(detections.boxes[ref.image_id], hw)
                 clipped += changed
@@ -345,5 +400,5 @@ def segment_images(
     if detections is not None:
         report.update(detections.report(), boxes_clipped=clipped, boxes_outside_image=outside)
     else:
-        report["auto"] = {k: v for k, v in vars(cfg).items()}
+        report.update(images_without_masks=empty, auto=dict(vars(cfg)))
     return results, report

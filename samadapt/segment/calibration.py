@@ -30,9 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .automatic import SAM_DEFAULTS, AutoConfig, encode_images, propose_masks
+from .automatic import SAM_DEFAULTS, AutoConfig, content_region, encode_images, propose_masks, select_masks
 
-__all__ = ["STABILITY_GRID", "Calibration", "calibrate", "describe", "isotonic_knots"]
+__all__ = ["STABILITY_GRID", "Calibration", "builtin_calibration", "calibrate", "describe", "isotonic_knots"]
 
 #: stability thresholds tried (SAM's 0.95 among them)
 STABILITY_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
@@ -100,6 +100,28 @@ class Calibration:
         return cls(**values)
 
 
+#: the calibration shipped beside a model type's built-in weights (``samadapt/weights/``)
+BUILTIN_SUFFIX = ".calibration.json"
+
+
+def builtin_calibration(base) -> Calibration | None:
+    """The calibration shipped with samadapt's built-in weights of ``base`` (a
+    :class:`~samadapt.models.registry.BaseInfo`), or None: ``samadapt/weights/<file stem>.calibration.json``,
+    written by ``recipes/calibrate_builtin.py``. It describes those weights as they are: an adapter
+    of them carries its own calibration."""
+    import json
+
+    from ..models.registry import builtin_weights_path, get_model_card
+
+    if not str(getattr(base, "base_id", "")).startswith("builtin:"):
+        return None
+    weights = builtin_weights_path(get_model_card(base.model_type))
+    path = None if weights is None else weights.with_name(weights.stem + BUILTIN_SUFFIX)
+    if path is None or not path.is_file():
+        return None
+    return Calibration.from_dict(json.loads(path.read_text())["calibration"])
+
+
 def isotonic_knots(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The monotone non-decreasing fit of y on x (pool-adjacent-violators on ``bins`` quantile bins
     of x), as (x knots, y knots) for ``np.interp``."""
@@ -149,9 +171,9 @@ def _match_counts(order: np.ndarray, ious: np.ndarray, match_iou: float) -> int:
 def _evaluate(
     images: list[dict], pred_t: float, stab_t: float, config: AutoConfig, match_iou: float
 ) -> tuple[int, int, int]:
-    """(true positives, masks kept, objects) over the calibration images at these thresholds."""
+    """(true positives, masks kept, objects) over the calibration images at these thresholds, the
+    masks selected as automatic generation selects them (:func:`select_masks`)."""
     import torch
-    from torchvision.ops.boxes import batched_nms
 
     tp = kept = objects = 0
     for im in images:
@@ -164,14 +186,14 @@ def _evaluate(
         idx = np.nonzero(sel)[0]
         if idx.size == 0:
             continue
-        keep = batched_nms(
+        keep = select_masks(
             torch.from_numpy(im["boxes"][idx]),
             torch.from_numpy(im["pred"][idx]),
-            torch.zeros(idx.size),
-            iou_threshold=config.box_nms_thresh,
-        ).numpy()
-        if config.max_masks is not None:
-            keep = keep[: config.max_masks]
+            torch.from_numpy(im["stab"][idx]),
+            [im["rles"][i] for i in idx],
+            config,
+            mask_ious=im["mask_ious"][np.ix_(idx, idx)],
+        )
         kept += keep.size
         tp += _match_counts(idx[keep], im["ious"], match_iou)
     return tp, kept, objects
@@ -220,9 +242,10 @@ def calibrate(
     images: list[dict] = []
     for start in tqdm(range(0, n, batch_size), desc="calibrating automatic masks", disable=not progress):
         idx = list(range(start, min(n, start + batch_size)))
-        embeddings = encode_images(model, [instances.load_image(i) for i in idx], batch_size)
-        for i, emb in zip(idx, embeddings):
-            cand = propose_masks(model, emb, instances.original_size(i), probe, keep_all=True)
+        arrays = [instances.load_image(i) for i in idx]
+        embeddings = encode_images(model, arrays, batch_size)
+        for i, emb, array in zip(idx, embeddings, arrays):
+            cand = propose_masks(model, emb, array.shape[:2], probe, region=content_region(array), keep_all=True)
             gt = instances.decode_masks(i, instances.instance_annotations(i))
             gt_rles = [encode_mask(m) for m in gt if m.any()]
             try:
@@ -238,6 +261,10 @@ def calibrate(
                 {
                     "pred": pred.astype(np.float32),
                     "ious": ious,
+                    "rles": rles,
+                    "mask_ious": np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)), np.float64).reshape(
+                        len(rles), len(rles)
+                    ),
                     "stab": cand["stability_score"].numpy() if rles else np.zeros(0, np.float32),
                     "boxes": cand["boxes"].numpy().astype(np.float32) if rles else np.zeros((0, 4), np.float32),
                 }

@@ -18,8 +18,10 @@ decoding alike, so no decoder code is copied or changed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.mask_decoder import MLP
@@ -34,8 +36,11 @@ __all__ = [
     "attach_class_head",
     "class_head_of",
     "classify_boxes",
+    "head_accuracy",
+    "head_warning",
     "loss_with_class_head",
     "require_class_head",
+    "validate_class_head",
 ]
 
 #: the attribute of ``Sam`` that holds the head; its parameters are named ``class_head.*``
@@ -77,6 +82,8 @@ class ClassHead(nn.Module):
         self.num_layers = num_layers
         self.mlp = MLP(self.token_dim + pool_dim, self.hidden_dim, len(self.category_ids), num_layers)
         self._index = {c: i for i, c in enumerate(self.category_ids)}
+        #: its held-out accuracy against the most frequent class (:func:`validate_class_head`), once measured
+        self.validation: dict[str, Any] | None = None
 
     @property
     def categories(self) -> dict[int, str]:
@@ -174,31 +181,43 @@ class MaskTokenCapture:
         for h in self._handles:
             h.remove()
 
-    def tokens(self) -> torch.Tensor:
-        """(N, C) the mask tokens."""
-        if not self.parts:
+    def tokens(self, calls: int | None = None) -> torch.Tensor:
+        """(N, C) the mask tokens (of the first ``calls`` decoder calls; default all)."""
+        parts = self.parts[:calls]
+        if not parts:
             return torch.zeros(0, self.mlp.layers[0].in_features)
-        return torch.cat(self.parts)
+        return torch.cat(parts)
 
-    def masks(self) -> torch.Tensor:
+    def masks(self, calls: int | None = None) -> torch.Tensor:
         """(N, 4h, 4w) each prompt's single-mask probability (the sigmoid of its low-res logits)."""
         return torch.cat(
-            [torch.sigmoid(torch.einsum("np,nphw->nhw", hyper, up)) for hyper, up in zip(self.hyper, self.upscaled)]
+            [
+                torch.sigmoid(torch.einsum("np,nphw->nhw", hyper, up))
+                for hyper, up in zip(self.hyper[:calls], self.upscaled[:calls])
+            ]
         )
 
-    def pooled(self) -> torch.Tensor:
+    def pooled(self, calls: int | None = None) -> torch.Tensor:
         """(N, C) the decoder's image tokens averaged under each prompt's own mask (pooled to their
         h x w grid, and held constant so that the class loss does not reshape the masks): what the
         object looks like, beside what the token says about it."""
-        if not self.parts:
+        if not self.parts[:calls]:
             return torch.zeros(0, self.mlp.layers[0].in_features)
-        src = torch.cat(self.src)  # (N, C, h, w)
-        weight = F.adaptive_avg_pool2d(self.masks().detach()[:, None], src.shape[-2:]).flatten(1)  # (N, hw)
+        src = torch.cat(self.src[:calls])  # (N, C, h, w)
+        weight = F.adaptive_avg_pool2d(self.masks(calls).detach()[:, None], src.shape[-2:]).flatten(1)  # (N, hw)
         return torch.einsum("nh,nch->nc", weight, src.flatten(2)) / weight.sum(-1, keepdim=True).clamp_min(1e-6)
 
-    def features(self, head: "ClassHead") -> torch.Tensor:
-        """The input ``head`` reads: the tokens, with the mask-pooled features when it has ``pool_dim``."""
-        return torch.cat([self.tokens(), self.pooled()], dim=1) if head.pool_dim else self.tokens()
+    def features(self, head: "ClassHead", limit: int | None = None) -> torch.Tensor:
+        """The input ``head`` reads: the tokens, with the mask-pooled features when it has ``pool_dim``;
+        of the first ``limit`` prompts decoded (default all)."""
+        calls, seen = len(self.parts), 0
+        if limit is not None:
+            calls = 0
+            while calls < len(self.parts) and seen < limit:
+                seen += self.parts[calls].shape[0]
+                calls += 1
+        out = torch.cat([self.tokens(calls), self.pooled(calls)], dim=1) if head.pool_dim else self.tokens(calls)
+        return out if limit is None else out[:limit]
 
 
 @torch.no_grad()
@@ -225,23 +244,138 @@ def classify_boxes(model, image_embeddings: torch.Tensor, boxes: Sequence[torch.
 
 def loss_with_class_head(model, batch: Mapping[str, Any], step: Callable[[], Any], *, weight: float = 1.0):
     """Run a training ``step`` (which returns a :class:`~samadapt.training.losses.LossOutput`) and,
-    when ``model`` has a class head, add the cross-entropy of its predictions for the step's prompts
-    against ``batch["category_ids"]`` (per image (N_i,), in prompt order). The trainer's loop calls
-    this around its loss; without a head it is ``step()``."""
+    when ``model`` has a class head, add the cross-entropy of its predictions for the step's first
+    prompt of each instance against ``batch["category_ids"]`` (per image (N_i,), in instance order).
+    A step with click rounds decodes every instance's first prompt (its box or its click) first, in
+    the order ``LossOutput.prompt_order`` gives; later rounds are not classified. The trainer's loop
+    calls this around its loss; without a head it is ``step()``."""
     head = class_head_of(model)
     if head is None:
         return step()
     with MaskTokenCapture(model.sam) as cap:
         lo = step()
-    tokens = cap.features(head)
     cats = [c.reshape(-1) for c in batch["category_ids"]]
     target = torch.cat(cats) if cats else torch.zeros(0, dtype=torch.int64)
-    if tokens.shape[0] != target.shape[0]:
+    order = getattr(lo, "prompt_order", None)
+    n, sizes = target.shape[0], [int(p.shape[0]) for p in cap.parts]
+    if order is not None:  # the first round's prompts, grouped by prompt kind, come first
+        target = target[order.to(target.device)]
+        ok = n in itertools.accumulate([0, *sizes])
+    else:  # one decoding of every instance
+        ok = sum(sizes) == n
+    if not ok:
         raise TrainingError(
-            f"the class head saw {tokens.shape[0]} decoder prompts for {target.shape[0]} instances; "
-            "--classify trains on the box-prompted step only (train_prompts [box], click_rounds 0)"
+            f"the class head saw {sum(sizes)} decoder prompts in calls of {sizes} for {n} instances; a step "
+            "must decode each instance's first prompt once, before any other (LossOutput.prompt_order)"
         )
-    if tokens.shape[0] == 0:
+    if n == 0:
         return lo
+    tokens = cap.features(head, limit=n)
     ce = F.cross_entropy(head(tokens), head.targets(target.to(tokens.device)))
     return dataclasses.replace(lo, loss=lo.loss + weight * ce)
+
+
+def head_accuracy(
+    predicted: Sequence[Sequence[int]], truth: Sequence[Sequence[int]], *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Accuracy of predicted categories against the true ones (per image, lists of ids), the accuracy
+    of always answering the most frequent true category, the gain over it with a 95% bootstrap interval
+    over images (an image's instances stay together), and balanced accuracy (mean per-category recall).
+    ``beats_majority``: the interval lies above 0."""
+    flat = [int(t) for ts in truth for t in ts]
+    if not flat:
+        return {"instances": 0, "images": len(truth), "beats_majority": False}
+    values, counts = np.unique(flat, return_counts=True)
+    majority = int(values[counts.argmax()])
+    hits = np.array([sum(int(p) == int(t) for p, t in zip(ps, ts)) for ps, ts in zip(predicted, truth)], float)
+    major = np.array([sum(int(t) == majority for t in ts) for ts in truth], float)
+    n = np.array([len(ts) for ts in truth], float)
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(n_boot):
+        k = rng.integers(0, len(n), len(n))
+        if n[k].sum():
+            gains.append((hits[k].sum() - major[k].sum()) / n[k].sum())
+    pairs = [(int(p), int(t)) for ps, ts in zip(predicted, truth) for p, t in zip(ps, ts)]
+    recall = {int(c): float(np.mean([p == t for p, t in pairs if t == c])) for c in values}
+    interval = [float(v) for v in np.percentile(gains, [2.5, 97.5])] if gains else [float("nan")] * 2
+    return {
+        "instances": int(n.sum()),
+        "images": len(n),
+        "accuracy": float(hits.sum() / n.sum()),
+        "majority_category": majority,
+        "majority_accuracy": float(major.sum() / n.sum()),
+        "gain": float((hits.sum() - major.sum()) / n.sum()),
+        "gain_interval": interval,
+        "balanced_accuracy": float(np.mean(list(recall.values()))),
+        "balanced_majority": 1 / len(values),
+        "per_category_recall": recall,
+        "beats_majority": bool(interval[0] > 0),
+    }
+
+
+@torch.no_grad()
+def validate_class_head(
+    model,
+    instances,
+    indices: Sequence[int],
+    *,
+    embeddings: Callable[[int], torch.Tensor] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The class head's labels for the ground-truth boxes of ``instances`` (held-out images, by
+    ``indices``) against their categories: :func:`head_accuracy`, plus ``majority_name``. Stored as the
+    head's ``validation`` (the adapter file keeps it); ``embeddings``: index -> cached (C, h, w)."""
+    from .automatic import encode_images
+
+    head = require_class_head(model)
+    predicted, truth = [], []
+    for i in indices:
+        sample = instances.item(i, lazy_masks=True)
+        size = sample["image"].shape[:2]
+        emb = embeddings(i).to(model.device, torch.float32) if embeddings is not None else None
+        if emb is None:
+            emb = encode_images(model, [sample["image"]])[0]
+        boxes = model.transform.apply_boxes(np.asarray(sample["boxes"], np.float32), size).to(model.device)
+        probs = classify_boxes(model, emb[None], [boxes])[0]
+        predicted.append([head.category_ids[j] for j in probs.argmax(-1).tolist()])
+        truth.append([int(c) for c in sample["category_ids"]])
+    out = head_accuracy(predicted, truth, n_boot=n_boot, seed=seed)
+    if "majority_category" in out:
+        out["majority_name"] = head.categories.get(out["majority_category"], str(out["majority_category"]))
+    return out
+
+
+def describe_validation(v: Mapping[str, Any]) -> str:
+    """One line: accuracy vs the most frequent class, with the gain's interval."""
+    if not v.get("instances"):
+        return "class head: no validation instances to check it on"
+    lo, hi = v["gain_interval"]
+    verdict = "beats" if v["beats_majority"] else "does NOT clearly beat"
+    return (
+        f"class head: accuracy {100 * v['accuracy']:.1f}% on {v['instances']} validation instances "
+        f"{verdict} always answering {v.get('majority_name', v['majority_category'])!r} "
+        f"({100 * v['majority_accuracy']:.1f}%): gain {100 * v['gain']:+.1f} points, 95% interval "
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    )
+
+
+def head_warning(model) -> str | None:
+    """What to tell a user about to label masks with ``model``'s class head: None when its held-out
+    check beat the most frequent class; else why its labels are not to be trusted, and what helps."""
+    head = require_class_head(model)
+    v = head.validation
+    if v is None:
+        return (
+            "this class head carries no held-out check against the most frequent class (its adapter was "
+            "trained before samadapt measured one): its labels may be no better than always answering that "
+            "class; retrain with --classify to have it checked"
+        )
+    if v.get("beats_majority"):
+        return None
+    return (
+        f"{describe_validation(v)}. Its labels are no better than always answering that class. A class head "
+        "needs a strategy that adapts the image encoder and enough data and epochs: see docs/segment.md "
+        "(the class head) for the strategies and budgets that beat the majority class"
+    )

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, json_error_at
 
 __all__ = ["IMAGE_SUFFIXES", "DetectionSet", "ImageRef", "ImageSet", "clip_boxes", "list_images", "read_detections"]
 
@@ -157,6 +157,8 @@ def read_detections(source: str | os.PathLike | Sequence[dict], images: ImageSet
             entries = json.loads(Path(source).read_text())
         except FileNotFoundError:
             raise DataError(f"{where} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where} is not valid JSON: {json_error_at(e)}") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise DataError(f"{where} is not valid JSON ({e})") from None
     else:

@@ -2,9 +2,14 @@
 
 A results file (RES) is a JSON list of ``{"image_id", "category_id", "segmentation", "bbox",
 "score"}`` with ``segmentation`` a compressed RLE (``counts`` a string) and ``bbox`` the box of the
-mask (XYWH), which ``COCO.loadRes`` reads. Masks without a category (no detector class, no class
-head) are written with ``category_id`` :data:`AGNOSTIC_CATEGORY` and scored class-agnostically.
-Without an annotation file, entries also carry ``file_name`` (the ids are then ours).
+mask (XYWH), which ``COCO.loadRes`` reads. Without an annotation file, entries also carry
+``file_name`` (the ids are then ours).
+
+Masks without a class (no detector class, no class head) are written with ``category_id``
+:data:`AGNOSTIC_CATEGORY`, -1: an id no dataset uses (COCO's and TrashCan's start at 1, TACO's at 0,
+where 0 is "Aluminium foil"), so such a mask never claims a real class. They are scored as
+proposals are, with COCOeval's ``useCats = 0`` (categories ignored on both sides); class-aware
+scoring leaves them out, since they name no category.
 
 :func:`evaluate_results` runs ``COCOeval(iouType="segm")`` on the images that were segmented and
 returns AP (0.50:0.95), AP50, AP75, AP by size, AR@1/10/100, per-category AP, and, on request, 95%
@@ -29,8 +34,8 @@ from ..errors import DataError
 
 __all__ = ["AGNOSTIC_CATEGORY", "coco_results", "evaluate_results", "write_results"]
 
-#: category_id of masks that carry no class
-AGNOSTIC_CATEGORY = 1
+#: category_id of masks that carry no class: not a category of any dataset (TACO's ids start at 0)
+AGNOSTIC_CATEGORY = -1
 _STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
@@ -71,15 +76,6 @@ def _gt_dataset(gt) -> dict:
         return json.loads(Path(gt).read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"annotation file {str(gt)!r} is unreadable ({e})") from None
-
-
-def _agnostic(dataset: Mapping[str, Any]) -> dict:
-    anns = [{**a, "category_id": AGNOSTIC_CATEGORY} for a in dataset.get("annotations", [])]
-    return {
-        "images": list(dataset["images"]),
-        "annotations": anns,
-        "categories": [{"id": AGNOSTIC_CATEGORY, "name": "object"}],
-    }
 
 
 def _stats(ev) -> dict[str, float]:
@@ -145,7 +141,8 @@ def evaluate_results(
         results: COCO result entries (compressed-RLE ``segmentation``).
         image_ids: the images scored (default: every image of ``gt``); images not segmented must be
             left out, or their objects count as missed.
-        class_agnostic: merge every category into one (proposal quality).
+        class_agnostic: ignore categories (COCOeval's ``useCats = 0``, how proposals are scored): every
+            result may match any object; otherwise results of :data:`AGNOSTIC_CATEGORY` match none.
         bootstrap: resamples for 95% intervals of AP and AR@100 over images (0: none).
 
     Returns:
@@ -158,9 +155,11 @@ def evaluate_results(
     from ..evaluation.metrics import coco_index
 
     dataset = _gt_dataset(gt)
-    if class_agnostic:
-        dataset = _agnostic(dataset)
-        results = [{**r, "category_id": AGNOSTIC_CATEGORY} for r in results]
+    if any(c["id"] == AGNOSTIC_CATEGORY for c in dataset.get("categories", [])):
+        raise DataError(
+            f"the ground truth has a category with id {AGNOSTIC_CATEGORY}, the id samadapt writes for masks "
+            "without a class: renumber that category"
+        )
     ids = [int(i) for i in (image_ids if image_ids is not None else [im["id"] for im in dataset["images"]])]
     wanted = set(ids)
     results = [dict(r) for r in results if int(r["image_id"]) in wanted]
@@ -176,19 +175,22 @@ def evaluate_results(
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_gt = coco_index(copy.copy(dataset))
         if not results:  # loadRes cannot read an empty list: nothing found scores 0 where there is ground truth
-            return (
-                out | {k: 0.0 for k in _STAT_KEYS} | {"per_category": {c["name"]: 0.0 for c in dataset["categories"]}}
-            )
+            per_cat = {} if class_agnostic else {c["name"]: 0.0 for c in dataset["categories"]}
+            return out | {k: 0.0 for k in _STAT_KEYS} | {"per_category": per_cat}
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
         ev.params.imgIds = ids
+        if class_agnostic:
+            # useCats=0 still gathers results by params.catIds: the agnostic id must be among them
+            ev.params.useCats = 0
+            ev.params.catIds = sorted({*ev.params.catIds, AGNOSTIC_CATEGORY, *(int(r["category_id"]) for r in results)})
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     out.update(_stats(ev))
     names = {c["id"]: c["name"] for c in dataset["categories"]}
     per_cat = {}
-    for k, cat in enumerate(ev.params.catIds):
+    for k, cat in enumerate(ev.params.catIds if not class_agnostic else []):
         p = ev.eval["precision"][:, :, k, 0, -1]
         if np.any(p > -1):  # categories without ground truth in these images have no AP
             per_cat[str(names.get(cat, cat))] = float(p[p > -1].mean())

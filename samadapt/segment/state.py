@@ -47,6 +47,8 @@ def segment_metadata(model) -> dict[str, str]:
             "token": 0,
             "pool_dim": head.pool_dim,
         }
+        if head.validation is not None:
+            data["class_head"]["validation"] = head.validation
     if cal is not None:
         data["auto_calibration"] = cal.to_dict()
     return {SEGMENT_KEY: json.dumps(data, sort_keys=True)} if data else {}
@@ -102,13 +104,14 @@ def restore_segment_state(model, meta: Mapping[str, Any]) -> None:
     data = parse_segment_metadata(meta)
     spec = data.get("class_head")
     if spec is not None:
-        attach_class_head(
+        head = attach_class_head(
             model,
             spec["categories"],
             hidden_dim=spec.get("hidden_dim"),
             num_layers=int(spec.get("num_layers", 2)),
             pool_dim=int(spec.get("pool_dim", 0)),
         )
+        head.validation = spec.get("validation")  # the held-out check against the majority class
     if data.get("auto_calibration") is not None:
         model.auto_calibration = Calibration.from_dict(data["auto_calibration"])
 

@@ -13,8 +13,11 @@ upstream parameter names (and official checkpoints) are untouched; the new param
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
@@ -84,6 +87,35 @@ class HighFrequencyPromptGenerator(nn.Module):
         if self._common is None:
             raise RuntimeError("prompt generator used before the patch embedding ran")
         return self.shared_mlp(self.lightweight_mlps[index](self._common))
+
+
+def low_pass_matrix(n: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (float32, (n, n)) of ``A = ifft(ifftshift(box * fftshift(fft(I))))``:
+    ``A @ x`` keeps the ``2 * half`` centred frequencies of each column of ``x``, as the prompt
+    generator's box does along one axis. Computed in float64 with numpy, so that a tracer records
+    the result as a constant, not the FFTs."""
+    spectrum = np.fft.fftshift(np.fft.fft(np.eye(n), axis=0, norm="forward"), axes=0)
+    box = np.zeros(n)
+    box[n // 2 - half : n // 2 + half] = 1
+    a = np.fft.ifft(np.fft.ifftshift(spectrum * box[:, None], axes=0), axis=0, norm="forward")
+    return torch.from_numpy(a.real.astype(np.float32)), torch.from_numpy(a.imag.astype(np.float32))
+
+
+class MatrixHighPassPromptGenerator(HighFrequencyPromptGenerator):
+    """The prompt generator with ``high_pass`` as matrix products (same numbers to float rounding).
+    Modules become this class only while they are traced (:meth:`AdapterStrategy.tracing`): ONNX has
+    no FFT the tracer can emit, so the high-pass filter (an FFT, a centred box of frequencies zeroed,
+    an inverse FFT) is traced in its exact linear form, ``x - Re(A_h x A_w^T)`` with
+    ``A = F^-1 diag(box) F`` precomputed in float64."""
+
+    def high_pass(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, H, W) float32: ``x - Re(A_h x A_w^T)``, the complement of the box."""
+        x = image.float()
+        h, w = x.shape[-2:]
+        half = int((h * w * self.mask_ratio) ** 0.5 // 2)  # HighFrequencyPromptGenerator.high_pass's box
+        rh, ih = (t.to(x.device) for t in low_pass_matrix(h, half))
+        rw, iw = (t.to(x.device) for t in low_pass_matrix(w, half))
+        return x - (rh @ x @ rw.T - ih @ x @ iw.T)
 
 
 @dataclass
@@ -179,3 +211,16 @@ class AdapterStrategy(Strategy):
             for i, block in enumerate(enc.blocks):
                 block.register_forward_pre_hook(_prompt_add_hook(gen, i))
         self.train_own(sam, train_decoder=config.train_decoder)
+
+    @contextlib.contextmanager
+    def tracing(self, sam: Sam) -> Iterator[Sam]:
+        """The prompt generators of ``sam`` with their high-pass filter as matrix products
+        (:class:`MatrixHighPassPromptGenerator`), restored afterwards."""
+        swapped = [m for m in sam.modules() if type(m) is HighFrequencyPromptGenerator]
+        for m in swapped:
+            m.__class__ = MatrixHighPassPromptGenerator
+        try:
+            yield sam
+        finally:
+            for m in swapped:
+                m.__class__ = HighFrequencyPromptGenerator

@@ -10,19 +10,29 @@ papers do: ``qkv`` (``image_encoder.blocks.N.attn.qkv``, the default), ``proj`` 
 ``Sam``, and selects every ``nn.Linear`` whose path it matches, so LoRA on the mask decoder is an
 option, not another strategy: ``targets=("mask_decoder.transformer.*_proj",)`` puts it on every
 attention projection of the decoder's two-way transformer.
+
+``use_dora`` (``--lora-use-dora``, peft's name) makes it DoRA (Liu et al. 2024, arXiv 2402.09353): the
+adapted weight ``m * (W + s B A) / ||W + s B A||`` (norms per output row), with the magnitude vector
+``m`` (peft's ``lora_magnitude_vector``, initialised to ``||W||``) trained beside A and B.
+
+The strategy owns how LoRA leaves samadapt: :meth:`LoraStrategy.merged_state_dict` folds every layer
+with peft's own ``merge`` (which applies DoRA's magnitude) on a copy of the model, and
+:meth:`LoraStrategy.to_peft` / :meth:`LoraStrategy.from_peft` write and read peft's folder format.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import AdapterMismatchError, ConfigError
 from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -80,6 +90,9 @@ class LoraConfig(StrategyConfig):
         "mask_decoder.transformer.*_proj (fnmatch over the Sam's module "
         "names; every nn.Linear matched)",
     )
+    use_dora: bool = option(
+        False, "DoRA (weight-decomposed LoRA, peft's use_dora): also train a magnitude per output row of each layer"
+    )
     train_decoder: bool = option(True, "also train the mask decoder")
 
     def __post_init__(self) -> None:
@@ -89,6 +102,8 @@ class LoraConfig(StrategyConfig):
             raise ConfigError(f"LoRA `alpha` should be positive, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LoRA `dropout` should be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.use_dora, bool):
+            raise ConfigError(f"LoRA `use_dora` should be true or false, got {self.use_dora!r}")
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
@@ -150,6 +165,7 @@ class LoraConfig(StrategyConfig):
             lora_dropout=self.dropout,
             target_modules=target_modules,
             bias="none",
+            use_dora=self.use_dora,
         )
 
 
@@ -159,6 +175,7 @@ class LoraStrategy(Strategy):
     config_class = LoraConfig
     description = "LoRA (peft) on image-encoder attention; mask decoder trainable"
     prefix = PREFIX
+    peft_type = "LORA"
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         from peft import inject_adapter_in_model
@@ -174,3 +191,72 @@ class LoraStrategy(Strategy):
         encoder then stays frozen and its embeddings may be cached, as for ``decoder``."""
         assert isinstance(config, LoraConfig)
         return any(not is_pattern(t) or not t.startswith(("mask_decoder.", "prompt_encoder.")) for t in config.targets)
+
+    # ------------------------------------------------------------------ leaving samadapt
+    def merged_state_dict(self, sam: Sam, config: StrategyConfig) -> dict[str, torch.Tensor]:
+        """Every LoRA layer merged into its base ``nn.Linear`` by peft's own ``merge`` (``W + s B A``;
+        for DoRA rescaled to the trained magnitude), on a float32 copy of ``sam``, then unwrapped to
+        the upstream layer, so the keys are upstream's."""
+        from peft.tuners.lora import LoraLayer
+
+        with torch.no_grad():
+            merged = copy.deepcopy(sam).float()
+            layers = [(name, m) for name, m in merged.named_modules() if isinstance(m, LoraLayer)]
+            for name, layer in layers:
+                if not layer.merged:  # a merged layer holds W + delta in its base weight already
+                    layer.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(merged.get_submodule(parent), child, layer.get_base_layer())
+        return super().merged_state_dict(merged, config)
+
+    def to_peft(self, sam: Sam, config: StrategyConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """peft's config (module-path pattern targets resolved on ``sam``) and LoRA tensors, as
+        ``PeftModel.save_pretrained`` writes them (DoRA's magnitude as ``...lora_magnitude_vector``)."""
+        from peft import get_peft_model_state_dict
+
+        assert isinstance(config, LoraConfig)
+        peft_config = config.to_peft(sam).to_dict()
+        peft_config["peft_type"] = self.peft_type
+        peft_config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_config.items()}
+        tensors = get_peft_model_state_dict(sam, adapter_name=ADAPTER_NAME)
+        return peft_config, {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def from_peft(self, peft_config: dict[str, Any], *, train_decoder: bool) -> LoraConfig:
+        """The options of a peft LoRA config. Its targets must be Linear layers of the image
+        encoder's blocks (``qkv``, ``proj``, ``lin1``/``lin2``) or full module paths of the ``Sam``;
+        peft options samadapt's LoRA has no equivalent for are refused, not ignored."""
+        tm = peft_config.get("target_modules")
+        tm_text = tm if isinstance(tm, str) else " ".join(tm or [])
+        if isinstance(tm, list) and tm and all(str(t).split(".")[0] in SAM_PARTS for t in tm):
+            targets = list(tm)  # full module paths (written for module-path pattern targets): exact patterns
+        else:
+            targets = [t for t in TARGETS if t in tm_text or (t == "mlp" and "lin" in tm_text)]
+        if not targets:
+            raise AdapterMismatchError(
+                f"peft target_modules {tm!r} name no image-encoder block layer ({sorted(TARGETS)})"
+            )
+        unsupported = {
+            k: peft_config[k]
+            for k, off in (("use_rslora", False), ("rank_pattern", {}), ("alpha_pattern", {}), ("bias", "none"))
+            if peft_config.get(k, off) not in (off, None)
+        }
+        if unsupported:
+            raise AdapterMismatchError(f"peft LoRA options {unsupported} have no samadapt equivalent")
+        return LoraConfig(
+            rank=int(peft_config["r"]),
+            alpha=float(peft_config["lora_alpha"]),
+            dropout=float(peft_config.get("lora_dropout") or 0.0),
+            targets=tuple(targets),
+            use_dora=bool(peft_config.get("use_dora") or False),
+            train_decoder=train_decoder,
+        )
+
+    def load_peft_weights(self, sam: Sam, tensors: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        stripped = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
+        result = set_peft_model_state_dict(sam, stripped, adapter_name=ADAPTER_NAME)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        missing = [k for k in (getattr(result, "missing_keys", []) or []) if self.owns(k)]
+        if unexpected or missing:
+            raise AdapterMismatchError(f"peft adapter does not fit: unexpected {unexpected[:3]}, missing {missing[:3]}")

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -165,7 +165,8 @@ def fill_embedding_cache(
 ) -> int:
     """Encode every image of ``dataset`` (a ``SamPromptDataset`` with images; only ``indices`` if
     given) missing from the cache, the images split between processes, under the run's mixed
-    precision unless ``autocast`` is False. Returns how many this process encoded."""
+    precision unless ``autocast`` is False. Returns how many this process encoded. Where its time
+    goes, beside the encoder: ``benchmarks/cache_fill.py``."""
     from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
 
@@ -192,3 +193,43 @@ def fill_embedding_cache(
         bar.close()
     accelerator.wait_for_everyone()
     return encoded
+
+
+def fill_run_caches(
+    accelerator, model: AdaptedSam, train_keyed, val_keyed, *, directory: Path, batch_size: int, progress: bool, say
+) -> tuple[EmbeddingCache, Callable[[int], torch.Tensor]]:
+    """The embedding caches of a training run, filled: the training images' in bf16 (what the
+    decoder trains on) and the validation images' in fp32, read by every validation, so that it
+    scores exactly what the model predicts. ``train_keyed`` / ``val_keyed``: ``SamPromptDataset``
+    of each split with images. Returns the training cache and validation index -> embedding."""
+    kw = dict(
+        directory=directory,
+        model_type=model.model_type,
+        base_id=model.base.base_id,
+        image_size=model.transform.image_size,
+    )
+    cache = EmbeddingCache(**kw)
+    encoded = fill_embedding_cache(accelerator, model, train_keyed, cache, batch_size=batch_size, progress=progress)
+    say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
+    val_cache = EmbeddingCache(**kw, dtype=torch.float32)
+    encoded = fill_embedding_cache(
+        accelerator,
+        model,
+        val_keyed,
+        val_cache,
+        batch_size=batch_size,
+        progress=progress,
+        autocast=False,
+        desc="encoding validation images for the cache",
+    )
+    say(
+        f"validation images: fp32 embedding cache {val_cache.path} ({len(val_cache)} embeddings); encoded "
+        f"{encoded} new image(s) on this process"
+    )
+
+    def val_embeddings(i: int) -> torch.Tensor:
+        return cached_embedding(
+            val_cache, val_keyed.image_key(i), f"validation image {val_keyed.instances.image_path(i)}"
+        )
+
+    return cache, val_embeddings

@@ -10,17 +10,22 @@ head is trained on all three candidates of a click (SAM 2's ``supervise_all_iou`
 the candidate of highest predicted IoU is how one click is answered (SamPredictor, the click protocol).
 
 :func:`training_loss` is what the trainer calls per step. With ``train_prompts=["box"]`` and
-``click_rounds=0`` (the defaults) it is the plain box-prompted step. Otherwise every instance draws
-its first prompt kind from ``train_prompts`` (a click with probability ``point_share`` when both); the instances of each kind are decoded together, the
-image embeddings are computed once per step (by the first decoder call, or read from the embedding
-cache) and reused by every round, and the loss is the mean over instances and rounds (every round is
-supervised, as in micro-sam's iterative training). The clicks come from a generator seeded by (seed,
-epoch, the batch's dataset indices), so a resumed run and every process draw what an uninterrupted
-run draws.
+``click_rounds=0`` (the protocol of "Don't waste SAM") it is the plain box-prompted step. By default
+(``["box", "point"]``, 3 rounds) every instance draws its first prompt kind from ``train_prompts`` (a
+click with probability ``point_share``); the instances of each kind are decoded together, the image
+embeddings are computed once per step (by the first decoder call, or read from the embedding cache)
+and reused by every round, and the loss is ``first_round_weight`` times the first prediction's mean
+plus the rest shared by the corrective rounds (``None``: the mean over instances and rounds, as in
+SAM and micro-sam). With ``click_sampling="interior"`` (the default) the training clicks are the
+click protocol's (RITM): the first towards the object's middle, each corrective one towards the
+middle of the largest error region; ``"uniform"`` samples them as SAM did. The clicks come from a
+generator seeded by (seed, epoch, the batch's dataset indices), so a resumed run and every process
+draw what an uninterrupted run draws.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data.prompts import PromptConfig
+from ..data.prompts import PromptConfig, distance_to_background, largest_error_region
 from .losses import LossOutput, SamLoss
 
 __all__ = ["corrective_points", "is_interactive", "training_loss", "training_prompt_config"]
@@ -56,15 +61,24 @@ def is_interactive(cfg: TrainConfig) -> bool:
 
 
 def corrective_points(
-    low_res_logits: torch.Tensor, gt: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None
+    low_res_logits: torch.Tensor,
+    gt: torch.Tensor,
+    generator: torch.Generator,
+    valid: torch.Tensor | None = None,
+    *,
+    interior: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per prompt, uniform over the error region of a prediction, in the input frame.
+    """One click per prompt in the error region of a prediction, in the input frame.
 
     Args:
         low_res_logits: (N, h, w) logits of the chosen mask; gt: (N, h, w) in {0, 1}.
         generator: a CPU ``torch.Generator`` (the sampling runs on the CPU whatever the device).
         valid: optional (N, h, w) bool, the pixels that show the image (not the padding of the
             square input); errors elsewhere are ignored.
+        interior: False: uniform over every error pixel (SAM). True: in the largest error region
+            (:func:`~samadapt.data.prompts.largest_error_region`, where the click protocol's
+            annotator clicks), with probability proportional to the distance to that region's
+            boundary, so the clicks trained on are the clicks evaluated with (RITM).
 
     Returns:
         coords (N, 1, 2) XY in the model input frame (the centre of the low-res pixel, 4x), labels
@@ -75,18 +89,28 @@ def corrective_points(
     device = low_res_logits.device
     pred = low_res_logits.detach().cpu() > 0
     target = gt.detach().cpu() > 0.5
-    err = pred ^ target
     if valid is not None:
-        err &= valid.cpu()
-    n, h, w = err.shape
-    weights = err.flatten(1).float()
+        pred, target = pred & valid.cpu(), target & valid.cpu()
+    weights = (_interior_weights(pred, target) if interior else (pred ^ target).flatten(1)).float()
     none = weights.sum(1) == 0
     weights[none] = target.flatten(1)[none].float() + 1e-6
+    n, h, w = pred.shape
     idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)
     ys, xs = idx // w, idx % w
     labels = target.flatten(1).gather(1, idx[:, None]).long()
     coords = torch.stack([xs, ys], dim=1).float().add(0.5).mul(float(LOW_RES_STRIDE))[:, None, :]
     return coords.to(device), labels.to(device)
+
+
+def _interior_weights(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, h*w): each pixel's distance to the boundary of its instance's largest error region, 0
+    elsewhere (all 0 where a prediction has no error)."""
+    out = torch.zeros(pred.shape[0], pred[0].numel(), dtype=torch.float64)
+    for i, (p, t) in enumerate(zip(pred.numpy(), target.numpy())):
+        found = largest_error_region(t, p)
+        if found is not None:
+            out[i] = torch.from_numpy(distance_to_background(found[0]).ravel())
+    return out
 
 
 def _step_generator(cfg: TrainConfig, epoch: int, indices: Sequence[int]) -> torch.Generator:
@@ -239,7 +263,8 @@ def training_loss(
         :class:`~samadapt.training.losses.LossOutput`; ``loss`` is the mean over instances and over
         the ``1 + click_rounds`` rounds (or, with ``cfg.first_round_weight`` f, f times the first
         round's mean plus 1 - f times the corrective rounds' mean); ``best_index`` is the first round's supervised mask of each
-        instance, in the batch's instance order.
+        instance, in the batch's instance order; ``prompt_order`` the instances in the order the first
+        round decoded them (by prompt kind), which a class head reads (``loss_with_class_head``).
     """
     source = {"images": batch.get("images")} if image_embeddings is None else {"image_embeddings": image_embeddings}
     if not is_interactive(cfg) or gt.shape[0] == 0:
@@ -280,5 +305,9 @@ def training_loss(
             g.prev_logits = out.low_res_logits[rows, lo.best_index][:, None].detach().float()
         if round_ < cfg.click_rounds:
             for g in groups:
-                g.add_clicks(*corrective_points(g.prev_logits[:, 0], g.gt, generator, g.valid))
-    return _combine(parts, best_index, cfg.click_rounds, cfg.first_round_weight)
+                clicks = corrective_points(
+                    g.prev_logits[:, 0], g.gt, generator, g.valid, interior=cfg.click_sampling == "interior"
+                )
+                g.add_clicks(*clicks)
+    out = _combine(parts, best_index, cfg.click_rounds, cfg.first_round_weight)
+    return dataclasses.replace(out, prompt_order=torch.cat([g.index for g in groups]))

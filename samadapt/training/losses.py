@@ -108,6 +108,8 @@ class LossOutput:
     loss: scalar to back-propagate (mean over prompts of the weighted sum of the three terms).
     focal, dice, iou_mse: detached scalars, the unweighted means over prompts of each term (for logs).
     best_index: (N,) int64, the mask of each prompt that was supervised (always 0 when M = 1).
+    prompt_order: None when the N prompts were decoded in instance order, once; else (N,) int64, the
+        instances in the order their first prompts were decoded (before any other decoding of the step).
     """
 
     loss: torch.Tensor
@@ -115,6 +117,7 @@ class LossOutput:
     dice: torch.Tensor
     iou_mse: torch.Tensor
     best_index: torch.Tensor
+    prompt_order: torch.Tensor | None = None
 
 
 def _check_weight(name: str, value: float) -> float:

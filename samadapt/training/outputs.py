@@ -48,17 +48,32 @@ def write_outputs(
     zs_examples,
     ft_examples,
     plot_training_curves,
+    data: dict[str, Any] | None = None,
 ) -> None:
+    """``metrics.json`` / ``metrics.md`` / ``examples.png`` (with ``data``, what the run trained and
+    measured on), ``history.json`` and ``curves.png`` (every step's loss within the epochs)."""
     from ..evaluation.report import write_report
 
     results = (
         {"fine-tuned": final} if progress.zero_shot is None else {"zero-shot": progress.zero_shot, "fine-tuned": final}
     )
     examples = {"zero-shot": zs_examples, "fine-tuned": ft_examples} if zs_examples else {"fine-tuned": ft_examples}
-    write_report(results, run_dir, dataset_name=cfg.dataset_tag, examples=examples)
+    write_report(
+        results,
+        run_dir,
+        dataset_name=cfg.dataset_tag,
+        examples=examples,
+        max_examples=max(1, cfg.num_examples),
+        data=data,
+    )
     atomic_write(run_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(progress.history, indent=2)))
     if progress.history:
-        plot_training_curves(progress.history, run_dir / "curves.png", zero_shot=progress.zero_shot)
+        plot_training_curves(
+            progress.history,
+            run_dir / "curves.png",
+            zero_shot=progress.zero_shot_epoch_val or progress.zero_shot,  # on the images the epochs were scored on
+            step_losses=progress.step_losses,
+        )
 
 
 def summary_text(

@@ -3,9 +3,14 @@
 Used by ``recipes/pretrain_mini.py`` to make the built-in ``mini`` weights. Every part trains (image
 encoder, prompt encoder, mask decoder). Each step alternates the prompt kind, as SAM's training mixes
 them: noisy boxes (single-mask output) or one positive click (multimask output, the lowest of the
-three losses back-propagated, since one click is ambiguous); then one corrective round adds a click
-sampled from the error region of the first prediction (positive where the object was missed,
-negative where background was taken) and supervises the refined single-mask output.
+three losses back-propagated, since one click is ambiguous); then each corrective round adds a click
+sampled from the error region of the previous prediction (positive where the object was missed,
+negative where background was taken), gives that prediction's low-resolution logits as the mask
+prompt (``mask_prompt``, as SAM was trained), and supervises the refined single-mask output.
+
+Only the parameters that require grad train: the ``mask-prompt`` stage of ``recipes/pretrain_mini.py``
+freezes all but the prompt encoder's mask path (``prompt_encoder.mask_downscaling``), which a model
+pretrained without mask prompts never used.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class PretrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.02
     corrective_rounds: int = 1
+    #: corrective rounds give the previous prediction's low-res logits as the mask prompt (SAM); the
+    #: committed first stage of ``mini`` ran without (``recipes/pretrain_mini.py --no-mask-prompt``)
+    mask_prompt: bool = True
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every: int = 50
@@ -90,25 +98,23 @@ def pretrain(
             out = model.decode(emb, None if use_points else batch["boxes"], pts, lbl, multimask=use_points)
             first = loss_fn(out.low_res_logits, out.iou_predictions, gt)
             loss = first.loss
+            counts = out.image_index.bincount(minlength=emb.shape[0]).tolist()
+            clicks = torch.cat(pts) if use_points else torch.zeros(gt.shape[0], 0, 2)
+            click_labels = torch.cat(lbl) if use_points else torch.zeros(gt.shape[0], 0, dtype=torch.long)
+            prev = out.low_res_logits.gather(1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:]))
             for _ in range(cfg.corrective_rounds):
-                chosen = out.low_res_logits.gather(
-                    1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:])
-                )[:, 0]
-                c, lab = corrective_points(chosen.detach(), gt, gen)
-                prev_pts = torch.cat(pts) if use_points else torch.zeros(gt.shape[0], 0, 2)
-                prev_lbl = torch.cat(lbl) if use_points else torch.zeros(gt.shape[0], 0, dtype=torch.long)
-                new_pts, new_lbl = torch.cat([prev_pts, c], 1), torch.cat([prev_lbl, lab], 1)
-                counts = out.image_index.bincount(minlength=emb.shape[0]).tolist()
+                c, lab = corrective_points(prev[:, 0].detach(), gt, gen)
+                clicks, click_labels = torch.cat([clicks, c], 1), torch.cat([click_labels, lab], 1)
                 out = model.decode(
                     emb,
                     None if use_points else batch["boxes"],
-                    list(new_pts.split(counts)),
-                    list(new_lbl.split(counts)),
+                    list(clicks.split(counts)),
+                    list(click_labels.split(counts)),
                     multimask=False,
+                    mask_inputs=list(prev.detach().split(counts)) if cfg.mask_prompt else None,
                 )
-                refined = loss_fn(out.low_res_logits, out.iou_predictions, gt)
-                loss = loss + refined.loss
-                first = refined
+                loss = loss + loss_fn(out.low_res_logits, out.iou_predictions, gt).loss
+                prev = out.low_res_logits
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..adapted import AdaptedSam
+from ..files import atomic_write
 
 STATE_DIR = "checkpoints"
 
@@ -60,7 +61,9 @@ class TrainProgress:
     stopped_early: bool = False
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[list[float]] = field(default_factory=list)  # [step, loss] of every batch
     zero_shot: dict[str, Any] | None = None
+    zero_shot_epoch_val: dict[str, Any] | None = None  # zero-shot on the per-epoch validation subset
 
     def state_dict(self) -> dict[str, Any]:
         return {"json": json.dumps(self.__dict__, default=float)}
@@ -103,8 +106,8 @@ def register_trainable_only_state(accelerator) -> None:
         for i, m in enumerate(models):
             m = accelerator.unwrap_model(m)
             tensors = {n: p.detach().cpu().contiguous() for n, p in m.sam.named_parameters() if p.requires_grad}
-            if accelerator.is_main_process:
-                save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
+            if accelerator.is_main_process:  # atomic_write also gives the usual mode (safetensors makes 0600)
+                atomic_write(Path(output_dir) / f"trainable_{i}.safetensors", lambda tmp: save_file(tensors, tmp))
         weights.clear()
 
     def load_hook(models, input_dir):
@@ -123,14 +126,14 @@ def load_trainable(model: AdaptedSam, path: Path) -> None:
     model.load_trainable_state(load_file(str(path)))
 
 
-def interrupted_message(run_dir: Path) -> str:
-    """What Ctrl-C leaves for ``--resume``, in one line."""
+def interrupted_message(run_dir: Path, resume: str = "--resume") -> str:
+    """What Ctrl-C leaves for ``--resume``, in one line (``resume``: the options that continue it)."""
     state = latest_state(run_dir / STATE_DIR)
     if state is None:
         saved = "no epoch had finished (the embedding cache keeps the images already encoded)"
     else:
         saved = f"the state after epoch {int(state.name.split('_')[1])} is saved in {state}"
-    return f"interrupted: {saved}; continue with the same command and --resume"
+    return f"interrupted: {saved}; continue with the same command and {resume}"
 
 
 #: set by Ctrl-C during training (:func:`catch_sigint`); checked after every step and epoch

@@ -31,15 +31,14 @@ from ..files import atomic_write
 from ..hub import publish_adapter
 from ..models.registry import build_sam
 from ..paths import samadapt_home
-from .cache import EmbeddingCache, cached_embedding, fill_embedding_cache
+from .cache import cached_embedding, fill_run_caches
 from .outputs import flat, json_default, peak_memory_mb, summary_text, write_outputs
 from .preflight import (
-    build_datasets,
+    build_run_data,
     check_loaders,
     check_output_dir,
-    data_card,
+    choose_run_folder,
     launched_processes,
-    num_val_images,
     run_folder,
     run_name,
 )
@@ -91,19 +90,25 @@ def evaluate_sharded(
     dataset,
     cfg: TrainConfig,
     *,
+    indices: list[int] | None = None,
     num_examples: int = 0,
     desc: str = "validation",
     embeddings: Callable[[int], torch.Tensor] | None = None,
-) -> tuple[dict[str, Any], list]:
-    """Evaluate on ``dataset`` with the images split between processes; every sample is evaluated
-    exactly once and the per-instance values are gathered before averaging. ``embeddings``: index
-    -> cached image embedding (frozen encoders), as in ``evaluate_records``."""
+) -> tuple[dict[str, Any], list, Any]:
+    """Evaluate on ``dataset`` (its ``indices``, default all) with the images split between
+    processes; every sample is evaluated exactly once and the per-instance values are gathered
+    before averaging. Returns the metrics, the examples of a figure of ``num_examples`` rows (one
+    pool over all processes: ``evaluate_records``) and every process' records, merged.
+    ``embeddings``: index -> cached image embedding (frozen encoders), as in ``evaluate_records``."""
     from accelerate.utils import gather_object
 
-    from ..evaluation.evaluate import evaluate_records, summarize_records
+    from ..evaluation.evaluate import EvalRecords, evaluate_records, summarize_records
+    from ..evaluation.examples import example_pool
 
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    pool = set(example_pool(dataset, num_examples, seed=cfg.seed, indices=indices)) if num_examples else set()
     model.eval()
-    with accelerator.split_between_processes(list(range(num_val_images(dataset, cfg)))) as mine:
+    with accelerator.split_between_processes(indices) as mine:
         records = evaluate_records(
             model,
             dataset,
@@ -112,23 +117,24 @@ def evaluate_sharded(
             seed=cfg.seed,
             progress=cfg.progress and accelerator.is_local_main_process,
             desc=desc,
-            return_examples=num_examples if accelerator.is_main_process else 0,
+            example_indices=[i for i in mine if i in pool],
             embeddings=embeddings,
         )
-    all_records = gather_object([records])
-    metrics = summarize_records(all_records, dataset.categories, prompt=cfg.eval_prompt)
-    return metrics, records.examples
+    merged = EvalRecords.merge(gather_object([records]))
+    return summarize_records(merged, dataset.categories, prompt=cfg.eval_prompt), merged.examples, merged
 
 
 # ---------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune as ``cfg`` says (see the module docstring). Ctrl-C ends it with
     :class:`TrainingInterrupted`, whose message says what is saved and how to continue."""
+    chosen = choose_run_folder(cfg)  # outputs/<name>-2 where outputs/<name> holds an earlier run
+    resume = "--resume" if chosen is cfg else f"--resume --output-dir {chosen.output_dir}"
     try:
         with catch_sigint():
-            return _train(cfg)
+            return _train(chosen)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(interrupted_message(run_folder(cfg))) from None
+        raise TrainingInterrupted(interrupted_message(run_folder(chosen), resume)) from None
 
 
 def _train(cfg: TrainConfig) -> TrainResult:
@@ -138,8 +144,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     from ..data.sam_dataset import collate_sam
+    from ..evaluation.evaluate import summarize_records
     from ..evaluation.plots import plot_training_curves
     from ..segment.class_head import attach_class_head, loss_with_class_head
+    from ..segment.finish import finish_adapter
     from .interactive import training_loss
     from .losses import SamLoss
 
@@ -189,8 +197,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
     # --- data
     with accelerator.main_process_first():
-        train_instances, val_instances = build_datasets(cfg)
-        check_loaders(cfg, train_instances, val_instances)
+        data = build_run_data(cfg)  # the splits, cut to the seeded subsets the options ask for
+        check_loaders(cfg, data.train, data.val)
+    train_instances, val_instances = data.train, data.val
     if cfg.classify:  # a head on the decoder's mask token, trained beside it (samadapt.segment.class_head)
         attach_class_head(model, train_instances.categories)
     if cfg.activation_checkpointing:
@@ -204,6 +213,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
         f"validation images, {accelerator.num_processes} process(es) on {accelerator.device}, "
         f"mixed precision {cfg.mixed_precision}"
     )
+    if data.describe():
+        say(data.describe())
 
     progress = TrainProgress()
     state_root = run_dir / STATE_DIR
@@ -211,52 +222,23 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume and resume_from is None:
         say(f"--resume: no saved state under {state_root}; starting from scratch")
 
-    # --- embedding caches: training images in bf16 (what the decoder trains on), validation images
-    # in fp32, read by every validation, so that it scores exactly what the model predicts
+    # --- embedding caches: training images in bf16, validation images in fp32 (cache.fill_run_caches)
     cache = val_embeddings = None
     if use_cache:
-        cache_kw = dict(
-            directory=Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
-            model_type=model.model_type,
-            base_id=model.base.base_id,
-            image_size=model.transform.image_size,
-        )
-        cache = EmbeddingCache(**cache_kw)
-        encoded = fill_embedding_cache(
+        cache, val_embeddings = fill_run_caches(
             accelerator,
             model,
             _prompt_dataset(cfg, train_instances, model, load_image=True),
-            cache,
+            _prompt_dataset(cfg, val_instances, model, load_image=True),
+            directory=Path(cfg.cache_dir) if cfg.cache_dir else samadapt_home() / "cache",
             batch_size=cfg.batch_size,
             progress=cfg.progress,
+            say=say,
         )
-        say(f"{cache.summary()}; encoded {encoded} new image(s) on this process")
-        val_cache = EmbeddingCache(**cache_kw, dtype=torch.float32)
-        val_keyed = _prompt_dataset(cfg, val_instances, model, load_image=True)
-        encoded = fill_embedding_cache(
-            accelerator,
-            model,
-            val_keyed,
-            val_cache,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-            indices=range(num_val_images(val_instances, cfg)),
-            autocast=False,
-            desc="encoding validation images for the cache",
-        )
-        say(
-            f"validation images: fp32 embedding cache {val_cache.path} ({len(val_cache)} embeddings); encoded "
-            f"{encoded} new image(s) on this process"
-        )
-
-        def val_embeddings(i: int) -> torch.Tensor:
-            return cached_embedding(
-                val_cache, val_keyed.image_key(i), f"validation image {val_instances.image_path(i)}"
-            )
 
     # --- zero-shot baseline (the adapted model starts identical to the base)
     if cfg.zero_shot and resume_from is None:
-        zs, zs_examples = evaluate_sharded(
+        zs, zs_examples, zs_records = evaluate_sharded(
             accelerator,
             model,
             val_instances,
@@ -266,6 +248,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             embeddings=val_embeddings,
         )
         progress.zero_shot = zs
+        if len(data.epoch_val) < len(val_instances):  # the reference of the per-epoch numbers (curves.png)
+            epoch_ids = [val_instances.image_ids[i] for i in data.epoch_val]
+            progress.zero_shot_epoch_val = summarize_records(zs_records.select(epoch_ids), coco=False)
         say(
             f"zero-shot: mean IoU {zs['mean_iou']:.4f}  mean precision {zs['mean_precision']:.4f}  "
             f"mean F1 {zs['mean_f1']:.4f}"
@@ -311,7 +296,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         loader.set_epoch(epoch)
         shuffled.set_epoch(epoch)
         model.train()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         enc_before = unwrapped.encoder_images_seen
         losses: list[float] = []
         bar = tqdm(
@@ -349,6 +334,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 progress.global_step += 1
                 scheduler.step_update(progress.global_step)
             losses.append(lo.loss.item())
+            progress.step_losses.append([progress.global_step, losses[-1]])  # curves.png within the epoch
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if cfg.log_with:
                 accelerator.log(
@@ -361,12 +347,18 @@ def _train(cfg: TrainConfig) -> TrainResult:
                     },
                     step=progress.global_step,
                 )
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds, epoch_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         progress.train_seconds += epoch_seconds
         train_encoder_images = unwrapped.encoder_images_seen - enc_before  # before validation encodes its images
 
-        val, _ = evaluate_sharded(
-            accelerator, unwrapped, val_instances, cfg, desc=f"validation {epoch + 1}", embeddings=val_embeddings
+        val, _, _ = evaluate_sharded(  # on the per-epoch subset (--epoch-val-images)
+            accelerator,
+            unwrapped,
+            val_instances,
+            cfg,
+            indices=data.epoch_val,
+            desc=f"validation {epoch + 1}",
+            embeddings=val_embeddings,
         )
         improved = val["mean_iou"] > progress.best_metric + cfg.min_delta
         if improved:
@@ -381,7 +373,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_mean_iou": val["mean_iou"],
             "val_mean_f1": val["mean_f1"],
+            "val_images": len(data.epoch_val),
             "seconds": epoch_seconds,
+            "cpu_seconds": epoch_cpu_seconds,  # this process's CPU time: steadier than wall-clock on a busy CPU
             "encoder_images": train_encoder_images,
         }
         progress.history.append(row)
@@ -411,7 +405,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if progress.best_epoch < 0:
         raise TrainingError("no epoch finished with a finite validation score; nothing to save")
     _load_trainable(unwrapped, run_dir / BEST_ADAPTER)
-    final, ft_examples = evaluate_sharded(
+    final, ft_examples, _ = evaluate_sharded(
         accelerator,
         unwrapped,
         val_instances,
@@ -422,7 +416,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
     )
     adapter_path = run_dir / "adapter.safetensors"
     published = None
-    if is_main:
+    if is_main:  # automatic-mask calibration and the class head's check, saved in the adapter
+        final.update(finish_adapter(unwrapped, val_instances, cfg, len(val_instances), val_embeddings, say))
         training = {
             "config": cfg.to_dict(),
             "best_epoch": progress.best_epoch,
@@ -430,6 +425,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             "stopped_early": progress.stopped_early,
             "train_seconds": progress.train_seconds,
             "skipped_steps": progress.skipped_steps,
+            "data": data.card,  # the images trained and measured on, subsets included
         }
         save_adapter(
             unwrapped,
@@ -446,12 +442,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 name=cfg.name,
                 card={
                     "metrics": {"fine_tuned": final, "zero_shot": progress.zero_shot, "eval_prompt": cfg.eval_prompt},
-                    "data": data_card(cfg, train_instances, val_instances),
+                    "data": data.card,
                     "training": training,
                 },
             )
             published = run_name(cfg)
-        write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves)
+        write_outputs(run_dir, cfg, progress, final, zs_examples, ft_examples, plot_training_curves, data.card)
         summary = {
             "name": run_name(cfg),
             "strategy": cfg.strategy,
@@ -466,6 +462,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             "peak_memory_mb": peak_memory_mb(accelerator.device),
             "device": str(accelerator.device),
             "num_processes": accelerator.num_processes,
+            "data": data.card,
             "zero_shot": progress.zero_shot,
             "fine_tuned": final,
         }
