@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from training_helpers import TINY_DEMO, tiny_config, train_here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -129,7 +130,6 @@ def vit_b_base(vit_b_checkpoint):
 # Training fixtures: demo data, tiny runs, Accelerate state (test_training, test_recipes)
 # ============================================================================================
 #: a run that takes seconds on a 2-core CPU (the demo data is generated with the same counts once)
-TINY_DEMO = {"train": 6, "val": 3}
 
 
 @pytest.fixture(scope="session")
@@ -211,40 +211,18 @@ def pretrained_mini():
 def classify_adapter(tmp_path_factory, demo_data_root) -> Path:
     """A tiny ``decoder`` adapter of the pretrained ``mini`` trained with ``--classify`` on the session
     demo data (trained once per session, about 10 s): its file."""
-    from accelerate.state import AcceleratorState, GradientState
-
     from samadapt.config import TrainConfig
-    from samadapt.training.trainer import train
 
-    out = tmp_path_factory.mktemp("classify_run")
-    cfg = TrainConfig(
-        strategy="decoder",
-        model="mini",
-        dataset="demo",
-        data_root=str(demo_data_root),
-        demo_train_images=TINY_DEMO["train"],
-        demo_val_images=TINY_DEMO["val"],
-        epochs=2,
+    cfg = tiny_config(
+        demo_data_root,
+        tmp_path_factory.mktemp("classify_run"),
         prompts_per_image=8,
-        batch_size=2,
         lr=1e-3,
-        progress=False,
-        zero_shot=False,
-        num_examples=0,
-        log_with=None,
-        publish=False,
-        output_dir=str(out / "run"),
-        cache_dir=str(out / "cache"),
         classify=True,
+        # the automatic-mask calibration at the end of training, as by default (tests/test_segment_auto.py)
+        auto_calibration_images=TrainConfig.__dataclass_fields__["auto_calibration_images"].default,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg).adapter_path
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    return train_here(cfg).adapter_path
 
 
 # ============================================================================================

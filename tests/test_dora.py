@@ -27,9 +27,9 @@ from test_export import (
     _iou,
     _upstream_predictions,
 )
+from training_helpers import tiny_config, train_here
 
 import samadapt
-from samadapt.config import TrainConfig
 
 MAGNITUDE = "lora_magnitude_vector"
 
@@ -37,41 +37,16 @@ MAGNITUDE = "lora_magnitude_vector"
 @pytest.fixture(scope="module")
 def dora_run(demo_data_root, mini_checkpoint, tmp_path_factory):
     """A tiny DoRA run of the trainer: 3 steps at the default learning rate, no warm-up."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from samadapt.training.trainer import train
-
-    tmp = tmp_path_factory.mktemp("dora_run")
-    cfg = TrainConfig(
+    cfg = tiny_config(
+        demo_data_root,
+        tmp_path_factory.mktemp("dora_run"),
+        mini_checkpoint,
         strategy="lora",
         strategy_options={"use_dora": True},
-        model="mini",
-        checkpoint=str(mini_checkpoint),
-        dataset="demo",
-        data_root=str(demo_data_root),
-        demo_train_images=6,
-        demo_val_images=3,
         epochs=1,
         warmup_steps=0,
-        prompts_per_image=4,
-        batch_size=2,
-        progress=False,
-        zero_shot=False,
-        num_examples=0,
-        log_with=None,
-        publish=False,
-        output_dir=str(tmp / "run"),
-        cache_dir=str(tmp / "cache"),
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train(cfg)
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return result.adapter_path
+    return train_here(cfg).adapter_path
 
 
 def _row_norm(w: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import _tiny_config, _train
 from torch import nn
+from training_helpers import tiny_config, train_here
 
 import samadapt
 from samadapt.config import TrainConfig
@@ -298,8 +298,8 @@ def test_points_only_training_takes_no_boxes(batch_and_model):
 # ============================================================================ whole runs
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_interactive_training_runs_for_every_strategy(strategy, tmp_path, demo_data_root, mini_checkpoint):
-    result = _train(
-        _tiny_config(
+    result = train_here(
+        tiny_config(
             demo_data_root,
             tmp_path,
             mini_checkpoint,

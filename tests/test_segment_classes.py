@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from training_helpers import tiny_config, train_here
 
 import samadapt
 from samadapt.config import TrainConfig
@@ -156,11 +157,9 @@ def test_the_class_loss_reads_each_instances_first_prompt_under_click_rounds(min
 def test_classify_trains_a_head_under_mixed_prompt_training(tmp_path, demo_data_root, monkeypatch):
     """``--classify`` with the default prompts (boxes and clicks, corrective rounds): accepted, the head
     is trained (its weights move from their initial values) and saved with its held-out check."""
-    from accelerate.state import AcceleratorState, GradientState
     from safetensors.torch import load_file
 
     import samadapt.segment.class_head as class_head_module
-    from samadapt.training.trainer import train
 
     initial = {}
     attach = class_head_module.attach_class_head
@@ -171,30 +170,9 @@ def test_classify_trains_a_head_under_mixed_prompt_training(tmp_path, demo_data_
         return head
 
     monkeypatch.setattr(class_head_module, "attach_class_head", recording_attach)
-    cfg = TrainConfig(
-        classify=True,
-        dataset="demo",
-        data_root=str(demo_data_root),
-        demo_train_images=6,
-        demo_val_images=3,
-        epochs=1,
-        prompts_per_image=4,
-        batch_size=2,
-        progress=False,
-        zero_shot=False,
-        num_examples=0,
-        log_with=None,
-        publish=False,
-        auto_calibration_images=0,
-        output_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "cache"),
-    )
+    cfg = tiny_config(demo_data_root, tmp_path, classify=True, epochs=1)  # the default strategy and prompts
     assert "point" in cfg.train_prompts and cfg.click_rounds > 0  # the defaults mix prompts
-    try:
-        path = train(cfg).adapter_path
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    path = train_here(cfg).adapter_path
     saved = {k: v for k, v in load_file(str(path)).items() if k.startswith("class_head.")}
     assert saved.keys() == initial.keys() and len(saved) == 4
     assert all(not torch.equal(saved[k], initial[k]) for k in saved)  # every head tensor was trained
@@ -317,39 +295,15 @@ def test_training_with_classify_saves_a_head_of_the_datasets_categories(classify
 def test_resume_restores_the_class_head(tmp_path, demo_data_root):
     """``--resume`` with a head: the epoch state holds the head's tensors (a trainable tensor of ``Sam``), the
     resumed run loads that state (strictly: a missing or extra head tensor fails) and writes the same head."""
-    from accelerate.state import AcceleratorState, GradientState
     from safetensors.torch import load_file
 
-    from samadapt.training.trainer import train
-
-    cfg = TrainConfig(
-        strategy="decoder",
-        dataset="demo",
-        data_root=str(demo_data_root),
-        demo_train_images=6,
-        demo_val_images=3,
-        epochs=1,
-        prompts_per_image=4,
-        batch_size=2,
-        progress=False,
-        zero_shot=False,
-        num_examples=0,
-        log_with=None,
-        publish=False,
-        output_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "cache"),
-        classify=True,
-    )
-    try:
-        first = train(cfg).adapter_path
-        before = {k: v for k, v in load_file(str(first)).items() if k.startswith("class_head.")}
-        assert (tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors").is_file()
-        state = load_file(str(tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors"))
-        assert set(before) <= set(state)  # the epoch state holds the head
-        again = train(TrainConfig(**{**cfg.to_dict(), "resume": True})).adapter_path
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    cfg = tiny_config(demo_data_root, tmp_path, classify=True, epochs=1)
+    first = train_here(cfg).adapter_path
+    before = {k: v for k, v in load_file(str(first)).items() if k.startswith("class_head.")}
+    assert (tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors").is_file()
+    state = load_file(str(tmp_path / "run" / "checkpoints" / "epoch_0001" / "trainable_0.safetensors"))
+    assert set(before) <= set(state)  # the epoch state holds the head
+    again = train_here(TrainConfig(**{**cfg.to_dict(), "resume": True})).adapter_path
     after = {k: v for k, v in load_file(str(again)).items() if k.startswith("class_head.")}
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 

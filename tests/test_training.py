@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_helpers import tiny_config, train_here
 
 import samadapt
 from samadapt.adapted import AdaptedSam
@@ -31,50 +32,6 @@ from samadapt.training.cache import EmbeddingCache
 from samadapt.training.preflight import run_folder
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tiny_config(demo_data_root: Path, tmp_path: Path, checkpoint: Path, **overrides) -> TrainConfig:
-    """The tiny run of ``tiny_run_args`` as a config, quiet and without the extras (zero-shot
-    evaluation, example figures, TensorBoard, publishing, automatic-mask calibration) unless asked for."""
-    kw = dict(
-        strategy="decoder",
-        model="mini",
-        checkpoint=str(checkpoint),
-        dataset="demo",
-        data_root=str(demo_data_root),
-        demo_train_images=6,
-        demo_val_images=3,
-        epochs=2,
-        prompts_per_image=4,
-        batch_size=2,
-        progress=False,
-        zero_shot=False,
-        num_examples=0,
-        log_with=None,
-        publish=False,
-        auto_calibration_images=0,
-        output_dir=str(tmp_path / "run"),
-        cache_dir=str(tmp_path / "cache"),
-    )
-    kw.update(overrides)
-    return TrainConfig(**kw)
-
-
-def _train(cfg: TrainConfig):
-    """``train(cfg)`` in this process on one thread (as the subprocess runs: the CPU is shared), then
-    forget Accelerate's process-wide state."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from samadapt.training.trainer import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg)
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def _subprocess_env(home: Path, **extra: str) -> dict[str, str]:
@@ -269,8 +226,8 @@ def test_decoder_training_encodes_each_image_once(
 
     # 1. fresh cache: the fills encode every training image (bf16) and validation image (fp32)
     # exactly once; training, the zero-shot, epoch and final evaluations encode none
-    first = _train(
-        _tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a"), zero_shot=True)
+    first = train_here(
+        tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "a"), zero_shot=True)
     )
     out = capsys.readouterr().out
     assert sorted(writes[torch.bfloat16]) == image_keys and sorted(writes[torch.float32]) == val_keys
@@ -284,7 +241,9 @@ def test_decoder_training_encodes_each_image_once(
     for w in writes.values():
         w.clear()
     encoded.clear()
-    second = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "b"), epochs=1))
+    second = train_here(
+        tiny_config(demo_data_root, tmp_path, mini_checkpoint, output_dir=str(tmp_path / "b"), epochs=1)
+    )
     out = capsys.readouterr().out
     assert writes == {torch.bfloat16: [], torch.float32: []} and encoded == []
     assert "encoded 0 new image(s)" in out
@@ -300,7 +259,7 @@ def test_decoder_training_encodes_each_image_once(
     # 3. another base checkpoint: another namespace, every image encoded again
     for w in writes.values():
         w.clear()
-    _train(_tiny_config(demo_data_root, tmp_path, other_mini_checkpoint, output_dir=str(tmp_path / "c"), epochs=1))
+    train_here(tiny_config(demo_data_root, tmp_path, other_mini_checkpoint, output_dir=str(tmp_path / "c"), epochs=1))
     out = capsys.readouterr().out
     assert sorted(writes[torch.bfloat16]) == image_keys and "encoded 6 new image(s)" in out
     namespaces = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
@@ -318,7 +277,7 @@ def _sha256(path: Path) -> str:
 
 
 def test_no_cache_for_strategies_that_train_the_encoder(tmp_path, demo_data_root, mini_checkpoint):
-    result = _train(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, strategy="lora", epochs=1))
+    result = train_here(tiny_config(demo_data_root, tmp_path, mini_checkpoint, strategy="lora", epochs=1))
     assert [row["encoder_images"] for row in result.history] == [6]  # every training image, every epoch
     assert not (tmp_path / "cache").exists()
 
@@ -329,9 +288,9 @@ def test_mixed_precision_defaults_to_the_launchers_choice(
     """`accelerate launch --mixed_precision bf16 recipes/finetune.py` (no --mixed-precision) trains in
     bf16; the resolved value is printed and saved in config.yaml."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what the launcher sets
-    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, epochs=1)
+    cfg = tiny_config(demo_data_root, tmp_path, mini_checkpoint, epochs=1)
     assert cfg.mixed_precision is None
-    _train(cfg)
+    train_here(cfg)
     assert "mixed precision bf16" in capsys.readouterr().out
     assert TrainConfig.from_yaml(run_folder(cfg) / "config.yaml").mixed_precision == "bf16"
 
@@ -377,7 +336,7 @@ def _subset_run(demo_data_root, tmp_path, checkpoint, name: str, **overrides):
     kw = dict(epochs=1, max_train_images=4, epoch_val_images=2, zero_shot=True, num_examples=2)
     kw.update(train_prompts=["box"], click_rounds=0)
     kw.update(overrides)
-    cfg = _tiny_config(
+    cfg = tiny_config(
         demo_data_root,
         tmp_path,
         checkpoint,
@@ -387,7 +346,7 @@ def _subset_run(demo_data_root, tmp_path, checkpoint, name: str, **overrides):
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plots, "plot_training_curves", spy)
-        result = _train(cfg)
+        result = train_here(cfg)
     (bf16,) = [
         p
         for p in (tmp_path / name / "c").iterdir()
@@ -451,7 +410,7 @@ def test_epoch_validation_uses_a_logged_subset_and_the_final_numbers_all_images(
     from samadapt.data import presets
     from samadapt.training.preflight import build_run_data
 
-    epoch_val = build_run_data(_tiny_config(demo_data_root, tmp_path, mini_checkpoint, epoch_val_images=2)).epoch_val
+    epoch_val = build_run_data(tiny_config(demo_data_root, tmp_path, mini_checkpoint, epoch_val_images=2)).epoch_val
     base = samadapt.adapt(samadapt.build_sam("mini", str(mini_checkpoint)), "decoder")
     zs_subset = evaluate(base, presets.demo(demo_data_root, "val"), subset=epoch_val, progress=False, coco=False)
     assert iou["zero_shot"] == pytest.approx(100 * zs_subset.metrics["mean_iou"], abs=1e-2)
@@ -513,9 +472,9 @@ def test_nan_loss_stops_without_writing_an_adapter(
 
     monkeypatch.setattr(losses.SamLoss, "forward", forward)
     # Box prompts only: one loss call per step, so the 5th call is the 5th step.
-    cfg = _tiny_config(demo_data_root, tmp_path, mini_checkpoint, publish=True, train_prompts=["box"], click_rounds=0)
+    cfg = tiny_config(demo_data_root, tmp_path, mini_checkpoint, publish=True, train_prompts=["box"], click_rounds=0)
     with pytest.raises(TrainingError) as err:
-        _train(cfg)
+        train_here(cfg)
     message = str(err.value)
     assert "non-finite (NaN or inf) at epoch 2, step 4" in message  # what happened, where
     assert "mixed precision 'no'" in message and "Lower the learning rate" in message  # what to do
