@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [t for t in tools if t not in TOOLS]:
         ap.error(f"unknown tool(s) {bad}; choose from {list(TOOLS)}")
     if args.imported is not None:
+        args.imported = args.imported.resolve()  # the jobs run in folders of their own
         if not (args.imported / "instance_version" / "instances_train_trashcan.json").is_file():
             ap.error(f"--imported {args.imported} has no instance_version/instances_train_trashcan.json")
     elif not (args.source / "original_data").is_dir():
@@ -410,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     args.threads_note = (
         f"{args.threads} torch thread(s) in every job" if args.threads else "torch's default thread count in every job"
     )
-    if args.out:  # everything into --out
+    if args.out:  # everything into --out (absolute: the jobs run in folders of their own)
+        args.out = str(Path(args.out).resolve())
         work, env = Path(args.out) / "work", Path(args.out) / "envs" / "micro-sam"
     else:
         from samadapt.paths import samadapt_home
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     pythons = {}
     if any("micro-sam" in t["tools"] for t in tasks):
         t_env = time.perf_counter()
-        pythons["micro-sam"] = microsam_python(args.microsam_env or env)
+        pythons["micro-sam"] = microsam_python((args.microsam_env or env).resolve())
         b.data["summary"]["microsam_env_s"] = round(time.perf_counter() - t_env, 1)  # made, or checked
     rows: list[dict[str, Any]] = []
     signal.signal(signal.SIGTERM, _stop)  # a kill from outside still writes what finished

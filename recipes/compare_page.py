@@ -283,9 +283,8 @@ def demo_section(
         "",
         "Mean IoU / precision / F1 in %, per instance then averaged (docs/metrics.md); mask AP from pycocotools' "
         "COCOeval with SAM's predicted IoU as the score. Time per epoch counts training only (validation excluded); on "
-        "`mini` the encoder is cheap next to a decoder run for 16 prompts per image, so `lora` and `adapter`, which run "
-        "the encoder forward and backward every step, cost about what `decoder` costs here, unlike on ViT-H "
-        "(docs/performance.md); peak memory is the training process's peak resident set size (CPU) or CUDA max "
+        "`mini` the encoder is small, so `lora`, `adapter` and `bitfit`, which run the encoder forward and backward "
+        "every step, cost a small multiple of `decoder` here, far less than on ViT-H (docs/performance.md); peak memory is the training process's peak resident set size (CPU) or CUDA max "
         "allocated (GPU), including data loading and evaluation. The decoder strategy trains on cached image embeddings.",
         "",
         f"![mean IoU, precision, F1 per strategy]({figures['bars']})",
