@@ -32,16 +32,15 @@ says exactly what each runs):
   architectures (not ``mini``).
 - ``segment-anything``: upstream ``SamPredictor`` in a loop (prediction).
 
-Same for all (``benchmarks/_peer_inputs.py`` makes it): the same weights written once as a SAM checkpoint (``mini``: its built-in pretrained
-weights; ViT-B: random weights of the official architecture; the transformers route gets them
-through ``samadapt export``'s transformers writer), the same real
-TrashCan 1.0 frames (imported with ``samadapt.data.importers.import_trashcan`` from
+Same for all (``benchmarks/_peer_inputs.py`` makes it): the same weights written once as a SAM
+checkpoint (``mini``: its built-in pretrained weights; ViT-B: random weights of the official
+architecture; the transformers route gets them through ``samadapt export``'s transformers writer),
+the same real TrashCan 1.0 frames (imported with ``samadapt.data.importers.import_trashcan`` from
 ``../shared/realdata/trashcan``), every instance of a frame prompted by its exact box, batch 1, the
 same epochs and the same frame order per epoch (samadapt's seeded order, given to the peers'
-loaders). Each tool keeps its own loss, optimiser and learning rate; the loss column says which.
-To compare what training did, every tool's final mask decoder is also scored the same way
-(``iou_after``: mean IoU of its single mask on the training frames' boxes, from the same cached
-embeddings).
+loaders). Each tool keeps its own loss, optimiser and learning rate; the loss column says which. To
+compare what training did, every tool's final mask decoder is also scored the same way (``iou_after``:
+mean IoU of its single mask on the training frames' boxes, from the same cached embeddings).
 
 JSON (``<out>/peers-<device>.json``): ``machine`` (date, CPU, platform, load average), ``rows`` (one
 per tool x task x model x repeat: ``tool``, ``task``, ``model``, ``repeat``, ``epoch_s`` = seconds
