@@ -422,6 +422,12 @@ SUBCOMMANDS: list[Subcommand] = [
         _lazy("samadapt.annotate.cli", "add_annotate_arguments"),
         _lazy("samadapt.annotate.cli", "run_annotate"),
     ),
+    Subcommand(
+        "engine",
+        "retrain on the annotations made so far and install the new adapter (the data engine)",
+        _lazy("samadapt.engine.cli", "add_engine_arguments"),
+        _lazy("samadapt.engine.cli", "run_engine"),
+    ),
 ]
 
 

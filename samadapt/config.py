@@ -18,6 +18,7 @@ from .options import check_keys, option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam")
+KEEP_EPOCH = ("best", "last")
 #: training prompt kinds, one drawn per instance (``train_prompts``): its noisy box or one positive click
 TRAIN_PROMPTS = ("box", "point")
 #: how training clicks are drawn inside the object (``click_sampling``)
@@ -154,6 +155,12 @@ class TrainConfig:
     iou_weight: float = option(1.0, "weight of the MSE of the IoU head (SAM: 1)")
     patience: int = option(3, "early stopping: epochs without validation improvement (0 turns it off)")
     min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
+    keep_epoch: str = option(
+        "best",
+        "the weights the run keeps: best (the epoch of highest validation mean IoU) or last (the end of "
+        "the schedule; for validation sets too small to choose by, as the data engine's)",
+        choices=KEEP_EPOCH,
+    )
     mixed_precision: str | None = option(
         None, "default: what `accelerate launch --mixed_precision` says, else no", choices=MIXED_PRECISION
     )
@@ -201,6 +208,7 @@ class TrainConfig:
         if self.mixed_precision is not None:
             _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("keep_epoch", self.keep_epoch, KEEP_EPOCH)
         _choice("eval_prompt", self.eval_prompt, EVAL_PROMPTS)
         if (
             isinstance(self.train_prompts, str)

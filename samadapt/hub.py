@@ -122,6 +122,33 @@ def publish_adapter(
     return d / ADAPTER_FILE
 
 
+def install_adapter(path: str | os.PathLike, name: str, card: dict[str, Any]) -> Path:
+    """Install an adapter file saved elsewhere (a run's ``adapter.safetensors``, byte for byte) under
+    ``name`` in ``SAMADAPT_HOME``, with ``card`` (beside the file's own metadata) as its ``card.json``.
+    The name's folder appears whole or not at all; an existing one is refused."""
+    import shutil
+
+    from .files import atomic_directory
+
+    parse_adapter_name(name)
+    meta = read_adapter_metadata(path)  # a file that is no adapter fails here, before anything is written
+    d = adapters_dir() / name
+    if d.exists():
+        raise ConfigError(f"an adapter named {name!r} exists already ({d}); choose another name")
+    card = {
+        "name": name,
+        "model_type": meta["model_type"],
+        "strategy": meta["strategy"],
+        "base_id": meta["base_id"],
+        **card,
+    }
+    card.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    with atomic_directory(d) as tmp:
+        shutil.copyfile(path, tmp / ADAPTER_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+    return d / ADAPTER_FILE
+
+
 def resolve_adapter(name_or_path: str | os.PathLike) -> Path:
     """An adapter file from a path (file or folder) or a registered name."""
     p = Path(name_or_path)

@@ -675,3 +675,24 @@ def test_a_swallowed_ctrl_c_still_stops_training_at_the_next_check():
             check_interrupt()
     check_interrupt()  # forgotten after the block
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("keep, kept", [("best", 1), ("last", 3)])
+def test_keep_epoch_chooses_the_best_or_the_last_epoch(
+    tmp_path, demo_data_root, mini_checkpoint, monkeypatch, keep, kept
+):
+    from samadapt.adapter_io import read_adapter_metadata
+    from samadapt.training import trainer
+
+    real, scores = trainer.evaluate_sharded, iter([0.9, 0.5, 0.1])  # validation falls epoch after epoch
+
+    def falling(*args, desc="validation", **kw):
+        metrics, examples, records = real(*args, desc=desc, **kw)
+        return ({**metrics, "mean_iou": next(scores)} if desc.startswith("validation ") else metrics), examples, records
+
+    monkeypatch.setattr(trainer, "evaluate_sharded", falling)
+    result = train_here(tiny_config(demo_data_root, tmp_path, mini_checkpoint, epochs=3, keep_epoch=keep, patience=5))
+    assert result.best_epoch == kept and len(result.history) == 3
+    assert read_adapter_metadata(result.run_dir / "best_adapter.safetensors")["info"]["epoch"] == kept
+    with pytest.raises(ConfigError, match="keep_epoch"):
+        tiny_config(demo_data_root, tmp_path, keep_epoch="first")

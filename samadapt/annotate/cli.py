@@ -55,6 +55,8 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     s.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e = parser.add_argument_group("adapt (the page's Adapt button: samadapt engine)")
+    e.add_argument("--adapt-epochs", type=int, default=None, help="epochs of each run (default: samadapt engine's)")
 
 
 def _say(text: str) -> None:
@@ -91,7 +93,7 @@ def load_predictors(args: argparse.Namespace):
     model = load(args.adapter, checkpoint=args.checkpoint, device=device)
     name = _adapter_display_name(args.adapter)
     shared = model.encoder_is_frozen  # the encoder is the base's: both models share embeddings
-    predictor = Predictor(name, model, "base" if shared else name)
+    predictor = Predictor(name, model, "base" if shared else name, source=str(args.adapter))
 
     def base() -> Predictor:
         base_model = zero_shot_model(model.model_type, args.checkpoint, base_id=meta["base_id"], device=device)
@@ -166,6 +168,8 @@ def _check_model_options(args: argparse.Namespace) -> None:
         resolve_adapter(args.adapter)
     else:
         get_model_card(args.model or "mini")
+    if args.adapt_epochs is not None and args.adapt_epochs < 1:
+        raise ConfigError(f"--adapt-epochs must be at least 1, got {args.adapt_epochs}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise ConfigError(f"--checkpoint {args.checkpoint!r} does not exist")
 
@@ -200,7 +204,20 @@ def _serve(app, sock: socket.socket) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def load_adapter_predictor(name: str, args: argparse.Namespace):
+    """The :class:`Predictor` of an installed adapter (one an Adapt run made), on the page's device."""
+    import torch
+
+    from ..hub import load
+    from .session import Predictor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load(name, checkpoint=args.checkpoint, device=device)
+    return Predictor(name, model, "base" if model.encoder_is_frozen else name, source=name)
+
+
 def run_annotate(args: argparse.Namespace) -> int:
+    from .adapting import AdaptJob, adapt_router
     from .app import create_app, new_token
     from .folder import ImageFolder
     from .session import AnnotateSession
@@ -235,9 +252,20 @@ def run_annotate(args: argparse.Namespace) -> int:
                 import webbrowser
 
                 webbrowser.open(url)
+            job = AdaptJob(
+                session,
+                store,
+                args.images,
+                load=lambda name: load_adapter_predictor(name, args),
+                model=args.model,
+                checkpoint=args.checkpoint,
+                device=args.device,
+                epochs=args.adapt_epochs,
+            )
             try:
-                _serve(create_app(session, store, token), sock)
+                _serve(create_app(session, store, token, routers=[adapt_router(job)]), sock)
             finally:
+                job.close()
                 session.close()
         finally:
             sock.close()

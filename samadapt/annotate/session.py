@@ -38,11 +38,13 @@ MAX_STEPS = 100
 @dataclass(frozen=True)
 class Predictor:
     """A model of the page. ``name``: what annotations record as their ``model``; ``encoder_key``:
-    predictors with equal keys have equal image encoders and share embeddings."""
+    predictors with equal keys have equal image encoders and share embeddings; ``source``: the
+    adapter (name or file) it was loaded from, None for the base model."""
 
     name: str
     model: Any  # samadapt.AdaptedSam
     encoder_key: str
+    source: str | None = None
 
 
 @dataclass

@@ -360,7 +360,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             desc=f"validation {epoch + 1}",
             embeddings=val_embeddings,
         )
-        improved = val["mean_iou"] > progress.best_metric + cfg.min_delta
+        improved = cfg.keep_epoch == "last" or val["mean_iou"] > progress.best_metric + cfg.min_delta
         if improved:
             progress.best_metric, progress.best_epoch, progress.bad_epochs = val["mean_iou"], epoch + 1, 0
             if is_main:
@@ -381,7 +381,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         progress.history.append(row)
         say(
             f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val mean IoU {val['mean_iou']:.4f}"
-            f"{' (best)' if improved else ''}, {epoch_seconds:.1f} s, image-encoder forwards in training {row['encoder_images']}"
+            f"{' (best)' if improved and cfg.keep_epoch == 'best' else ''}, {epoch_seconds:.1f} s, image-encoder forwards in training {row['encoder_images']}"
         )
         if cfg.log_with:
             accelerator.log(
