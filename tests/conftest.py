@@ -241,3 +241,18 @@ def trashcan_coco(tmp_path_factory) -> Path:
     from samadapt.data.importers import import_trashcan
 
     return import_trashcan(source, tmp_path_factory.mktemp("tc") / "coco", versions=["instance"], progress=False).out
+
+
+# ============================================================================================
+# The browser of the annotation page's tests (tests/test_annotate_*browser.py)
+# ============================================================================================
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (skips where either is missing)."""
+    from annotate_helpers import CHROMIUM, CHROMIUM_ARGS, chromium_or_skip
+
+    sync_api = chromium_or_skip()
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

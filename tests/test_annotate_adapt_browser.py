@@ -36,17 +36,6 @@ def folder(trashcan_coco, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]
     return out, objects
 
 
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = chromium_or_skip()
-    from annotate_helpers import CHROMIUM, CHROMIUM_ARGS
-
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def _label(page, mask: np.ndarray) -> dict:
     """Drag the object's tight box, Enter; the accepted annotation."""
     ys, xs = np.nonzero(mask)

@@ -87,17 +87,6 @@ def frames(tmp_path_factory) -> Frames:
 
 
 @pytest.fixture(scope="module")
-def browser():
-    sync_api = chromium_or_skip()
-    from annotate_helpers import CHROMIUM, CHROMIUM_ARGS
-
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def tuned_home(frames, tmp_path_factory) -> Path:
     """A SAMADAPT_HOME holding ``trashcan-mini``: the built-in mini's decoder fine-tuned for 25 steps on
     the boxes of the two training frames (seconds; enough to differ from the base)."""
