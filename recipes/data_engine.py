@@ -316,6 +316,13 @@ def summarise(per_seed: list[dict], args: argparse.Namespace) -> dict:
             val = [s[arm]["val"][r] for s in per_seed]
             entry = {"round": r, "labelled_frames": r * args.frames_per_round}
             entry.update(effort_summary([c for _, c in val], args.targets, box_runs=[b for b, _ in val], n_boot=n))
+            entry["per_seed"] = [
+                {
+                    "seed": seed,
+                    "clicks_per_object": effort_summary([c], args.targets[:1], n_boot=n)["clicks_per_object"],
+                }
+                for seed, (_, c) in zip(args.seeds, val)
+            ]
             if r:
                 labelling = _pooled([s[arm]["labelling"][r - 1][1] for s in per_seed])
                 entry["labelling"] = effort_summary([labelling], args.targets, n_boot=n)
@@ -407,6 +414,17 @@ def plot(result: dict, path: Path) -> None:
 _FREE = ("out", "threads", "bootstrap")
 
 
+def accumulated(out: Path, seconds: dict) -> dict:
+    """Seconds per phase over every invocation into ``out`` (``timing.json``): a rerun that reuses
+    finished rounds reports the time of the work it reused too."""
+    path = out / "timing.json"
+    total = json.loads(path.read_text()) if path.is_file() else {}
+    for phase, value in seconds.items():
+        total[phase] = total.get(phase, 0.0) + value
+    path.write_text(json.dumps(total, indent=2))
+    return total
+
+
 def check_out(args: argparse.Namespace) -> None:
     """``--out`` holds this run's finished rounds (reused) or nothing: a folder of a run with other
     settings is refused, since its rounds would be mixed into this one's."""
@@ -438,9 +456,9 @@ def main(argv=None) -> int:
     per_seed = [sim.run_seed(seed) for seed in args.seeds]
     result = summarise(per_seed, args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    encode = sim.pool_embeddings.seconds + sim.val_embeddings.seconds
-    minutes = {k: round(v / 60, 2) for k, v in sim.clock.seconds.items()}
-    minutes.update(encode=round(encode / 60, 2), total=round((time.perf_counter() - started) / 60, 2))
+    seconds = dict(sim.clock.seconds, encode=sim.pool_embeddings.seconds + sim.val_embeddings.seconds)
+    seconds["total"] = time.perf_counter() - started
+    minutes = {k: round(v / 60, 2) for k, v in accumulated(args.out, seconds).items()}
     command = "python recipes/data_engine.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result.update(command=command, settings=settings, machine=machine(), minutes=minutes)
     (args.out / "data_engine.json").write_text(json.dumps(result, indent=2))
