@@ -1,11 +1,11 @@
 """One turn of the data engine: retrain on the annotations made so far, score the new model beside the
-previous one on the held-out labelled images, and publish it under the project's next name.
+previous one on the held-out labelled images, and install it under the project's next name.
 
 The turn (:func:`adapt_on_annotations`) reads a snapshot of the annotation file (the page may go on
 writing it), splits its labelled images (:mod:`samadapt.engine.labels`), fine-tunes the ``decoder``
 strategy from the base model on the training part with the trainer's defaults (cached embeddings,
-box and click prompts, corrective-click rounds), the held-out part choosing the epoch, then scores
-both models on the held-out images: mean IoU from the exact boxes, and the click protocol's effort
+box and click prompts, corrective-click rounds) for about :data:`DEFAULT_STEPS` steps, keeping the
+last epoch, then scores both models on the held-out images: mean IoU from the exact boxes, and the click protocol's effort
 (:mod:`samadapt.engine.effort`). Only when all of that has worked is the adapter installed in the
 adapter store as ``<project>_r<k>-<model tag>``; a failure or Ctrl-C before leaves the store, the
 annotation file and the caller's model as they were.
@@ -44,9 +44,12 @@ DEFAULT_STEPS = 200
 MAX_EPOCHS = 40
 
 
-def epochs_for(train_images: int, *, batch_size: int = 4, steps: int = DEFAULT_STEPS) -> int:
-    """The epochs of a turn on ``train_images`` images (:data:`DEFAULT_STEPS`)."""
-    per_epoch = max(1, math.ceil(train_images / batch_size))
+def epochs_for(train_images: int, *, batch_size: int | None = None, steps: int = DEFAULT_STEPS) -> int:
+    """The epochs of a turn on ``train_images`` images (:data:`DEFAULT_STEPS`; batches of the
+    trainer's default size unless ``batch_size`` says otherwise)."""
+    from ..config import TrainConfig
+
+    per_epoch = max(1, math.ceil(train_images / (batch_size or TrainConfig.batch_size)))
     return max(1, min(MAX_EPOCHS, math.ceil(steps / per_epoch)))
 
 
