@@ -435,7 +435,8 @@ def check_out(args: argparse.Namespace) -> None:
         changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
         if changed:
             raise SystemExit(
-                f"--out {args.out} holds a run with other settings ({', '.join(f'{k}: {held.get(k)!r}' for k in changed)}); "
+                f"--out {args.out} holds a run with other settings "
+                f"({', '.join(f'{k}: {held.get(k)!r} there, {wanted.get(k)!r} now' for k in changed)}); "
                 "choose another --out, or delete it to start afresh"
             )
     elif args.out.is_dir() and any(args.out.iterdir()):

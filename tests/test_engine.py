@@ -107,6 +107,24 @@ def test_the_simulation_summary_keeps_the_control_arm_at_round_0_and_reports_the
     assert len([ln for ln in table if ln.startswith("| ")]) == 1 + 3  # the header and rounds 0, 1, 2
 
 
+def test_the_simulation_reuses_its_own_out_folder_and_refuses_another_runs(tmp_path):
+    import data_engine
+
+    def args(*extra: str):
+        return data_engine.parse_args(["--data-root", "x", "--out", str(tmp_path / "out"), *extra])
+
+    data_engine.check_out(args("--threads", "1"))
+    data_engine.check_out(args("--bootstrap", "100"))  # what does not change the numbers may change
+    with pytest.raises(SystemExit, match="frames_per_round: 20 there, 8 now"):
+        data_engine.check_out(args("--frames-per-round", "8"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(SystemExit, match="holds files of something else"):
+        data_engine.check_out(data_engine.parse_args(["--data-root", "x", "--out", str(tmp_path / "other")]))
+    with pytest.raises(SystemExit):  # argparse: too few frames for a retraining
+        args("--frames-per-round", "3")
+
+
 # ---------------------------------------------------------------------------- labels
 def test_the_held_out_split_is_stable_as_the_file_grows_and_needs_four_images():
     names = [f"frame_{k:03d}.jpg" for k in range(200)]
