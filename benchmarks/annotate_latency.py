@@ -77,16 +77,7 @@ def _frames(n: int, work: Path) -> tuple[Path, dict[str, list[np.ndarray]], str]
 
         names = [ln.strip() for ln in (TRASHCAN / "splits" / "instance_val.txt").read_text().splitlines()]
         names = [f for f in names if (TRASHCAN / "original_data" / "annotations" / f"{f}.json").is_file()][::97][:n]
-        src = work / "src"
-        for sub in ("annotations", "images"):
-            (src / "original_data" / sub).mkdir(parents=True)
-        (src / "splits").symlink_to(TRASHCAN / "splits")
-        for f in names:
-            (src / "original_data" / "annotations" / f"{f}.json").symlink_to(
-                TRASHCAN / "original_data" / "annotations" / f"{f}.json"
-            )
-            (src / "original_data" / "images" / f).symlink_to(TRASHCAN / "original_data" / "images" / f)
-        import_trashcan(src, work / "coco", versions=["instance"], images="copy", progress=False)
+        import_trashcan(TRASHCAN, work / "coco", versions=["instance"], images="copy", frames=names, progress=False)
         coco = COCO(str(work / "coco" / "instance_version" / "instances_val_trashcan.json"))
         objects = {}
         for image_id, info in coco.imgs.items():

@@ -71,17 +71,8 @@ def frames(tmp_path_factory) -> Frames:
     chromium_or_skip()
     from samadapt.data.importers import import_trashcan
 
-    src = tmp_path_factory.mktemp("trashcan_src")
-    for sub in ("annotations", "images"):
-        (src / "original_data" / sub).mkdir(parents=True)
-    (src / "splits").symlink_to(TRASHCAN / "splits")
-    for f in FRAMES:
-        (src / "original_data" / "annotations" / f"{f}.json").symlink_to(
-            TRASHCAN / "original_data" / "annotations" / f"{f}.json"
-        )
-        (src / "original_data" / "images" / f).symlink_to(TRASHCAN / "original_data" / "images" / f)
     out = tmp_path_factory.mktemp("trashcan") / "coco"
-    import_trashcan(src, out, versions=["instance"], images="copy", progress=False)
+    import_trashcan(TRASHCAN, out, versions=["instance"], images="copy", frames=FRAMES, progress=False)
     categories = json.loads((out / "instance_version" / "instances_val_trashcan.json").read_text())["categories"]
     return Frames(out, categories)
 

@@ -410,3 +410,21 @@ def test_not_a_project_is_a_clear_error(tmp_path):
     (tmp_path / "p" / "meta.json").write_text('{"classes": [{"title": "trash"}]}')
     with pytest.raises(ConfigError, match="must map each classTitle to a category name or null"):
         import_supervisely(tmp_path / "p", tmp_path / "out", mapping=bad)
+
+
+def test_frames_imports_only_those_each_in_its_official_split(tmp_path):
+    picked = FRAMES[:2]
+    result = import_trashcan(TRASHCAN, tmp_path / "out", versions=["instance"], frames=picked, progress=False)
+    names = {}
+    for split in ("train", "val"):
+        data = json.loads((result.out / "instance_version" / f"instances_{split}_trashcan.json").read_text())
+        names[split] = [im["file_name"] for im in data["images"]]
+    assert sorted(names["train"] + names["val"]) == sorted(picked)
+    for split, files in names.items():
+        assert all(f in _split(f"instance_{split}") for f in files)
+    again = import_trashcan(TRASHCAN, tmp_path / "out", versions=["instance"], frames=picked, progress=False)
+    assert again.noop  # the same frames: the same import
+    with pytest.raises(ConfigError, match="other settings"):
+        import_trashcan(TRASHCAN, tmp_path / "out", versions=["instance"], frames=FRAMES, progress=False)
+    with pytest.raises(ConfigError, match=r"frames \['no_such_frame.jpg'\].*no image or no annotation file"):
+        import_trashcan(TRASHCAN, tmp_path / "other", frames=["no_such_frame.jpg"], progress=False)

@@ -456,20 +456,13 @@ def _frames(split: str, n: int, *, boxed: int = 0, seed: int = 0) -> list[str]:
 def trashcan_frames(tmp_path_factory):
     """Real TrashCan 1.0 frames imported as COCO (instance version): 24 seeded official training frames
     and 12 seeded official val frames, 4 of them letterboxed (480x360 with black bars above and below)."""
-    import shutil
-
     from samadapt.data.importers import import_trashcan
 
     if not (TRASHCAN / "original_data").is_dir():
         pytest.skip(f"TrashCan frames not found at {TRASHCAN}")
-    src = tmp_path_factory.mktemp("tc_src")
-    (src / "original_data" / "annotations").mkdir(parents=True)
-    (src / "original_data" / "images").mkdir()
-    shutil.copytree(TRASHCAN / "splits", src / "splits")
-    for name in _frames("train", 24) + _frames("val", 12, boxed=4):
-        shutil.copy(TRASHCAN / "original_data" / "annotations" / f"{name}.json", src / "original_data" / "annotations")
-        shutil.copy(TRASHCAN / "original_data" / "images" / name, src / "original_data" / "images")
-    return import_trashcan(src, tmp_path_factory.mktemp("tc") / "coco", versions=["instance"], progress=False).out
+    frames = _frames("train", 24) + _frames("val", 12, boxed=4)
+    out = tmp_path_factory.mktemp("tc") / "coco"
+    return import_trashcan(TRASHCAN, out, versions=["instance"], frames=frames, progress=False).out
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from ...errors import ConfigError, DataError
 from .output import CocoSplit, OutputFolder, check_image_mode, check_source_dir
@@ -299,12 +299,24 @@ class ImportResult:
         return "\n".join(lines)
 
 
+def _only(frames: Collection[str], annotated: dict, pictures: dict) -> tuple[dict, dict]:
+    """``annotated`` and ``pictures`` cut to ``frames``, each of which must have both."""
+    frames = set(frames)
+    missing = sorted(f for f in frames if f not in annotated or f not in pictures)
+    if missing:
+        raise ConfigError(
+            f"frames {missing[:3]} ({len(missing)} in all) have no image or no annotation file in the TrashCan source"
+        )
+    return {f: annotated[f] for f in frames}, {f: pictures[f] for f in frames}
+
+
 def import_trashcan(
     source: str | Path,
     out: str | Path,
     *,
     versions: Sequence[str] = VERSIONS,
     images: str = "symlink",
+    frames: Collection[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> ImportResult:
@@ -315,6 +327,8 @@ def import_trashcan(
         out: output folder; a re-run with the same settings is a no-op.
         versions: which of ``instance``, ``material`` to write.
         images: ``symlink`` (default), ``hardlink`` or ``copy``.
+        frames: only these frames (file names such as ``vid_000002_frame0000013.jpg``; a few for a
+            test, a demo or a benchmark), each in the split its official list puts it in.
         overwrite: replace an earlier import in ``out``.
         progress: tqdm bar over the frames.
 
@@ -328,6 +342,7 @@ def import_trashcan(
     from tqdm.auto import tqdm
 
     versions = list(dict.fromkeys(versions))
+    chosen = None if frames is None else set(frames)
     bad = [v for v in versions if v not in VERSIONS]
     if bad or not versions:
         raise ConfigError(f"versions={versions!r}; choose from {list(VERSIONS)}")
@@ -339,7 +354,13 @@ def import_trashcan(
     folder = OutputFolder(
         out,
         [f"{v}_version" for v in versions],
-        {"format": "trashcan", "source": str(source), "versions": versions, "images": images},
+        {
+            "format": "trashcan",
+            "source": str(source),
+            "versions": versions,
+            "images": images,
+            **({"frames": sorted(chosen)} if chosen is not None else {}),
+        },
         overwrite=overwrite,
     )
     previous = folder.existing()
@@ -348,6 +369,8 @@ def import_trashcan(
 
     annotated = {p.name[: -len(".json")]: p for p in ann_dir.glob("*.json")}
     pictures = {p.name: p for p in img_dir.iterdir() if p.is_file()}
+    if chosen is not None:
+        annotated, pictures = _only(chosen, annotated, pictures)
     frames_report = ImportReport()
     for name in sorted(set(pictures) - set(annotated)):
         frames_report.skip_frame("image without annotation file", name)
@@ -363,7 +386,7 @@ def import_trashcan(
     for v in versions:
         for s in SPLITS:
             absent = [n for n in lists[v][s] if n not in annotated]
-            if absent:
+            if absent and chosen is None:  # frames chosen: the others are absent on purpose
                 reports[v].note(f"{s} frames of the official list not in SOURCE", absent[0], len(absent))
         for name in frames:
             if name not in split_of[v]:
