@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: the IoU an annotator accepts: the first is the headline. The built-in ``mini`` reaches 0.5 on
-#: about a third of TrashCan's objects within 10 clicks zero-shot (docs/data_engine.md); SAM's
+#: about a fifth of TrashCan's objects within 10 clicks zero-shot (docs/data_engine.md); SAM's
 #: NoC@85 / @90 targets are out of its reach on these frames.
 DEFAULT_TARGETS = (0.5, 0.7)
 #: clicks an annotator spends on one object before finishing it by hand
@@ -73,11 +73,13 @@ def _clicks(records: ClickRecords, target: float) -> ObjectValues:
     return _values(records, clicks_to_target(records, target)[0])
 
 
-def _interval(runs: Sequence[ObjectValues], reference: Sequence[ObjectValues] | None, n_boot: int) -> dict:
-    iv: Interval = bootstrap_interval(
-        list(runs), "values", reference=None if reference is None else list(reference), n_boot=n_boot
-    )
+def _bounds(iv: Interval) -> dict:
     return {"mean": iv.mean, "low": iv.low, "high": iv.high}
+
+
+def _interval(runs: Sequence[ObjectValues], reference: Sequence[ObjectValues] | None, n_boot: int) -> dict:
+    reference = None if reference is None else list(reference)
+    return _bounds(bootstrap_interval(list(runs), "values", reference=reference, n_boot=n_boot))
 
 
 def _check_runs(runs: Sequence[ClickRecords]) -> list[ClickRecords]:
@@ -134,10 +136,9 @@ def effort_summary(
     out = {"clicks_per_object": at[f"{float(targets[0]):g}"], "clicks_per_object_at": at}
     for k in (1, 3):
         if k <= cap:
-            out[f"miou_after_{k}"] = _interval([_values(r, r.iou[:, k - 1]) for r in runs], None, n_boot)
+            out[f"miou_after_{k}"] = _bounds(bootstrap_interval([r.after(k) for r in runs], n_boot=n_boot))
     if box_runs is not None:
-        iv = bootstrap_interval(list(box_runs), n_boot=n_boot)
-        out["box_miou"] = {"mean": iv.mean, "low": iv.low, "high": iv.high}
+        out["box_miou"] = _bounds(bootstrap_interval(list(box_runs), n_boot=n_boot))
     out.update(objects=int(runs[0].iou.shape[0]), images=runs[0].num_images, max_clicks=int(cap))
     return out
 
