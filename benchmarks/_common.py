@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,52 +22,13 @@ from typing import Any, Callable
 
 import torch
 
+from samadapt.experiments import cpu_model, machine_info  # noqa: F401  (the benchmarks' machine description)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "@@RESULT@@ "
 
 
 # ------------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    import psutil
-    import segment_anything
-
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "segment_anything": getattr(segment_anything, "__version__", "1.0"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpu_count_logical": psutil.cpu_count(logical=True),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(
-            device_name=p.name,
-            device_memory_gib=round(p.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-        )
-    else:
-        info["device_name"] = cpu_model()
-    return info
-
-
 # ------------------------------------------------------------------------------------------ statistics
 def bootstrap_mean_over_images(values, image_of, seed: int = 0, n: int = 2000) -> list[float]:
     """95% interval of the mean over objects, resampling whole images (objects of one image are not

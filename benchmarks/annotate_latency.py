@@ -112,9 +112,9 @@ def _serve(session, store):
     """The real app on uvicorn in a thread: (port, stop)."""
     import uvicorn
 
-    from samadapt.annotate.cli import _bind
+    from samadapt.annotate.serve import bind_socket
 
-    sock = _bind("127.0.0.1", 0)
+    sock = bind_socket("127.0.0.1", 0)
     config = uvicorn.Config(
         create_app(session, store, TOKEN), log_level="warning", lifespan="off", timeout_keep_alive=3600
     )  # one connection throughout, as a browser keeps it: no idle timeout while an encoder runs between clicks

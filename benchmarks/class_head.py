@@ -8,7 +8,7 @@ Each strategy is trained with ``--classify`` and the trainer's default prompts (
 corrective clicks; ``recipes/finetune.py``, one process each, ``--jobs`` at a time, one torch thread
 each) on the demo training images; then the masks of the validation images'
 ground-truth boxes are labelled by the class head and compared with their categories
-(``samadapt.segment.class_head.validate_class_head``, the check training itself stores in the adapter).
+(``samadapt.segment.head_check.validate_class_head``, the check training itself stores in the adapter).
 Reported per strategy: accuracy, balanced accuracy (mean per-category recall) and the gain over
 always answering the most frequent validation category, with a 95% bootstrap interval over images
 (an image's instances stay together). Writes ``benchmarks/results/class_head-demo.json`` (``--out``)
@@ -26,17 +26,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "recipes"))
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from _common import machine_info, write_json  # noqa: E402
 
 
 def head_check(adapter: Path, val, *, n_boot: int, seed: int) -> dict:
     """The class head's labels for the validation images' ground-truth boxes against their categories
-    (``samadapt.segment.class_head.validate_class_head``, what training stores in the adapter)."""
+    (``samadapt.segment.head_check.validate_class_head``, what training stores in the adapter)."""
     import samadapt
-    from samadapt.segment.class_head import validate_class_head
+    from samadapt.segment.head_check import validate_class_head
 
     return validate_class_head(samadapt.load(adapter), val, range(len(val)), n_boot=n_boot, seed=seed)
 
@@ -84,21 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-args", default="", help="more recipes/finetune.py options, as one string")
     args = ap.parse_args(argv)
 
-    import compare  # recipes/compare.py: Run / run_all (finetune.py processes, reused when finished)
-
     from samadapt.data import presets
+    from samadapt.experiments import Run, protocol_argv, run_all
 
     t0 = time.perf_counter()
     data_root = args.runs / "demo-data"  # its own copy: other sizes never touch the shared demo set
-    # compare.py's finetune.py options for a demo run, plus the class head
+    # the comparison protocol's options for a demo run (as recipes/compare.py), plus the class head
     train = argparse.Namespace(dataset="demo", model="mini", checkpoint=None, extra=[], **vars(args))
     extra = ["--classify", "--no-zero-shot", "--num-examples", "0", "--auto-calibration-images", "0"]
     extra += default_prompts() + shlex.split(args.train_args)
     runs = [
-        compare.Run(s, args.runs / s, compare._train_argv(train, s, args.seed, args.runs / s, data_root) + extra)
+        Run(s, args.runs / s, protocol_argv(train, s, args.seed, args.runs / s, data_root) + extra)
         for s in args.strategies
     ]
-    compare.run_all(runs, args.jobs, args.runs / "logs")
+    run_all(runs, args.jobs, args.runs / "logs")
     val = presets.demo(data_root, "val")
     report = {
         "benchmark": "class_head",

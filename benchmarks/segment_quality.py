@@ -47,7 +47,7 @@ from samadapt.segment.automatic import (  # noqa: E402
     propose_masks,
 )
 from samadapt.segment.calibration import calibrate, describe  # noqa: E402
-from samadapt.segment.class_head import head_accuracy  # noqa: E402
+from samadapt.segment.head_check import head_accuracy  # noqa: E402
 from samadapt.segment.results import coco_results, evaluate_results  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -161,7 +161,7 @@ def auto_scores(model, cal_set, eval_set, args) -> tuple[dict, dict]:
     on the calibration images, all at the benchmark's grid (one decoding pass per image serves all)."""
     cal = calibrate(model, cal_set, max_images=None, points_per_side=args.points_per_side, progress=False)
     grid = args.points_per_side
-    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=grid), "calibrated": cal.auto_config()}
+    settings = {SAM_KEY: SAM_DEFAULTS.replace(points_per_side=grid), "calibrated": cal.auto_config(SAM_DEFAULTS)}
     try:
         settings[DEFAULT_KEY] = resolve_auto_config(model).replace(points_per_side=grid)
     except ConfigError as e:  # an adapter trained before the end-of-training calibration
@@ -379,7 +379,12 @@ def main(argv=None) -> int:
             image = eval_set.load_image(i)
             emb = encode_images(model, [image])[0]
             r = segment_embedded(
-                model, emb, image.shape[:2], auto=cal.auto_config(), classify=True, region=content_region(image)
+                model,
+                emb,
+                image.shape[:2],
+                auto=cal.auto_config(SAM_DEFAULTS),
+                classify=True,
+                region=content_region(image),
             )
             recs[int(eval_set.image_info(i)["id"])] = r
             results += coco_results(int(eval_set.image_info(i)["id"]), r)

@@ -3,7 +3,7 @@
     python recipes/calibrate_builtin.py              # writes samadapt/weights/mini.calibration.json
     python recipes/calibrate_builtin.py --images 4 --out /tmp/cal   # a short run elsewhere
 
-``samadapt segment --model mini --auto`` (and ``model.segment(image)`` on the zero-shot ``mini``) reads
+``samadapt segment --model mini --auto`` (and ``samadapt.segment.segment(model, image)`` on the zero-shot ``mini``) reads
 this file, so that automatic masks come out of the box: the built-in weights predict IoU on their own
 scale, below the 0.88 that SAM's automatic generator asks of ViT-H (docs/segment.md). The thresholds
 are :func:`samadapt.segment.calibrate`'s on generated waste-domain images (the demo generator, a seed of
@@ -28,13 +28,13 @@ import torch
 
 import samadapt
 from samadapt.data import make_demo_dataset, presets
+from samadapt.experiments import machine_info
 from samadapt.models.checkpoints import file_sha256
+from samadapt.models.parts.calibration import BUILTIN_SUFFIX
 from samadapt.models.registry import builtin_weights_path, get_model_card
-from samadapt.segment.calibration import BUILTIN_SUFFIX, calibrate, describe
+from samadapt.segment.calibration import calibrate, describe
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from _common import machine_info  # noqa: E402
 
 #: the generator seed of the calibration images (the demo data uses 0, the benchmarks their own)
 DATA_SEED = 4242

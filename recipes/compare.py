@@ -18,14 +18,10 @@ section of the page names its command, machine and date; every number in it come
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,123 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare_page  # noqa: E402  (recipes/compare_page.py: the page's sections)
 
-
-def _machine(jobs: int = 1) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{platform.system()} {cpu}, {os.cpu_count()} CPU cores ({jobs} training run(s) at a time, "
-        f"{_threads(jobs)} torch thread(s) each), {gpu}, torch {torch.__version__}"
-    )
-
-
-def _threads(jobs: int) -> int:
-    """Torch threads of each training process when ``jobs`` run at once."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
-# ---------------------------------------------------------------------------- training runs
-@dataclasses.dataclass
-class Run:
-    """One finetune.py process: its folder and command-line options."""
-
-    key: str
-    run_dir: Path
-    argv: list[str]
-
-    @property
-    def done(self) -> bool:
-        """Finished earlier with the same options (its summary and our record of the options exist)."""
-        record = self.run_dir / "compare_args.json"
-        return (
-            (self.run_dir / "run_summary.json").is_file()
-            and record.is_file()
-            and json.loads(record.read_text()) == self.argv
-        )
-
-    def summary(self) -> dict:
-        return json.loads((self.run_dir / "run_summary.json").read_text())
-
-
-def _overwrite_flag() -> list[str]:
-    from samadapt.config import TrainConfig
-
-    return ["--overwrite"] if "overwrite" in {f.name for f in dataclasses.fields(TrainConfig)} else []
-
-
-def run_all(runs: list[Run], jobs: int, log_dir: Path) -> None:
-    """Run the runs not done yet, ``jobs`` at a time, each on cpu_count // jobs torch threads."""
-    todo = [r for r in runs if not r.done]
-    for r in runs:
-        if r not in todo:
-            print(f"reusing {r.run_dir} (finished with the same options)", flush=True)
-    threads = str(_threads(jobs))
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": threads,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    log_dir.mkdir(parents=True, exist_ok=True)
-    running: list[tuple[Run, subprocess.Popen, object]] = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            r = todo.pop(0)
-            cmd = [sys.executable, str(REPO / "recipes" / "finetune.py"), *r.argv, *_overwrite_flag()]
-            print("$ " + " ".join(cmd), flush=True)
-            log = open(log_dir / f"{r.key}.log", "w")
-            running.append((r, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-        time.sleep(0.5)
-        for item in list(running):
-            r, proc, log = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            if proc.returncode != 0:
-                for _, p, lg in running:
-                    p.kill()
-                    lg.close()
-                tail = (log_dir / f"{r.key}.log").read_text()[-3000:]
-                raise SystemExit(f"compare: run {r.key} failed (exit {proc.returncode}); its log ends:\n{tail}")
-            (r.run_dir / "compare_args.json").write_text(json.dumps(r.argv))
-            print(f"finished {r.key}", flush=True)
-
-
-def _train_argv(args, strategy: str, seed: int, run_dir: Path, data_root: Path) -> list[str]:
-    argv = [
-        "--strategy",
-        strategy,
-        "--dataset",
-        args.dataset,
-        "--model",
-        args.model,
-        "--epochs",
-        str(args.epochs),
-        "--seed",
-        str(seed),
-        "--output-dir",
-        str(run_dir),
-        "--data-root",
-        str(data_root),
-        "--patience",
-        str(args.epochs),
-        "--no-progress",
-        "--no-publish",
-        # the protocol of "Don't waste SAM": box prompts only (the trainer's default adds clicks)
-        "--train-prompts",
-        "box",
-        "--click-rounds",
-        "0",
-    ]
-    if args.dataset == "demo":
-        argv += ["--demo-train-images", str(args.demo_train_images), "--demo-val-images", str(args.demo_val_images)]
-    else:
-        argv += ["--dataset-options", json.dumps({"version": args.version}), "--no-zero-shot", "--num-examples", "0"]
-    if args.checkpoint:
-        argv += ["--checkpoint", args.checkpoint]
-    return argv + args.extra
+from samadapt.experiments import Run, machine_line, protocol_argv, run_all  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- demo
@@ -164,7 +44,7 @@ def run_demo(args, command: str, started: str) -> int:
     from samadapt.strategies import STRATEGIES
 
     strategies = args.strategies or [s for s in STRATEGIES if s != "full"]
-    runs = [Run(s, runs_dir / s, _train_argv(args, s, args.seed, runs_dir / s, data_root)) for s in strategies]
+    runs = [Run(s, runs_dir / s, protocol_argv(args, s, args.seed, runs_dir / s, data_root)) for s in strategies]
     run_all(runs, args.jobs, runs_dir / "logs")
     summaries = {r.key: r.summary() for r in runs}
 
@@ -203,12 +83,18 @@ def run_demo(args, command: str, started: str) -> int:
     clicks = demo_clicks(runs, val, args, fig_dir) if args.max_clicks else {}
     (args.out / "strategies.json").write_text(
         json.dumps(
-            {"command": command, "date": started, "machine": _machine(args.jobs), "runs": summaries, "clicks": clicks},
+            {
+                "command": command,
+                "date": started,
+                "machine": machine_line(args.jobs),
+                "runs": summaries,
+                "clicks": clicks,
+            },
             indent=2,
             default=str,
         )
     )
-    page = compare_page.demo_section(summaries, args, command, figures, started, _machine(args.jobs))
+    page = compare_page.demo_section(summaries, args, command, figures, started, machine_line(args.jobs))
     if clicks:  # the click protocol (--max-clicks): its table and figure close the section
         from samadapt.evaluation.report import click_markdown
 

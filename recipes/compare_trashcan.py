@@ -13,7 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare_page  # noqa: E402  (recipes/compare_page.py: the page's sections)
-from compare import REPO, Run, _machine, _train_argv, run_all  # noqa: E402
+
+from samadapt.experiments import Run, machine_line, protocol_argv, run_all  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames_with_instances(ds) -> list[int]:
@@ -66,7 +69,7 @@ def run_trashcan(args, command: str, started: str) -> int:
 
     def make(s: str, f: float, seed: int) -> Run:
         key = f"{s}-f{round(100 * f):03d}-s{seed}"
-        return Run(key, runs_dir / key, _train_argv(args, s, seed, runs_dir / key, roots[f]))
+        return Run(key, runs_dir / key, protocol_argv(args, s, seed, runs_dir / key, roots[f]))
 
     main = {(s, seed): make(s, 1.0, seed) for s in strategies for seed in args.seeds}
     run_all(list(main.values()), args.jobs, runs_dir / "logs")
@@ -171,7 +174,7 @@ def run_trashcan(args, command: str, started: str) -> int:
         "command": command,
         "date": started,
         "data_root": args.data_root,
-        "machine": _machine(args.jobs),
+        "machine": machine_line(args.jobs),
         "version": args.version,
         "box_fill_mean_iou": box_fill,
         "frames": {k: len(v) for k, v in frames.items()},

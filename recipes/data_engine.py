@@ -246,9 +246,9 @@ class Simulation:
 
     def retrain(self, seed: int, r: int, folder: Path):
         """The loop's model after round ``r``: ``samadapt engine``'s turn on the frames labelled so far."""
+        from samadapt.adapter_store import load
         from samadapt.engine.labels import split_labelled, write_subset
         from samadapt.engine.retrain import engine_train_config, epochs_for
-        from samadapt.hub import load
         from samadapt.training.trainer import train
 
         adapter = folder / "run" / "adapter.safetensors"

@@ -5,7 +5,7 @@
         --checkpoint sam_vit_h_4b8939.pth --adapter taco-vith --adapter taco-vith-lora --prompt jitter
 
 Writes metrics.json, metrics.md and examples.png into --out (default outputs/eval-<dataset>) and
-prints the table. ``samadapt eval`` takes the same options (samadapt.evaluation.cli).
+prints the table. ``samadapt eval`` takes the same options (samadapt.cli.evaluate).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from samadapt.cli.evaluate import add_eval_arguments, run_eval
 from samadapt.errors import SamAdaptError
-from samadapt.evaluation.cli import add_eval_arguments, run_eval
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,9 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import compare  # noqa: E402  (its Run / run_all: finetune.py processes, reused when done; _machine)
 import compare_page  # noqa: E402  (the page's named sections)
 import yaml  # noqa: E402
+
+from samadapt.experiments import Run, machine_line, run_all  # noqa: E402
 
 SECTION = "interactive"
 #: acceptance (issues 14 and 18): mixed training may lose at most this much box mean IoU (points) ...
@@ -305,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs or (REPO / "outputs" / "interactive")
     data_root = samadapt.samadapt_home() / "data" / "demo-waste"
     runs = [
-        compare.Run("box-trained", runs_dir / "box", _argv(args, data_root, runs_dir / "box", BOX_ONLY)),
-        compare.Run("mixed-trained", runs_dir / "mixed", _argv(args, data_root, runs_dir / "mixed")),
+        Run("box-trained", runs_dir / "box", _argv(args, data_root, runs_dir / "box", BOX_ONLY)),
+        Run("mixed-trained", runs_dir / "mixed", _argv(args, data_root, runs_dir / "mixed")),
     ]
-    compare.run_all(runs, args.jobs, runs_dir / "logs")
+    run_all(runs, args.jobs, runs_dir / "logs")
     saved = yaml.safe_load((runs[1].run_dir / "config.yaml").read_text())
     mixed = {k: saved[k] for k in PROMPT_KEYS}
 
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         title=f"demo / {args.model}: mean IoU after each click",
     )
     seconds = {r.key: r.summary()["seconds_per_epoch"] * r.summary()["epochs_run"] for r in runs}
-    machine = compare._machine(args.jobs)
+    machine = machine_line(args.jobs)
     (args.out / "interactive.json").write_text(
         json.dumps(
             _jsonable(

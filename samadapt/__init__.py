@@ -12,6 +12,7 @@ Public API::
 from ._version import __version__ as __version__  # the package version (pyproject reads it)
 from .adapted import AdaptedSam, SamOutput, adapt
 from .adapter_io import import_peft, load_adapter, read_adapter_metadata, save_adapter
+from .adapter_store import adapter_name, list_adapters, load, publish_adapter
 from .errors import (
     AdapterFileError,
     AdapterMismatchError,
@@ -26,8 +27,8 @@ from .errors import (
 )
 from .exporters import export
 from .exporters.peft import export_peft
-from .hub import adapter_name, download_checkpoint, list_adapters, load, publish_adapter
 from .models import MODEL_TYPES, ModelCard, build_sam, get_model_card, register_model_type
+from .models.checkpoints import download_checkpoint
 from .paths import samadapt_home
 from .strategies import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
 from .transforms import SamTransform

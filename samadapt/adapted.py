@@ -457,14 +457,6 @@ class AdaptedSam(nn.Module):
                 results.append(res + (low.cpu().numpy(),) if return_logits else res)
         return results
 
-    def segment(self, image: np.ndarray, **kwargs) -> list[dict]:
-        """Masks for one RGB uint8 image (H, W, 3) with no prompt (automatic), or from a detector's
-        ``boxes`` (N, 4) XYXY with ``scores``, or from ``points``; ``classify=True`` labels them with the
-        class head. One COCO-style record per mask: see :func:`samadapt.segment.segment`."""
-        from .segment.api import segment
-
-        return segment(self, image, **kwargs)
-
 
 def adapt(sam: Sam, strategy: str, *, sdpa_attention: bool = True, **options) -> AdaptedSam:
     """Apply a strategy to an upstream ``Sam`` in place and wrap it.

@@ -22,8 +22,8 @@ from ._version import __version__
 from .adapted import AdaptedSam, adapt
 from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
 from .files import atomic_write
+from .models.parts import parts_metadata, parts_tensor_shapes, restore_parts, with_part
 from .models.registry import base_info, build_sam_architecture, get_model_card
-from .segment.state import restore_segment_state, segment_metadata, segment_tensor_shapes, with_calibration
 from .strategies.base import get_strategy, peft_strategy
 
 FORMAT = "samadapt-adapter"
@@ -40,7 +40,7 @@ def adapter_metadata(model: AdaptedSam, info: dict[str, Any] | None = None) -> d
         "model_type": model.model_type,
         "base_id": model.base.base_id,
         "info": json.dumps(info or {}, sort_keys=True, default=str),
-        **segment_metadata(model),  # class head categories, automatic-mask calibration (when present)
+        **parts_metadata(model),  # model parts: class head categories, automatic-mask calibration (when present)
     }
 
 
@@ -95,7 +95,7 @@ def read_adapter_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def store_calibration(path: str | os.PathLike, calibration) -> Path:
-    """Write ``calibration`` (:class:`samadapt.segment.Calibration`) into the metadata of the adapter
+    """Write ``calibration`` (:class:`samadapt.models.parts.calibration.Calibration`) into the metadata of the adapter
     file ``path`` (atomically; tensors and the rest of the metadata unchanged), so later runs of the
     adapter use it."""
     from safetensors.torch import load_file
@@ -103,7 +103,7 @@ def store_calibration(path: str | os.PathLike, calibration) -> Path:
     path = Path(path)
     read_adapter_metadata(path)  # a samadapt adapter, readable
     with safe_open(str(path), framework="pt") as f:
-        meta = with_calibration(dict(f.metadata() or {}), calibration)
+        meta = with_part(dict(f.metadata() or {}), "auto_calibration", calibration.to_dict())
     tensors = load_file(str(path))
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
@@ -141,7 +141,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
             "if you know the bases are equivalent)"
         )
     expected = expected_tensors(meta["model_type"], meta["strategy"], meta["strategy_config"])
-    expected.update(segment_tensor_shapes(meta, sam))  # the class head's, when the adapter has one
+    expected.update(parts_tensor_shapes(meta, sam))  # the class head's, when the adapter has one
     got: dict[str, tuple[int, ...]] = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
@@ -161,7 +161,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
     except Exception as e:
         raise AdapterFileError(f"{str(path)!r}: tensor data unreadable ({e}); the file is truncated") from None
     model = adapt(sam, meta["strategy"], **meta["strategy_config"])
-    restore_segment_state(model, meta)
+    restore_parts(model, meta)
     model.load_trainable_state(tensors)
     model.adapter_info = meta["info"]
     return model

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .data.presets import DEMO_TRAIN_IMAGES, DEMO_VAL_IMAGES, get_dataset_card
 from .errors import ConfigError
 from .evaluation.config import EVAL_PROMPTS  # validation prompt kinds: one home, the evaluation's
 from .options import check_keys, option
@@ -38,12 +39,40 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"`{name}` should be {'non-negative' if allow_zero else 'positive'}, got {value!r}")
 
 
+def _fraction(value: Any) -> bool:
+    """A number strictly between 0 and 1 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < 1
+
+
+def _count(value: Any) -> bool:
+    """An integer >= 0 (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+
+
+# the options checked by ``_positive``: those that must be > 0, and those that may also be 0
+_POSITIVE = ("epochs", "lr", "batch_size", "grad_accum", "prompts_per_image", "demo_train_images", "demo_val_images")
+_NON_NEGATIVE = (
+    "weight_decay",
+    "warmup_steps",
+    "box_noise",
+    "box_noise_max_px",
+    "focal_weight",
+    "dice_weight",
+    "iou_weight",
+    "patience",
+    "min_delta",
+    "num_workers",
+    "min_lr_ratio",
+    "num_examples",
+)
+
+
 @dataclass
 class TrainConfig:
     """Everything a fine-tuning run needs. Defaults run the built-in demo (generated waste data,
     pretrained ``mini`` model) in a few minutes on a 2-core CPU."""
 
-    # what to adapt
+    # -- model: what to adapt
     strategy: str = option("decoder", "what to train: a registered strategy (see `samadapt info`)")
     strategy_options: dict[str, Any] = option(
         dict, "the strategy's own options (on the command line: --<strategy>-<option>)"
@@ -54,7 +83,7 @@ class TrainConfig:
         "base SAM checkpoint file (default: the built-in mini weights; official "
         "vit_* need one: `samadapt download-checkpoint vit_h`)",
     )
-    # data
+    # -- data: the images: a dataset preset or COCO files, splits, subsets
     dataset: str = option("demo", "dataset preset (see docs/data.md); coco for any COCO instance-segmentation file")
     data_root: str | None = option(
         None,
@@ -79,8 +108,8 @@ class TrainConfig:
         "validation split (default: the preset's held-out split: TACO's seeded test, "
         "ZeroWaste-f's val, TrashCan's val)",
     )
-    demo_train_images: int = option(160, "dataset demo: training images to generate")
-    demo_val_images: int = option(40, "dataset demo: validation images to generate")
+    demo_train_images: int = option(DEMO_TRAIN_IMAGES, "dataset demo: training images to generate")
+    demo_val_images: int = option(DEMO_VAL_IMAGES, "dataset demo: validation images to generate")
     max_train_images: int | None = option(
         None,
         "train on a seeded random subset of N training images (picked by --seed; the subset is "
@@ -97,7 +126,7 @@ class TrainConfig:
         "the validation images, to keep epochs affordable on large sets; the zero-shot and final "
         "numbers are measured on all of them (none: every epoch on all)",
     )
-    # optimisation
+    # -- optimisation: steps, schedule, loss, which epoch is kept
     epochs: int = option(8, "epochs (early stopping may end sooner)")
     lr: float = option(3e-4, "peak learning rate")
     weight_decay: float = option(1e-4, "weight decay of the optimiser")
@@ -107,6 +136,18 @@ class TrainConfig:
     batch_size: int = option(4, "images per step and process")
     grad_accum: int = option(1, "gradient accumulation steps")
     max_grad_norm: float | None = option(1.0, "gradient clipping norm (none to turn off)")
+    focal_weight: float = option(20.0, "weight of the focal loss (SAM: 20)")
+    dice_weight: float = option(1.0, "weight of the dice loss (SAM: 1)")
+    iou_weight: float = option(1.0, "weight of the MSE of the IoU head (SAM: 1)")
+    patience: int = option(3, "early stopping: epochs without validation improvement (0 turns it off)")
+    min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
+    keep_epoch: str = option(
+        "best",
+        "the weights the run keeps: best (the epoch of highest validation mean IoU) or last (the end of "
+        "the schedule; for validation sets too small to choose by, as the data engine's)",
+        choices=KEEP_EPOCH,
+    )
+    # -- prompts: the prompts training draws: boxes, clicks, corrective rounds
     prompts_per_image: int = option(16, "instances (prompts) sampled per training image")
     box_noise: float = option(0.1, "training box noise: std as a fraction of the box side (SAM: 0.1)")
     box_noise_max_px: float = option(20.0, "training box noise: cap in pixels (SAM: 20)")
@@ -138,6 +179,7 @@ class TrainConfig:
         "corrective clicks after the first prediction: each round adds a click from the error "
         "region and feeds the previous low-res logits as the mask prompt, as SAM was trained",
     )
+    # -- parts: what the adapter carries beside the strategy's tensors (samadapt.models.parts)
     classify: bool = option(
         False,
         "add a class head on the mask decoder's output token that predicts each instance's "
@@ -150,17 +192,7 @@ class TrainConfig:
         "automatic masks: at the end of training, calibrate their thresholds on the first N "
         "validation images and store them in the adapter, for `samadapt segment --auto` (0: do not)",
     )
-    focal_weight: float = option(20.0, "weight of the focal loss (SAM: 20)")
-    dice_weight: float = option(1.0, "weight of the dice loss (SAM: 1)")
-    iou_weight: float = option(1.0, "weight of the MSE of the IoU head (SAM: 1)")
-    patience: int = option(3, "early stopping: epochs without validation improvement (0 turns it off)")
-    min_delta: float = option(0.0, "early stopping: smallest mean-IoU gain that counts as improvement")
-    keep_epoch: str = option(
-        "best",
-        "the weights the run keeps: best (the epoch of highest validation mean IoU) or last (the end of "
-        "the schedule; for validation sets too small to choose by, as the data engine's)",
-        choices=KEEP_EPOCH,
-    )
+    # -- speed: memory and speed; the numbers do not depend on them
     mixed_precision: str | None = option(
         None, "default: what `accelerate launch --mixed_precision` says, else no", choices=MIXED_PRECISION
     )
@@ -170,11 +202,10 @@ class TrainConfig:
         "instead of keeping them (less memory, slower; lora, adapter, full, "
         "bitfit): AdaptedSam.set_fast_paths(activation_checkpointing=True)",
     )
-    # speed
     cache_embeddings: bool = option(True, "frozen encoders: compute each image embedding once and cache it")
     cache_dir: str | None = option(None, "embedding cache folder (default SAMADAPT_HOME/cache)")
     num_workers: int = option(0, "DataLoader worker processes")
-    # evaluation
+    # -- evaluation: what is measured besides training
     eval_prompt: str = option(
         "box",
         "validation prompts: box (exact ground-truth boxes, the paper's protocol), "
@@ -183,7 +214,7 @@ class TrainConfig:
     )
     zero_shot: bool = option(True, "evaluate the un-tuned base first")
     num_examples: int = option(6, "images in examples.png")
-    # bookkeeping
+    # -- run: seed, names, folders, logging
     seed: int = option(0, "seed of data order, prompts and initialisation")
     name: str | None = option(
         None,
@@ -199,136 +230,154 @@ class TrainConfig:
     progress: bool = option(True, "progress bars")
     log_with: str | None = option("tensorboard", "experiment tracker (none to turn off)", choices=LOGGERS + ("none",))
 
+    #: the options by group, as ``samadapt train --help`` shows them (every field in one group)
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "model": ("strategy", "strategy_options", "model", "checkpoint"),
+        "data": (
+            "dataset",
+            "data_root",
+            "images_root",
+            "annotation_file",
+            "val_images_root",
+            "val_annotation_file",
+            "validate_on_train",
+            "dataset_options",
+            "train_split",
+            "val_split",
+            "demo_train_images",
+            "demo_val_images",
+            "max_train_images",
+            "max_val_images",
+            "epoch_val_images",
+        ),
+        "optimisation": (
+            "epochs",
+            "lr",
+            "weight_decay",
+            "optimizer",
+            "warmup_steps",
+            "min_lr_ratio",
+            "batch_size",
+            "grad_accum",
+            "max_grad_norm",
+            "focal_weight",
+            "dice_weight",
+            "iou_weight",
+            "patience",
+            "min_delta",
+            "keep_epoch",
+        ),
+        "prompts": (
+            "prompts_per_image",
+            "box_noise",
+            "box_noise_max_px",
+            "multimask",
+            "train_prompts",
+            "click_sampling",
+            "point_share",
+            "first_round_weight",
+            "click_rounds",
+        ),
+        "parts": ("classify", "auto_calibration_images"),
+        "speed": ("mixed_precision", "activation_checkpointing", "cache_embeddings", "cache_dir", "num_workers"),
+        "evaluation": ("eval_prompt", "zero_shot", "num_examples"),
+        "run": ("seed", "name", "output_dir", "resume", "overwrite", "publish", "progress", "log_with"),
+    }
+
     def __post_init__(self) -> None:
         from .models.registry import get_model_card
         from .strategies.base import get_strategy
 
         get_model_card(self.model)
         get_strategy(self.strategy).make_config(**self.strategy_options)  # validates the options
-        if self.mixed_precision is not None:
-            _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("keep_epoch", self.keep_epoch, KEEP_EPOCH)
-        _choice("eval_prompt", self.eval_prompt, EVAL_PROMPTS)
-        if (
-            isinstance(self.train_prompts, str)
-            or not isinstance(self.train_prompts, (list, tuple))
-            or not self.train_prompts
-            or len(set(self.train_prompts)) != len(self.train_prompts)
-        ):
-            raise ConfigError(
-                f"`train_prompts` is {self.train_prompts!r}; give a list of distinct kinds from "
-                f"{list(TRAIN_PROMPTS)}, e.g. ['box', 'point']"
-            )
-        for kind in self.train_prompts:
-            if kind not in TRAIN_PROMPTS:
-                raise ConfigError(f"`train_prompts` has {kind!r}; choose kinds from {list(TRAIN_PROMPTS)}")
-        self.train_prompts = list(self.train_prompts)
-        _choice("click_sampling", self.click_sampling, CLICK_SAMPLING)
-        if (
-            isinstance(self.point_share, bool)
-            or not isinstance(self.point_share, (int, float))
-            or not 0 < self.point_share < 1
-        ):
-            raise ConfigError(
-                f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
-                f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts"
-            )
-        if self.first_round_weight is not None and (
-            isinstance(self.first_round_weight, bool)
-            or not isinstance(self.first_round_weight, (int, float))
-            or not 0 < self.first_round_weight < 1
-        ):
-            raise ConfigError(
-                f"`first_round_weight` should be a fraction strictly between 0 and 1, or none for equal "
-                f"rounds, got {self.first_round_weight!r}"
-            )
-        if isinstance(self.click_rounds, bool) or not isinstance(self.click_rounds, int) or self.click_rounds < 0:
-            raise ConfigError(
-                f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}"
-            )
-        if (
-            isinstance(self.auto_calibration_images, bool)
-            or not isinstance(self.auto_calibration_images, int)
-            or self.auto_calibration_images < 0
-        ):
-            raise ConfigError(
-                f"`auto_calibration_images` should be an integer >= 0 (0: no calibration), got "
-                f"{self.auto_calibration_images!r}"
-            )
         if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
             self.log_with = None  # so `--log-with none` turns logging off from the command line
-        if self.log_with is not None:
-            _choice("log_with", self.log_with, LOGGERS + ("none",))
-        for name in (
-            "epochs",
-            "lr",
-            "batch_size",
-            "grad_accum",
-            "prompts_per_image",
-            "demo_train_images",
-            "demo_val_images",
-        ):
-            _positive(name, getattr(self, name))
-        for name in (
-            "weight_decay",
-            "warmup_steps",
-            "box_noise",
-            "box_noise_max_px",
-            "focal_weight",
-            "dice_weight",
-            "iou_weight",
-            "patience",
-            "min_delta",
-            "num_workers",
-            "min_lr_ratio",
-            "num_examples",
-        ):
-            _positive(name, getattr(self, name), allow_zero=True)
-        for name in ("max_train_images", "max_val_images", "epoch_val_images"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"`{name}` should be a positive number of images, or none for all; got {value!r}")
-        if self.focal_weight + self.dice_weight == 0:
-            raise ConfigError("`focal_weight` and `dice_weight` are both 0: the masks would get no loss")
+        self._check_choices()
+        self._check_prompts()
+        self._check_numbers()
         self._check_dataset()
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --output-dir and --overwrite deletes it: give one of them")
         if self.name is not None:
             self._check_name()
 
+    def _check_choices(self) -> None:
+        """Every field declared with ``option(..., choices=...)`` holds one of them (or None, where
+        its type allows None: the launcher's mixed precision, no tracker)."""
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and not (value is None and "None" in str(f.type)):
+                _choice(f.name, value, choices)
+        _choice("click_sampling", self.click_sampling, CLICK_SAMPLING)
+
+    def _check_prompts(self) -> None:
+        """The training prompts: their kinds, the share of clicks, the corrective rounds and their weight."""
+        kinds = self.train_prompts
+        if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds or len(set(kinds)) != len(kinds):
+            raise ConfigError(
+                f"`train_prompts` is {kinds!r}; give a list of distinct kinds from {list(TRAIN_PROMPTS)}, "
+                "e.g. ['box', 'point']"
+            )
+        for kind in kinds:
+            if kind not in TRAIN_PROMPTS:
+                raise ConfigError(f"`train_prompts` has {kind!r}; choose kinds from {list(TRAIN_PROMPTS)}")
+        self.train_prompts = list(kinds)
+        if not _fraction(self.point_share):
+            raise ConfigError(
+                f"`point_share` should be a fraction strictly between 0 and 1 (SAM: 0.5), got "
+                f"{self.point_share!r}; to train on one kind only, give it alone in train_prompts"
+            )
+        if self.first_round_weight is not None and not _fraction(self.first_round_weight):
+            raise ConfigError(
+                f"`first_round_weight` should be a fraction strictly between 0 and 1, or none for equal "
+                f"rounds, got {self.first_round_weight!r}"
+            )
+        if not _count(self.click_rounds):
+            raise ConfigError(
+                f"`click_rounds` should be an integer >= 0 (SAM trained with 8), got {self.click_rounds!r}"
+            )
+
+    def _check_numbers(self) -> None:
+        """Counts, sizes, rates and weights: positive, non-negative, or a number of images."""
+        if not _count(self.auto_calibration_images):
+            raise ConfigError(
+                f"`auto_calibration_images` should be an integer >= 0 (0: no calibration), got "
+                f"{self.auto_calibration_images!r}"
+            )
+        for name in _POSITIVE:
+            _positive(name, getattr(self, name))
+        for name in _NON_NEGATIVE:
+            _positive(name, getattr(self, name), allow_zero=True)
+        for name in ("max_train_images", "max_val_images", "epoch_val_images"):
+            value = getattr(self, name)
+            if value is not None and not (_count(value) and value >= 1):
+                raise ConfigError(f"`{name}` should be a positive number of images, or none for all; got {value!r}")
+        if self.focal_weight + self.dice_weight == 0:
+            raise ConfigError("`focal_weight` and `dice_weight` are both 0: the masks would get no loss")
+
     def _check_dataset(self) -> None:
         """Dataset name, splits (defaults from the dataset's card), options and the options naming
         its files: all checked here, before any file is read."""
-        from .data.presets import get_dataset_card
 
         card = get_dataset_card(self.dataset)
         self.train_split = self.train_split or card.train_split
         self.val_split = self.val_split or card.val_split
-        for what, split in (("--train-split", self.train_split), ("--val-split", self.val_split)):
-            if split not in card.splits:
-                raise ConfigError(
-                    f"{what} {split!r} is not a split of {self.dataset}; choose one of "
-                    f"{list(card.splits)} (its held-out split is {card.val_split!r})"
-                )
-        unknown = sorted(set(self.dataset_options) - set(card.options))
-        if unknown:
-            raise ConfigError(
-                f"--dataset-options: {self.dataset} has no option(s) {unknown}; its options: {sorted(card.options)}"
-            )
+        card.check_split(self.train_split, "--train-split")
+        card.check_split(self.val_split, "--val-split")
+        card.check_options(self.dataset_options, "--dataset-options: ")
         missing = [s for s in card.sources if s != "data_root" and not getattr(self, s)]
-        if self.dataset != "demo" and "data_root" in card.sources and not self.data_root:
+        if card.default_root is None and "data_root" in card.sources and not self.data_root:
             missing.append("data_root")
         if missing:
             flags = " and ".join("--" + m.replace("_", "-") for m in missing)
             raise ConfigError(f"dataset {self.dataset!r} needs {flags} (expected layout: {card.layout})")
-        if self.dataset == "coco" and not self.val_annotation_file and not self.validate_on_train:
+        if card.held_out_file and not self.val_annotation_file and not self.validate_on_train:
             raise ConfigError(
-                "dataset 'coco' without --val-annotation-file would validate on the training images and report "
+                f"dataset {self.dataset!r} without --val-annotation-file would validate on the training images and report "
                 "that as the gain. Give the held-out file (--val-annotation-file FILE.json, and --val-images-root "
                 "if its images are elsewhere), or pass --validate-on-train to do it anyway (the card then says so)"
             )
-        if self.validate_on_train and self.dataset != "coco":
+        if self.validate_on_train and not card.held_out_file:
             raise ConfigError(
                 f"--validate-on-train is for dataset coco; {self.dataset} has a held-out split (--val-split)"
             )
@@ -336,7 +385,7 @@ class TrainConfig:
             raise ConfigError("--validate-on-train and --val-annotation-file contradict each other: give one")
 
     def _check_name(self) -> None:
-        from .hub import parse_adapter_name
+        from .adapter_store import parse_adapter_name
         from .models.registry import get_model_card
 
         parsed = parse_adapter_name(self.name)
@@ -351,14 +400,13 @@ class TrainConfig:
     def check_files(self) -> None:
         """Raise :class:`~samadapt.errors.SamAdaptError` when a file or folder the run needs is
         missing (checkpoint, dataset files), reading none of them: run before hours of work."""
-        from .data.presets import get_dataset_card
         from .errors import CheckpointNotFoundError
 
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise CheckpointNotFoundError(f"--checkpoint {self.checkpoint!r} does not exist")
-        if self.dataset == "demo":
-            return  # generated at the start of the run
         card = get_dataset_card(self.dataset)
+        if card.generate is not None:
+            return  # generated at the start of the run
         for what, split, sources in (
             ("--train-split", self.train_split, self._sources(val=False)),
             ("--val-split", self.val_split, self._sources(val=True)),
@@ -367,7 +415,7 @@ class TrainConfig:
 
     def _sources(self, *, val: bool) -> dict[str, Any]:
         """The options naming the files of the training (or validation) split."""
-        if self.dataset != "coco":
+        if "data_root" in get_dataset_card(self.dataset).sources:
             return {"data_root": self.data_root}
         if not val:
             return {"images_root": self.images_root, "annotation_file": self.annotation_file}
@@ -379,11 +427,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ derived names
     @property
     def dataset_tag(self) -> str:
-        return (
-            self.dataset
-            if self.dataset != "trashcan"
-            else f"trashcan_{self.dataset_options.get('version', 'instance')}"
-        )
+        return get_dataset_card(self.dataset).tag(self.dataset_options)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

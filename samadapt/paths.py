@@ -1,12 +1,12 @@
 """Where samadapt keeps its files: ``SAMADAPT_HOME`` and the folders under it.
 
 A leaf module (it imports nothing of samadapt), so that every layer can find its files without
-importing the hub.
+importing the adapter store.
 
 Layout::
 
     $SAMADAPT_HOME/                       (default ~/.cache/samadapt)
-        adapters/<name>/                  named adapters (samadapt.hub)
+        adapters/<name>/                  named adapters (samadapt.adapter_store)
         checkpoints/                      base checkpoints under their official file names
         cache/                            image-embedding caches of training runs
         data/                             generated demo data sets

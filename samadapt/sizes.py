@@ -94,7 +94,7 @@ def safetensors_size(tensors: dict[str, tuple[tuple[int, ...], torch.dtype]], me
 
     The format: an 8-byte header length, a JSON header (``__metadata__`` first, then the tensors in
     the order of their data: by name within a dtype) padded with spaces to a multiple of 8, then the
-    raw data. ``tests/test_sizes.py`` checks it against real files.
+    raw data. ``tests/adapters/test_sizes.py`` checks it against real files.
     """
     dtypes = {dtype for _, dtype in tensors.values()}
     if len(dtypes) > 1:

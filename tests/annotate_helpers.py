@@ -142,7 +142,7 @@ def wait_idle(page, timeout: float = SLOW_MACHINE_MS) -> None:
 def save_screenshot(page, tmp_path: Path, name: str = "annotate.png") -> Path:
     """The page as PNG in ``tmp_path``; also into ``$SAMADAPT_DOCS_FIGURES`` when that is set (how
     docs/figures/annotate.png is made: ``SAMADAPT_DOCS_FIGURES=docs/figures python -m pytest
-    tests/test_annotate_browser.py``)."""
+    tests/annotate/test_annotate_browser.py``)."""
     path = tmp_path / name
     page.screenshot(path=str(path))
     target = os.environ.get("SAMADAPT_DOCS_FIGURES")

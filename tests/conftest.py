@@ -4,7 +4,7 @@ own block and leave the others as they are."""
 from __future__ import annotations
 
 # ============================================================================================
-# Core fixtures: models, strategies, adapter files, hub, CLI
+# Core fixtures: models, strategies, adapter files, the adapter store, CLI
 # (test_models, test_parity, test_strategies, test_adapter_io, test_hub, test_sizes, test_cli)
 # ============================================================================================
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from training_helpers import TINY_DEMO, tiny_config, train_here
+from training_helpers import TINY_DEMO, TINY_RUN, tiny_config, train_here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -147,23 +147,9 @@ def demo_data_root(tmp_path_factory) -> Path:
 def tiny_run_args(demo_data_root) -> list[str]:
     """``recipes/finetune.py`` options of a tiny run: 2 epochs of 3 steps on the session demo data, no
     automatic-mask calibration at its end."""
-    return [
-        "--data-root",
-        str(demo_data_root),
-        "--demo-train-images",
-        str(TINY_DEMO["train"]),
-        "--demo-val-images",
-        str(TINY_DEMO["val"]),
-        "--epochs",
-        "2",
-        "--prompts-per-image",
-        "4",
-        "--batch-size",
-        "2",
-        "--auto-calibration-images",
-        "0",  # the automatic-mask calibration at the end of training: tests/test_segment_auto.py
-        "--no-progress",
-    ]
+    run = [(f"--{k.replace('_', '-')}", str(v)) for k, v in TINY_RUN.items()]
+    demo = [("--demo-train-images", str(TINY_DEMO["train"])), ("--demo-val-images", str(TINY_DEMO["val"]))]
+    return ["--data-root", str(demo_data_root), *(a for pair in demo + run for a in pair), "--no-progress"]
 
 
 @pytest.fixture
@@ -219,7 +205,7 @@ def classify_adapter(tmp_path_factory, demo_data_root) -> Path:
         prompts_per_image=8,
         lr=1e-3,
         classify=True,
-        # the automatic-mask calibration at the end of training, as by default (tests/test_segment_auto.py)
+        # the automatic-mask calibration at the end of training, as by default (tests/segment/test_segment_auto.py)
         auto_calibration_images=TrainConfig.__dataclass_fields__["auto_calibration_images"].default,
     )
     return train_here(cfg).adapter_path

@@ -190,8 +190,8 @@ def test_cycle_finder_on_fake_graphs(graph, expected):
 
 
 def test_a_cycle_introduced_into_the_real_graph_is_found():
-    """``paths`` is a leaf: were it to import the hub (which needs it), the test above would fail."""
+    """``paths`` is a leaf: were it to import the adapter store (which needs it), the test above would fail."""
     graph = import_graph()
     assert graph["samadapt.paths"] == set()
-    graph["samadapt.paths"] = {"samadapt.hub"}
-    assert any({"samadapt.paths", "samadapt.hub"} <= set(cycle) for cycle in find_cycles(graph))
+    graph["samadapt.paths"] = {"samadapt.adapter_store"}
+    assert any({"samadapt.paths", "samadapt.adapter_store"} <= set(cycle) for cycle in find_cycles(graph))

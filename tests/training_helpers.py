@@ -1,4 +1,4 @@
-"""Helpers of the tests that train in this process (tests/test_training.py, test_interactive_training.py,
+"""Helpers of the tests that train in this process (tests/training/test_training.py, test_interactive_training.py,
 test_dora.py, test_segment_classes.py and conftest's fixtures): the tiny run as a config, and the run."""
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from samadapt.config import TrainConfig
 
 #: the size of the session's demo data (conftest's ``demo_data_root``)
 TINY_DEMO = {"train": 6, "val": 3}
+#: the tiny run, seconds on a 2-core CPU: 2 epochs of 3 steps, no automatic-mask calibration at its end.
+#: The one definition: :func:`tiny_config` (a config) and conftest's ``tiny_run_args`` (options) are it.
+TINY_RUN = {"epochs": 2, "prompts_per_image": 4, "batch_size": 2, "auto_calibration_images": 0}
 
 
 def tiny_config(demo_data_root: Path, folder: Path, checkpoint: Path | None = None, **overrides) -> TrainConfig:
@@ -26,15 +29,12 @@ def tiny_config(demo_data_root: Path, folder: Path, checkpoint: Path | None = No
         data_root=str(demo_data_root),
         demo_train_images=TINY_DEMO["train"],
         demo_val_images=TINY_DEMO["val"],
-        epochs=2,
-        prompts_per_image=4,
-        batch_size=2,
+        **TINY_RUN,
         progress=False,
         zero_shot=False,
         num_examples=0,
         log_with=None,
         publish=False,
-        auto_calibration_images=0,
         output_dir=str(Path(folder) / "run"),
         cache_dir=str(Path(folder) / "cache"),
     )

@@ -1,4 +1,4 @@
-"""What a user without samadapt runs on a ``sam`` export (``tests/test_export.py`` runs this file in a
+"""What a user without samadapt runs on a ``sam`` export (``tests/exporters/test_export.py`` runs this file in a
 fresh Python): upstream ``SamPredictor`` with box prompts, on ``sam_model_registry[type](checkpoint=...)``
 or, for a model type upstream has no registry entry for (``mini``), on upstream's modules built at
 the card's sizes as upstream's ``_build_sam`` builds them. samadapt is made unimportable first.

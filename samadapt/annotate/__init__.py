@@ -7,7 +7,8 @@ The pieces, one concern each:
 - :mod:`.session`: the models (each image encoded once, the next in the background; a prompt costs
   the decoder only), the draft of the object being drawn, undo, accept, the base model beside it;
 - :mod:`.app`: the FastAPI app (token, bounded requests, the JSON API, the page);
-- :mod:`.cli`: the command (argparse, model loading, the uvicorn server);
+- :mod:`.serve`: what the command runs (model loading, the lock on the file, the uvicorn server; its
+  options: :mod:`samadapt.cli.annotate`);
 - ``static/``: the page (plain HTML, JavaScript and CSS shipped with the package; no build step).
 
 Extending it (the data engine of issue 23): :meth:`AnnotateSession.swap` puts a new model in,

@@ -217,18 +217,34 @@ def create_app(
 ) -> Guard:
     """The ASGI application of the page (module docstring); ``routers`` are mounted beside the API."""
     app = FastAPI(title="samadapt annotate", docs_url=None, redoc_url=None, openapi_url=None)
-    folder = session.folder
     app.state.session, app.state.store = session, store
+    views = _Views(session, store)
+    _add_error_answers(app)
+    _add_page_routes(app, token)
+    _add_state_routes(app, views)
+    _add_draft_routes(app, views)
+    _add_annotation_routes(app, views)
+    for router in routers:
+        app.include_router(router)
+    return Guard(app, token, max_body)
 
-    def progress() -> dict[str, int]:
-        readable = folder.readable
-        return {"done": len(store.done_names() & set(readable)), "total": len(readable)}
 
-    def annotation_view(record: dict) -> dict[str, Any]:
+class _Views:
+    """What the routes share: the session, the store, the folder, and the JSON views of their objects."""
+
+    def __init__(self, session: AnnotateSession, store: AnnotationStore) -> None:
+        self.session, self.store, self.folder = session, store, session.folder
+
+    def progress(self) -> dict[str, int]:
+        readable = self.folder.readable
+        return {"done": len(self.store.done_names() & set(readable)), "total": len(readable)}
+
+    def annotation(self, record: dict) -> dict[str, Any]:
         keys = ("id", "category_id", "bbox", "area", "model", "effort")
-        return {**{k: record.get(k) for k in keys}, "mask": store.runs(record)}
+        return {**{k: record.get(k) for k in keys}, "mask": self.store.runs(record)}
 
-    def draft_view(draft: Draft | None, compare: bool) -> dict[str, Any] | None:
+    def draft(self, draft: Draft | None, compare: bool) -> dict[str, Any] | None:
+        session = self.session
         if draft is None or not draft.revision:
             return None
         view = {"revision": draft.revision, "prompts": draft.prompts, "actions": draft.actions}
@@ -238,15 +254,18 @@ def create_app(
             view["base"] = {"name": base.name, **_output_view(draft.outputs[base.name][-1])}
         return view
 
-    def usable(name: str):
-        image = folder[name]
+    def usable(self, name: str):
+        """The folder's image ``name``; an unreadable or blocked image is a :class:`DataError`."""
+        image = self.folder[name]
         if image.error is not None:
             raise DataError(f"image {name!r} is unreadable: {image.error}")
-        if name in store.blocked:
-            raise DataError(f"image {name!r}: {store.report.flagged[name]}")
+        if name in self.store.blocked:
+            raise DataError(f"image {name!r}: {self.store.report.flagged[name]}")
         return image
 
-    _add_error_answers(app)
+
+def _add_page_routes(app: FastAPI, token: str) -> None:
+    """``GET /`` (the page, with the token filled in) and ``GET /static/<name>``."""
 
     @app.get("/")
     def page() -> HTMLResponse:
@@ -259,6 +278,11 @@ def create_app(
         if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES or not (STATIC / name).is_file():
             return JSONResponse({"error": f"no static file {name[:100]!r}"}, status_code=404)
         return Response((STATIC / name).read_bytes(), media_type=_STATIC_TYPES[suffix])
+
+
+def _add_state_routes(app: FastAPI, views: _Views) -> None:
+    """``GET /api/state`` and ``GET /api/images/<name>``."""
+    session, store, folder = views.session, views.store, views.folder
 
     @app.get("/api/state")
     def state() -> dict[str, Any]:
@@ -287,21 +311,26 @@ def create_app(
             "unreadable": [{"name": n, "reason": r} for n, r in folder.unreadable.items()],
             "out": str(store.path),
             "done_names": sorted(done & set(folder.readable)),
-            **progress(),
+            **views.progress(),
         }
 
     @app.get("/api/images/{name:path}")
     def image(name: str) -> Response:
         from PIL import Image
 
-        usable(name)
+        views.usable(name)
         buffer = io.BytesIO()
         Image.fromarray(folder.read(name)).save(buffer, format="PNG", compress_level=1)
         return Response(buffer.getvalue(), media_type="image/png")
 
+
+def _add_draft_routes(app: FastAPI, views: _Views) -> None:
+    """``POST /api/open``, ``/api/prompt``, ``/api/draft``, ``/api/undo`` and ``/api/clear``."""
+    session, store = views.session, views.store
+
     @app.post("/api/open")
     def open_image(body: ImageIn) -> dict[str, Any]:
-        image = usable(body.image)
+        image = views.usable(body.image)
         info = session.open(body.image)
         return {
             "image": body.image,
@@ -310,38 +339,43 @@ def create_app(
             "embedding_ms": _ms(info["embedding_s"]),
             "cached": info["cached"],
             "flag": store.report.flagged.get(body.image),
-            "annotations": [annotation_view(a) for a in store.annotations_of(body.image)],
-            "draft": draft_view(session.current(body.image, compare=body.compare), body.compare),
+            "annotations": [views.annotation(a) for a in store.annotations_of(body.image)],
+            "draft": views.draft(session.current(body.image, compare=body.compare), body.compare),
         }
 
     @app.post("/api/prompt")
     def prompt(body: PromptIn) -> dict[str, Any]:
-        image = usable(body.image)
+        image = views.usable(body.image)
         draft = session.prompt(body.image, _check_prompt(body, image.width, image.height), compare=body.compare)
-        return {"image": body.image, "draft": draft_view(draft, body.compare)}
+        return {"image": body.image, "draft": views.draft(draft, body.compare)}
 
     @app.post("/api/draft")
     def draft(body: ImageIn) -> dict[str, Any]:
-        usable(body.image)
+        views.usable(body.image)
         if body.compare and session.compare_available:
             session.base()  # the switch was turned on: load the base model now, not at the next prompt
-        view = draft_view(session.current(body.image, compare=body.compare), body.compare)
+        view = views.draft(session.current(body.image, compare=body.compare), body.compare)
         return {"image": body.image, "draft": view, "base_name": session.base_name}
 
     @app.post("/api/undo")
     def undo(body: ImageIn) -> dict[str, Any]:
-        usable(body.image)
-        return {"image": body.image, "draft": draft_view(session.undo(body.image, compare=body.compare), body.compare)}
+        views.usable(body.image)
+        return {"image": body.image, "draft": views.draft(session.undo(body.image, compare=body.compare), body.compare)}
 
     @app.post("/api/clear")
     def clear(body: ImageIn) -> dict[str, Any]:
-        usable(body.image)
+        views.usable(body.image)
         session.clear(body.image)
         return {"image": body.image, "draft": None}
 
+
+def _add_annotation_routes(app: FastAPI, views: _Views) -> None:
+    """``POST /api/accept``, ``/api/delete`` and ``/api/category``: the annotation file changes."""
+    session, store = views.session, views.store
+
     @app.post("/api/accept")
     def accept(body: AcceptIn) -> dict[str, Any]:
-        usable(body.image)
+        views.usable(body.image)
         category_id = store.categories[0]["id"] if body.category_id is None else body.category_id
         if category_id not in store.category_ids():
             raise ConfigError(f"category_id {category_id!r} is not one of {store.category_ids()}")
@@ -356,17 +390,13 @@ def create_app(
             return store.add(body.image, output.mask, category_id, extra)
 
         record = session.accept(body.image, body.revision, write)
-        return {"image": body.image, "annotation": annotation_view(record), **progress()}
+        return {"image": body.image, "annotation": views.annotation(record), **views.progress()}
 
     @app.post("/api/delete")
     def delete(body: AnnotationIn) -> dict[str, Any]:
         record = store.delete(body.id)
-        return {"deleted": record["id"], **progress()}
+        return {"deleted": record["id"], **views.progress()}
 
     @app.post("/api/category")
     def category(body: CategoryIn) -> dict[str, Any]:
-        return {"annotation": annotation_view(store.set_category(body.id, body.category_id))}
-
-    for router in routers:
-        app.include_router(router)
-    return Guard(app, token, max_body)
+        return {"annotation": views.annotation(store.set_category(body.id, body.category_id))}

@@ -310,6 +310,21 @@ def _demo_annotations(root: str | os.PathLike, split: str = "train", **_: object
     return ann
 
 
+#: images the demo preset generates when nothing else is asked (training's and evaluation's default)
+DEMO_TRAIN_IMAGES = 160
+DEMO_VAL_IMAGES = 40
+
+
+def _generate_demo(
+    root: str | os.PathLike, *, n_train: int = DEMO_TRAIN_IMAGES, n_val: int = DEMO_VAL_IMAGES, progress: bool = True
+) -> Path:
+    """The demo data at ``root``, generated as training generates it (waste domain, seed 0); a folder
+    holding the same already is kept (:func:`samadapt.data.make_demo_dataset`)."""
+    from .synthetic import make_demo_dataset
+
+    return make_demo_dataset(root, domain="waste", n_train=n_train, n_val=n_val, seed=0, progress=progress)
+
+
 def demo(root: str | os.PathLike, split: str = "train", **kw) -> CocoInstances:
     """Generated demo data (:func:`samadapt.data.synthetic.make_demo_dataset`); ``"test"`` is ``"val"``."""
     _check_choice(split, "split", ("train", "val", "test"))
@@ -342,6 +357,14 @@ class DatasetCard:
     val_split: the default training and held-out split; sources: the options that name its files
     (``data_root``, or ``images_root`` + ``annotation_file``); locate: (sources, split, options) ->
     the annotation file, raising :class:`DataError` when it is missing, without reading it.
+
+    What is particular to a dataset lives here, never in a branch on its name elsewhere:
+    default_root: its folder under ``SAMADAPT_HOME`` when no ``data_root`` is given (a dataset
+    samadapt makes itself); generate: makes it there (``generate(root, n_train=, n_val=,
+    progress=)``), with ``generated(root)`` saying whether it is made; held_out_file: its held-out
+    images are another file, given as ``val_annotation_file`` (a split of one file is not held
+    out); tag_option: the option that names its version in run and adapter names (``trashcan`` ->
+    ``trashcan_material``).
     """
 
     name: str
@@ -354,6 +377,28 @@ class DatasetCard:
     sources: tuple[str, ...]
     locate: Callable[..., Path]
     summary_splits: tuple[str, ...] = ()  # the distinct splits, as `samadapt data summary` lists them
+    default_root: str | None = None
+    generate: Callable[..., object] | None = None
+    generated: Callable[[Path], bool] | None = None
+    held_out_file: bool = False
+    tag_option: tuple[str, str] | None = None  # (option, its default)
+
+    def root(self, data_root: str | os.PathLike | None) -> Path | None:
+        """``data_root``, or the card's default folder under ``SAMADAPT_HOME`` (None without either)."""
+        if data_root:
+            return Path(data_root)
+        if self.default_root is None:
+            return None
+        from ..paths import samadapt_home
+
+        return samadapt_home() / self.default_root
+
+    def tag(self, options: dict | None = None) -> str:
+        """The dataset's name in run and adapter names: its name, plus its version where it has one."""
+        if self.tag_option is None:
+            return self.name
+        option, default = self.tag_option
+        return f"{self.name}_{(options or {}).get(option, default)}"
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -362,18 +407,26 @@ class DatasetCard:
         own = tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
         return own + COCO_OPTIONS
 
-    def check(self, split: str, what: str = "split", *, options: dict | None = None, **sources) -> Path:
-        """Check a split name, the options and that the files exist, reading no data; returns the
-        annotation file."""
+    def check_split(self, split: str, what: str = "split") -> None:
         if split not in self.splits:
             raise ConfigError(
                 f"{what} {split!r} is not a split of {self.name}; choose one of {list(self.splits)} "
                 f"(its held-out split is {self.val_split!r})"
             )
-        options = dict(options or {})
+
+    def check_options(self, options: dict, what: str = "") -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ConfigError(f"dataset {self.name!r} has no option(s) {unknown}; its options: {sorted(self.options)}")
+            raise ConfigError(
+                f"{what}dataset {self.name!r} has no option(s) {unknown}; its options: {sorted(self.options)}"
+            )
+
+    def check(self, split: str, what: str = "split", *, options: dict | None = None, **sources) -> Path:
+        """Check a split name, the options and that the files exist, reading no data; returns the
+        annotation file."""
+        self.check_split(split, what)
+        options = dict(options or {})
+        self.check_options(options)
         missing = [s for s in self.sources if not sources.get(s)]
         if missing:
             flags = " and ".join("--" + m.replace("_", "-") for m in missing)
@@ -431,6 +484,7 @@ DATASET_CARDS: dict[str, DatasetCard] = {
             ("data_root",),
             _trashcan_annotations,
             ("train", "val"),
+            tag_option=("version", "instance"),
         ),
         DatasetCard(
             "coco",
@@ -443,6 +497,7 @@ DATASET_CARDS: dict[str, DatasetCard] = {
             ("images_root", "annotation_file"),
             _coco_annotations,
             ("train",),
+            held_out_file=True,
         ),
         DatasetCard(
             "demo",
@@ -455,6 +510,9 @@ DATASET_CARDS: dict[str, DatasetCard] = {
             ("data_root",),
             _demo_annotations,
             ("train", "val"),
+            default_root="data/demo-waste",
+            generate=_generate_demo,
+            generated=lambda root: (Path(root) / "dataset.json").is_file(),
         ),
     )
 }

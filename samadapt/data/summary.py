@@ -163,8 +163,8 @@ def summarize_preset(name: str, *, splits: tuple[str, ...] | None = None, **kw) 
 
     card = get_dataset_card(name)
     sources = {k: kw.pop(k, None) for k in card.sources}
-    if name == "coco":
+    if card.held_out_file:  # its files are the split
         if splits:
-            raise ConfigError(f"the coco preset has no splits (its files are the split), got splits={splits!r}")
+            raise ConfigError(f"the {name} preset has no splits (its files are the split), got splits={splits!r}")
         return summarize(card.open("train", options=kw, **sources))
     return summarize({split: card.open(split, options=kw, **sources) for split in splits or card.summary_splits})

@@ -62,7 +62,7 @@ def project_name(annotation_file: str | os.PathLike) -> str:
 
 def next_round(project: str, model_type: str) -> tuple[int, str]:
     """``(k, "<project>_r<k>-<tag>")`` with ``k`` one more than the store's highest for this project."""
-    from ..hub import adapter_name, list_adapters
+    from ..adapter_store import adapter_name, list_adapters
 
     tag = adapter_name(f"{project}_r1", model_type, "decoder").split("-", 1)[1]
     pattern = re.compile(rf"^{re.escape(project)}_r(\d+)-{re.escape(tag)}$")
@@ -144,12 +144,26 @@ class EngineTurn:
             "work_dir": str(self.work_dir),
         }
 
+    def summary_lines(self) -> list[str]:
+        """What ``samadapt engine`` prints at the end: the installed adapter and, for it and the
+        previous model, box mean IoU and clicks per object on the held-out images."""
+        t = self.scores["new"]["clicks_per_object"]["target"]
+        lines = [f"engine: installed {self.name} ({self.path})", f"  held-out images: {len(self.split['held_out'])}"]
+        for label, key in ((self.name, "new"), (self.previous, "previous")):
+            s = self.scores[key]
+            lines.append(
+                f"  {label}: box mean IoU {100 * s['box_miou']['mean']:.1f}, clicks per object to IoU {t:g} "
+                f"{s['clicks_per_object']['mean']:.2f} (never reached: {100 * s['clicks_per_object']['never_reached']:.0f}%)"
+            )
+        return lines
+
 
 def _previous_model(previous: str | None, model_type: str, checkpoint, device):
     """(model, label, base model type, base checkpoint to train from) of the model to compare with."""
     from ..adapter_io import read_adapter_metadata
+    from ..adapter_store import load, resolve_adapter
     from ..evaluation.run import zero_shot_model
-    from ..hub import find_base_checkpoint, load, resolve_adapter
+    from ..models.checkpoints import find_base_checkpoint
 
     if previous is None:
         label = model_type if checkpoint is None else f"{model_type} ({Path(checkpoint).name})"
@@ -195,8 +209,8 @@ def adapt_on_annotations(
     """
     import torch
 
+    from ..adapter_store import install_adapter
     from ..data.coco_file import load_coco_json
-    from ..hub import install_adapter
     from ..training.trainer import train
 
     annotation_file = Path(annotation_file)
@@ -258,7 +272,7 @@ def _turn_files(data: dict, split, turn_dir: Path) -> tuple[Path, Path]:
 
 
 def _load(adapter: Path, checkpoint, device):
-    from ..hub import load
+    from ..adapter_store import load
 
     return load(adapter, checkpoint=checkpoint, device=device)
 

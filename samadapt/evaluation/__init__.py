@@ -6,7 +6,7 @@
 - :mod:`.metrics`: IoU / precision / recall / F1 per instance, their summaries, COCO mask AP;
 - :mod:`.clicks`: the click-by-click protocol (mIoU per click, NoC@85 / NoC@90);
 - :mod:`.report`: ``metrics.json`` / ``metrics.md`` and the plain-text tables; :mod:`.plots`: figures;
-- :mod:`.run`: zero-shot and adapters on one dataset (``samadapt eval``; its options: :mod:`.cli`);
+- :mod:`.run`: zero-shot and adapters on one dataset (``samadapt eval``; its options: :mod:`samadapt.cli.evaluate`);
 - :mod:`.uncertainty` and :mod:`.comparison`: intervals and the statistics of strategy comparisons
   (imported from their modules).
 """

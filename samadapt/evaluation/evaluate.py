@@ -222,74 +222,131 @@ def evaluate_records(
 
     cfg = EvalConfig.of(config, **options)
     prompts_of = prompt_config(cfg)
-    batch_size, coco, max_mask_pixels = cfg.batch_size, cfg.coco, cfg.max_mask_pixels
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    out = {name: [] for name in EvalRecords._ARRAYS}
-    rec = EvalRecords()
-    queue: list[tuple[_Pending, slice]] = []
-    queued_pixels = 0
     category_names = dict(getattr(dataset, "categories", None) or {})  # for the examples figure's legend
     if example_indices is None and return_examples:
         from .examples import example_pool
 
         example_indices = example_pool(dataset, return_examples, seed=cfg.seed, indices=indices)
-    keep_examples = {int(i) for i in example_indices or ()}
+    run = _Evaluation(model, cfg, prompts_of, embeddings, {int(i) for i in example_indices or ()}, category_names)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(indices), desc=desc, disable=not progress, unit="img")
+    try:
+        with torch.no_grad():
+            for index in indices:
+                run.add(index, *_load_sample(dataset, index))
+                bar.update(1)
+            run.flush()
+    finally:
+        bar.close()
+        model.train(was_training)
+    return run.records()
 
-    def flush() -> None:
-        nonlocal queued_pixels
-        if not queue:
+
+def _load_sample(dataset, index: int) -> tuple[dict, Any, int, int]:
+    """``dataset[index]`` (its masks lazy where the dataset can), its masks and its image's height
+    and width; masks of another size than the image are an error."""
+    sample = dataset.item(index, lazy_masks=True) if hasattr(dataset, "instance_masks") else dataset[index]
+    masks = sample["masks"] if hasattr(sample["masks"], "shape") else np.asarray(sample["masks"], dtype=bool)
+    h, w = np.asarray(sample["image"]).shape[:2]
+    if masks.ndim != 3 or masks.shape[1:] != (h, w):
+        raise ConfigError(f"dataset[{index}]: masks of shape {masks.shape} do not match the image ({h}, {w})")
+    return sample, masks, h, w
+
+
+@dataclass
+class _Evaluation:
+    """One :func:`evaluate_records` run: images are added one by one, their prompts queued in
+    chunks, and the queue predicted in one ``predict_batch`` call when it is full (``batch_size``
+    chunks, or ``max_mask_pixels`` mask pixels) and scored into the records."""
+
+    model: Any
+    cfg: EvalConfig
+    prompts_of: PromptConfig
+    embeddings: Callable[[int], torch.Tensor] | None
+    keep_examples: set[int]
+    category_names: dict
+    out: dict[str, list] = field(default_factory=lambda: {name: [] for name in EvalRecords._ARRAYS})
+    rec: EvalRecords = field(default_factory=EvalRecords)
+    queue: list[tuple[_Pending, slice]] = field(default_factory=list)
+    queued_pixels: int = 0
+
+    def add(self, index: int, sample: dict, masks: Any, h: int, w: int) -> None:
+        """Record image ``index`` and queue its prompts, in chunks of at most ``max_mask_pixels``."""
+        n = masks.shape[0]
+        image_id = int(sample["image_id"])
+        self.rec.images.append(
+            {
+                "id": image_id,
+                "height": int(h),
+                "width": int(w),
+                "file_name": str(sample.get("file_name", "")),
+                "num_instances": int(n),
+            }
+        )
+        if n == 0:
+            return
+        boxes = sample.get("boxes")
+        prompts = make_prompts(
+            masks,
+            self.prompts_of,
+            _rng_for(self.cfg.seed, image_id, index),
+            boxes=None if boxes is None else np.asarray(boxes, dtype=np.float32),
+        )
+        per_chunk = max(1, self.cfg.max_mask_pixels // (h * w))
+        slices = [slice(s, min(n, s + per_chunk)) for s in range(0, n, per_chunk)]
+        pending = _Pending(index, sample, prompts, len(slices), index in self.keep_examples)
+        for sl in slices:
+            self._enqueue(pending, sl, (sl.stop - sl.start) * h * w)
+
+    def _enqueue(self, pending: _Pending, sl: slice, pixels: int) -> None:
+        if self.queue and (
+            len(self.queue) >= self.cfg.batch_size or self.queued_pixels + pixels > self.cfg.max_mask_pixels
+        ):
+            self.flush()
+        self.queue.append((pending, sl))
+        self.queued_pixels += pixels
+
+    def flush(self) -> None:
+        """Predict the queued chunks in one ``predict_batch`` call and score them."""
+        if not self.queue:
             return
         images, boxes, points, labels = [], [], [], []
-        for p, sl in queue:
+        for p, sl in self.queue:
             images.append(p.sample["image"])
             pr = p.prompts
             boxes.append(None if pr["boxes"] is None else pr["boxes"][sl])
             points.append(None if pr["points"] is None else pr["points"][sl])
             labels.append(None if pr["labels"] is None else pr["labels"][sl])
         use_points = any(x is not None for x in points)
-        results = model.predict_batch(
+        results = self.model.predict_batch(
             images,
             boxes,
             points if use_points else None,
             labels if use_points else None,
-            batch_size=batch_size,
-            image_embeddings=None if embeddings is None else [embeddings(p.index) for p, _ in queue],
+            batch_size=self.cfg.batch_size,
+            image_embeddings=None if self.embeddings is None else [self.embeddings(p.index) for p, _ in self.queue],
         )
-        for (p, sl), (masks, scores) in zip(queue, results):
-            _score(p, sl, masks, scores)
-        queue.clear()
-        queued_pixels = 0
+        for (p, sl), (masks, scores) in zip(self.queue, results):
+            self._score(p, sl, masks, scores)
+        self.queue.clear()
+        self.queued_pixels = 0
 
-    def _score(p: _Pending, sl: slice, masks: np.ndarray, scores: np.ndarray) -> None:
+    def _score(self, p: _Pending, sl: slice, masks: np.ndarray, scores: np.ndarray) -> None:
+        """Score the predicted masks of one chunk of an image's instances."""
         s = p.sample
         gt = np.asarray(s["masks"][sl], dtype=bool)  # this chunk's masks only (lazy masks decode just these)
         cats = np.asarray(s["category_ids"], dtype=np.int64).reshape(-1)[sl]
         m = instance_metrics(masks, gt)
         for name in METRIC_NAMES:
-            out[name].append(m[name])
-        out["category_ids"].append(cats)
-        out["areas"].append(m["gt_area"].astype(np.float64))
-        out["scores"].append(np.asarray(scores, dtype=np.float64).reshape(-1))
-        out["image_ids"].append(np.full(len(cats), int(s["image_id"]), dtype=np.int64))
-        if coco:
-            for k in range(len(cats)):
-                rec.gt_annotations.append(
-                    {
-                        "image_id": int(s["image_id"]),
-                        "category_id": int(cats[k]),
-                        "segmentation": encode_mask(gt[k]),
-                        "area": float(m["gt_area"][k]),
-                        "iscrowd": 0,
-                    }
-                )
-                rec.detections.append(
-                    {
-                        "image_id": int(s["image_id"]),
-                        "category_id": int(cats[k]),
-                        "segmentation": encode_mask(masks[k]),
-                        "score": float(scores[k]),
-                    }
-                )
+            self.out[name].append(m[name])
+        self.out["category_ids"].append(cats)
+        self.out["areas"].append(m["gt_area"].astype(np.float64))
+        self.out["scores"].append(np.asarray(scores, dtype=np.float64).reshape(-1))
+        self.out["image_ids"].append(np.full(len(cats), int(s["image_id"]), dtype=np.int64))
+        if self.cfg.coco:
+            _add_coco_records(self.rec, int(s["image_id"]), cats, gt, masks, scores, m["gt_area"])
         p.chunks_left -= 1
         if p.want_example:
             k = _example_stride(gt.shape[1:])
@@ -297,65 +354,46 @@ def evaluate_records(
             p.score_parts.append(np.asarray(scores).reshape(-1))
             p.iou_parts.append(m["iou"])  # at full resolution, as in the metrics
             if p.chunks_left == 0:
-                rec.examples.append(_example(p, k, category_names))
+                self.rec.examples.append(_example(p, k, self.category_names))
 
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(indices), desc=desc, disable=not progress, unit="img")
-    try:
-        with torch.no_grad():
-            for index in indices:
-                sample = dataset.item(index, lazy_masks=True) if hasattr(dataset, "instance_masks") else dataset[index]
-                masks = (
-                    sample["masks"] if hasattr(sample["masks"], "shape") else np.asarray(sample["masks"], dtype=bool)
-                )
-                h, w = np.asarray(sample["image"]).shape[:2]
-                if masks.ndim != 3 or masks.shape[1:] != (h, w):
-                    raise ConfigError(
-                        f"dataset[{index}]: masks of shape {masks.shape} do not match the image ({h}, {w})"
-                    )
-                n = masks.shape[0]
-                image_id = int(sample["image_id"])
-                rec.images.append(
-                    {
-                        "id": image_id,
-                        "height": int(h),
-                        "width": int(w),
-                        "file_name": str(sample.get("file_name", "")),
-                        "num_instances": int(n),
-                    }
-                )
-                if n == 0:
-                    bar.update(1)
-                    continue
-                boxes = sample.get("boxes")
-                prompts = make_prompts(
-                    masks,
-                    prompts_of,
-                    _rng_for(cfg.seed, image_id, index),
-                    boxes=None if boxes is None else np.asarray(boxes, dtype=np.float32),
-                )
-                per_chunk = max(1, max_mask_pixels // (h * w))
-                slices = [slice(s, min(n, s + per_chunk)) for s in range(0, n, per_chunk)]
-                pending = _Pending(index, sample, prompts, len(slices), index in keep_examples)
-                for sl in slices:
-                    if queue and (
-                        len(queue) >= batch_size or queued_pixels + (sl.stop - sl.start) * h * w > max_mask_pixels
-                    ):
-                        flush()
-                    queue.append((pending, sl))
-                    queued_pixels += (sl.stop - sl.start) * h * w
-                bar.update(1)
-            flush()
-    finally:
-        bar.close()
-        model.train(was_training)
+    def records(self) -> EvalRecords:
+        """The records, their per-instance arrays concatenated."""
+        rec = self.rec
+        for name in EvalRecords._ARRAYS:
+            parts = self.out[name]
+            dtype = getattr(rec, name).dtype
+            setattr(rec, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
+        return rec
 
-    for name in EvalRecords._ARRAYS:
-        parts = out[name]
-        dtype = getattr(rec, name).dtype
-        setattr(rec, name, np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype))
-    return rec
+
+def _add_coco_records(
+    rec: EvalRecords,
+    image_id: int,
+    cats: np.ndarray,
+    gt: np.ndarray,
+    masks: np.ndarray,
+    scores: np.ndarray,
+    areas: np.ndarray,
+) -> None:
+    """Add the COCO ground-truth annotations and detections (RLE) of one chunk of an image's instances."""
+    for k in range(len(cats)):
+        rec.gt_annotations.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cats[k]),
+                "segmentation": encode_mask(gt[k]),
+                "area": float(areas[k]),
+                "iscrowd": 0,
+            }
+        )
+        rec.detections.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cats[k]),
+                "segmentation": encode_mask(masks[k]),
+                "score": float(scores[k]),
+            }
+        )
 
 
 def _example(p: _Pending, k: int, category_names: Mapping[int, str]) -> dict:

@@ -21,7 +21,15 @@ from ..errors import ConfigError
 from ..files import atomic_write_text
 from .evaluate import EvalResult
 
-__all__ = ["REPORT_FILES", "click_markdown", "format_click_table", "format_table", "text_table", "write_report"]
+__all__ = [
+    "REPORT_FILES",
+    "click_markdown",
+    "format_click_table",
+    "format_table",
+    "report_folder",
+    "text_table",
+    "write_report",
+]
 
 #: the click counts whose mIoU the click tables show (those up to the run's maximum)
 CLICK_COLUMNS = (1, 2, 3, 5, 10, 20)
@@ -277,3 +285,29 @@ def write_report(
             curves, out / "clicks.png", title=f"{dataset_name}: mean IoU after each click"
         )
     return paths
+
+
+def report_folder(out: str | os.PathLike | None, dataset: str, *, overwrite: bool = False) -> Path:
+    """Where the report of ``samadapt eval`` goes, decided before any work: ``out`` (refused when it
+    holds something, unless ``overwrite``), else ``outputs/eval-<dataset>``, or beside it the next free
+    ``outputs/eval-<dataset>-2``, ... when it holds earlier results (said in one line; they stay),
+    as training chooses its run folder."""
+    from ..files import holds_something, next_free_folder
+
+    if out is None:
+        default = Path("outputs") / f"eval-{dataset}"
+        folder = default if overwrite else next_free_folder(default)
+        if folder != default:
+            print(
+                f"{default} holds earlier results (kept as they are): this report goes to {folder}; choose with --out"
+            )
+        return folder
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {str(folder)!r} is a file; the report is a folder (metrics.json, metrics.md, ...)")
+    if holds_something(folder) and not overwrite:
+        raise ConfigError(
+            f"--out {str(folder)!r} is not empty (earlier results?); replace its report with --overwrite, or choose "
+            "another --out"
+        )
+    return folder

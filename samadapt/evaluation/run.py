@@ -1,6 +1,6 @@
 """Evaluate zero-shot SAM and fine-tuned adapters on one dataset, with the same prompts.
 
-What ``recipes/evaluate.py`` and ``samadapt eval`` run (their options: :mod:`samadapt.evaluation.cli`),
+What ``recipes/evaluate.py`` and ``samadapt eval`` run (their options: :mod:`samadapt.cli.evaluate`),
 from Python::
 
     dataset = load_eval_dataset("demo")
@@ -26,7 +26,14 @@ from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from .config import CLICK_PROMPT, EvalConfig
 from .evaluate import EvalResult, evaluate
 
-__all__ = ["ZERO_SHOT_LABEL", "compare_models", "evaluate_models", "load_eval_dataset", "zero_shot_model"]
+__all__ = [
+    "ZERO_SHOT_LABEL",
+    "adapter_label",
+    "compare_models",
+    "evaluate_models",
+    "load_eval_dataset",
+    "zero_shot_model",
+]
 
 ZERO_SHOT_LABEL = "zero-shot"
 
@@ -57,29 +64,23 @@ def load_eval_dataset(
             demo dataset, it is used as it is; otherwise it is generated with these counts
             (defaults: the training defaults), exactly as training generates it.
     """
-    from ..config import TrainConfig
     from ..data import presets
 
     options = dict(dataset_options or {})
     card = presets.get_dataset_card(dataset)
-    if dataset == "coco":
+    if card.held_out_file:  # the file given is the held-out file
         return card.open("val", options=options, images_root=images_root, annotation_file=annotation_file)
-    if dataset == "demo":
-        from ..data import make_demo_dataset
-        from ..paths import samadapt_home
-
-        root = Path(data_root) if data_root else samadapt_home() / "data" / "demo-waste"
-        if demo_train_images is not None or demo_val_images is not None or not (root / "dataset.json").is_file():
-            make_demo_dataset(
+    root = card.root(data_root)
+    if card.generate is not None:
+        asked = demo_train_images is not None or demo_val_images is not None
+        if asked or not card.generated(root):
+            card.generate(
                 root,
-                domain="waste",
-                n_train=TrainConfig.demo_train_images if demo_train_images is None else demo_train_images,
-                n_val=TrainConfig.demo_val_images if demo_val_images is None else demo_val_images,
-                seed=0,
+                n_train=presets.DEMO_TRAIN_IMAGES if demo_train_images is None else demo_train_images,
+                n_val=presets.DEMO_VAL_IMAGES if demo_val_images is None else demo_val_images,
                 progress=progress,
             )
-        return card.open(split, options=options, data_root=root)
-    return card.open(split, options=options, data_root=data_root)
+    return card.open(split, options=options, data_root=root)
 
 
 def zero_shot_model(
@@ -96,8 +97,7 @@ def zero_shot_model(
     metadata); else samadapt's built-in weights (``mini``) or the official checkpoint in
     ``SAMADAPT_HOME/checkpoints``. Never random weights.
     """
-    from ..hub import find_base_checkpoint
-    from ..models.checkpoints import official_checkpoint
+    from ..models.checkpoints import find_base_checkpoint, official_checkpoint
     from ..models.registry import build_sam, get_model_card
     from ..paths import checkpoints_dir
 
@@ -199,3 +199,20 @@ def evaluate_models(
         ).metrics()
         for label, model in models.items()
     }
+
+
+def adapter_label(name_or_path: str, taken: set[str]) -> str:
+    """A short label of an adapter, unique among ``taken`` (and added to it): the adapter's name, or
+    its file (folder) name."""
+    p = Path(name_or_path)
+    if p.is_dir() or (p.is_file() and p.name == "adapter.safetensors"):
+        label = (p if p.is_dir() else p.parent).name
+    elif p.is_file():
+        label = p.stem
+    else:
+        label = str(name_or_path)
+    base, k = label, 2
+    while label in taken:
+        label, k = f"{base} ({k})", k + 1
+    taken.add(label)
+    return label

@@ -1,6 +1,6 @@
 """Export an adapted model for other tools: ``samadapt.export(model, to=..., out=...)``.
 
-Formats (one module each; the runtime that reads each one checks it in ``tests/test_export.py``):
+Formats (one module each; the runtime that reads each one checks it in ``tests/exporters/test_export.py``):
 
 - ``sam``  (:mod:`.sam`): one file, a plain SAM state dict with LoRA merged and the trained decoder in
   place; ``segment_anything.sam_model_registry[type](checkpoint=...)`` loads it.
@@ -197,7 +197,7 @@ def export(
         )
     source = None
     if not isinstance(model, AdaptedSam):
-        from ..hub import load, resolve_adapter
+        from ..adapter_store import load, resolve_adapter
 
         source = resolve_adapter(model)
         model = load(source, checkpoint=checkpoint)

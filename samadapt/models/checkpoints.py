@@ -1,4 +1,5 @@
-"""SAM checkpoint files: the official ones, hashing, reading and key remapping.
+"""SAM checkpoint files: the official ones and their download, finding a base by its sha256,
+hashing, reading and key remapping.
 
 File I/O only: this module knows nothing of model types beyond the names of the official files
 (strict loading into a model, and guessing a file's model type, sit beside the registry in
@@ -10,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from ..errors import CheckpointError
-from ..files import atomic_write_text
-from ..paths import hash_cache_file
+from ..errors import CheckpointError, CheckpointNotFoundError, UnknownNameError
+from ..files import atomic_write, atomic_write_text
+from ..paths import checkpoints_dir, hash_cache_file
 
 # Full sha256 of the official files (the suffix of each file name is NOT a prefix of its sha256).
 # Values as published by several independent projects that verify these downloads.
@@ -131,3 +133,83 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state dict")
     return remap_state_dict(state)
+
+
+def find_base_checkpoint(model_type: str, base_id: str, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file whose sha256 is ``base_id``: the one given, or the official file in
+    ``SAMADAPT_HOME/checkpoints``."""
+    want = base_id.removeprefix("sha256:")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise CheckpointNotFoundError(
+                f"base checkpoint {str(checkpoint)!r} does not exist; the adapter needs the {model_type} "
+                f"checkpoint with {'sha256 ' + want if base_id.startswith('sha256:') else 'base id ' + base_id}: "
+                "pass the path of that file"
+            )
+        return Path(checkpoint)
+    official = official_checkpoint(model_type)
+    if official is not None:
+        path = checkpoints_dir() / official.filename
+        if official.sha256 == want:
+            if path.is_file():
+                return path
+            raise CheckpointNotFoundError(
+                f"the adapter needs the official {model_type} checkpoint {official.filename} (sha256 "
+                f"{official.sha256}), expected at {path}. Run `samadapt download-checkpoint {model_type}` "
+                f"or download {official.url} there, or pass checkpoint=..."
+            )
+    # a fine-tuned base: look for a file with that hash among the local checkpoints
+    if checkpoints_dir().is_dir():
+        for f in sorted(checkpoints_dir().glob("*.pth")):
+            if file_sha256(f) == want:
+                return f
+    raise CheckpointNotFoundError(
+        f"the adapter needs a {model_type} base checkpoint with sha256 {want}, not found in "
+        f"{checkpoints_dir()}; pass checkpoint=<path to that file>"
+    )
+
+
+def download_checkpoint(
+    model_type: str,
+    *,
+    url: str | None = None,
+    directory: str | os.PathLike | None = None,
+    progress: bool = True,
+    sha256: str | None = None,
+) -> Path:
+    """Download the official checkpoint of ``model_type`` into ``SAMADAPT_HOME/checkpoints`` with a
+    progress bar, verify its sha256, and only then move it into place."""
+    from tqdm.auto import tqdm
+
+    official = official_checkpoint(model_type)
+    if official is None:
+        raise UnknownNameError(
+            f"model type {model_type!r} has no official checkpoint; choose one of "
+            f"{sorted(c.model_type for c in OFFICIAL_CHECKPOINTS.values())}"
+        )
+    url = url or official.url
+    want = sha256 or official.sha256
+    dest = Path(directory or checkpoints_dir()) / official.filename
+    if dest.is_file() and file_sha256(dest) == want:
+        return dest
+
+    def fetch(tmp: str) -> None:  # into a temporary file beside dest; renamed only once its sha256 is right
+        try:
+            with urllib.request.urlopen(url) as resp, open(tmp, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=official.filename, disable=not progress) as bar:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as e:
+            raise CheckpointError(
+                f"downloading {url} failed ({e}); check the network or download it by hand to {dest}"
+            ) from None
+        got = file_sha256(tmp, use_cache=False)
+        if got != want:
+            raise CheckpointError(
+                f"{url} downloaded with sha256 {got}, expected {want}: the download is corrupt; try again"
+            )
+
+    atomic_write(dest, fetch)
+    return dest

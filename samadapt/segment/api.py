@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..models.parts.class_head import MaskTokenCapture, classify_boxes, require_class_head
 from ..transforms import check_boxes, check_points
 from .automatic import SAM_DEFAULTS, AutoConfig, content_region, encode_images, propose_masks
-from .class_head import MaskTokenCapture, classify_boxes, require_class_head
 
 __all__ = [
     "model_calibration",
@@ -49,7 +49,7 @@ def model_calibration(model, calibration=None):
     an adapter), the one shipped with its built-in weights (``mini``); else None. A model adapted and
     trained in a loop of your own is not told apart from its base: calibrate it and set
     ``model.auto_calibration``."""
-    from .calibration import builtin_calibration
+    from ..models.parts.calibration import builtin_calibration
 
     if calibration is not None:
         return calibration
@@ -98,7 +98,7 @@ def resolve_auto_config(model, auto: AutoConfig | None = None, calibration=None)
         return auto
     cal = model_calibration(model, calibration)
     if cal is not None:
-        return cal.auto_config()
+        return cal.auto_config(SAM_DEFAULTS)
     if getattr(model, "adapter_info", None) is None and _official_weights(model):
         return SAM_DEFAULTS.replace(source="SAM's own thresholds (official weights)")
     raise ConfigError(no_thresholds_message(model))

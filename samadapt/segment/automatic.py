@@ -25,7 +25,7 @@ ranked by predicted IoU. What differs is how it runs and what it keeps:
 
 With the same thresholds, ``mask_nms_thresh=None`` and ``max_masks=None``, on an image without
 letterbox bars, the masks are upstream's ``SamAutomaticMaskGenerator(model.sam,
-points_per_side=...).generate(image)`` (tests/test_segment_auto.py), ranked by score.
+points_per_side=...).generate(image)`` (tests/segment/test_segment_auto.py), ranked by score.
 Crops (``crop_n_layers``) and small-region removal (which needs OpenCV) are not supported.
 """
 

@@ -17,109 +17,29 @@ ground-truth object it overlaps most. From those pairs it
   few stability values, SAM's (0.88, 0.95) included.
 
 A :class:`Calibration` is a small JSON object; an adapter file carries it in its metadata
-(``samadapt.segment.state``), so it is computed once per adapter (``samadapt segment --auto
+(``samadapt.models.parts``), so it is computed once per adapter (``samadapt segment --auto
 --calibrate-annotation-file ... --save-calibration``) or on demand for a base model.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Sequence
-
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.parts.calibration import Calibration
 from .automatic import SAM_DEFAULTS, AutoConfig, content_region, encode_images, propose_masks, select_masks
 
-__all__ = ["STABILITY_GRID", "Calibration", "builtin_calibration", "calibrate", "describe", "isotonic_knots"]
+__all__ = [
+    "STABILITY_GRID",
+    "calibrate",
+    "describe",
+    "isotonic_knots",
+]
 
 #: stability thresholds tried (SAM's 0.95 among them)
 STABILITY_GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
 #: predicted-IoU thresholds tried: 0 (no filter), the deciles of the candidates' predicted IoU, SAM's 0.88
 IOU_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Thresholds and score map of one model, measured on ``images`` labelled images of ``data``.
-
-    pred_iou_thresh, stability_score_thresh: the chosen filters.
-    iou_knots, real_iou_knots: the isotonic map predicted IoU -> mean real IoU (linear between knots).
-    f1, precision, recall: of the final masks at the chosen thresholds, on the calibration images;
-    sam_defaults_f1, sam_defaults_masks: F1 and masks per image at SAM's (0.88, 0.95).
-    candidates: masks scored (3 per grid point and image); objects: ground-truth instances.
-    """
-
-    pred_iou_thresh: float
-    stability_score_thresh: float
-    points_per_side: int
-    match_iou: float
-    iou_knots: tuple[float, ...]
-    real_iou_knots: tuple[float, ...]
-    images: int
-    candidates: int
-    objects: int
-    f1: float
-    precision: float
-    recall: float
-    masks_per_image: float
-    sam_defaults_f1: float
-    sam_defaults_masks: float
-    data: str = ""
-
-    def quality(self, predicted_iou: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Predicted IoU -> the mean real IoU of masks with that prediction (float32, same shape)."""
-        x = np.asarray(predicted_iou, dtype=np.float64)
-        return np.interp(x, self.iou_knots, self.real_iou_knots).astype(np.float32)
-
-    def auto_config(self, base: AutoConfig = SAM_DEFAULTS) -> AutoConfig:
-        """``base`` with the calibrated thresholds (and the grid density the calibration used)."""
-        return dataclasses.replace(
-            base,
-            pred_iou_thresh=self.pred_iou_thresh,
-            stability_score_thresh=self.stability_score_thresh,
-            points_per_side=self.points_per_side,
-            source=f"calibrated on {self.images} images of {self.data or 'labelled data'}",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) - names or not {"pred_iou_thresh", "iou_knots"} <= set(data):
-            raise ConfigError(
-                f"not a samadapt automatic-mask calibration: {str(data)[:120]!r}; calibrate again "
-                "(samadapt segment --auto --calibrate-annotation-file ...)"
-            )
-        values = dict(data)
-        for k in ("iou_knots", "real_iou_knots"):
-            values[k] = tuple(float(v) for v in values[k])
-        return cls(**values)
-
-
-#: the calibration shipped beside a model type's built-in weights (``samadapt/weights/``)
-BUILTIN_SUFFIX = ".calibration.json"
-
-
-def builtin_calibration(base) -> Calibration | None:
-    """The calibration shipped with samadapt's built-in weights of ``base`` (a
-    :class:`~samadapt.models.registry.BaseInfo`), or None: ``samadapt/weights/<file stem>.calibration.json``,
-    written by ``recipes/calibrate_builtin.py``. It describes those weights as they are: an adapter
-    of them carries its own calibration."""
-    import json
-
-    from ..models.registry import builtin_weights_path, get_model_card
-
-    if not str(getattr(base, "base_id", "")).startswith("builtin:"):
-        return None
-    weights = builtin_weights_path(get_model_card(base.model_type))
-    path = None if weights is None else weights.with_name(weights.stem + BUILTIN_SUFFIX)
-    if path is None or not path.is_file():
-        return None
-    return Calibration.from_dict(json.loads(path.read_text())["calibration"])
 
 
 def isotonic_knots(x: np.ndarray, y: np.ndarray, bins: int = 16) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -228,69 +148,22 @@ def calibrate(
         match_iou: the IoU at which a mask counts as finding an object.
         config: NMS threshold and ``max_masks`` of the generation the thresholds are chosen for.
     """
-    from pycocotools import mask as mask_utils
-    from tqdm.auto import tqdm
-
-    from ..evaluation.metrics import encode_mask
-
     if not 0 < match_iou <= 1:
         raise ConfigError(f"`match_iou` should be in (0, 1], got {match_iou!r}")
     n = len(instances) if max_images is None else min(len(instances), int(max_images))
     if n == 0:
         raise ConfigError(f"calibration needs labelled images; {getattr(instances, 'name', 'the dataset')} has none")
     probe = config.replace(points_per_side=points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    images: list[dict] = []
-    for start in tqdm(range(0, n, batch_size), desc="calibrating automatic masks", disable=not progress):
-        idx = list(range(start, min(n, start + batch_size)))
-        arrays = [instances.load_image(i) for i in idx]
-        embeddings = encode_images(model, arrays, batch_size)
-        for i, emb, array in zip(idx, embeddings, arrays):
-            cand = propose_masks(model, emb, array.shape[:2], probe, region=content_region(array), keep_all=True)
-            gt = instances.decode_masks(i, instances.instance_annotations(i))
-            gt_rles = [encode_mask(m) for m in gt if m.any()]
-            try:
-                rles, pred = cand["rles"], cand["iou_preds"].numpy()
-            except KeyError:
-                rles, pred = [], np.zeros(0, np.float32)
-            if rles and gt_rles:
-                ious = np.asarray(mask_utils.iou(rles, gt_rles, [0] * len(gt_rles)), dtype=np.float64)
-                ious = ious.reshape(len(rles), len(gt_rles))
-            else:
-                ious = np.zeros((len(rles), len(gt_rles)))
-            images.append(
-                {
-                    "pred": pred.astype(np.float32),
-                    "ious": ious,
-                    "rles": rles,
-                    "mask_ious": np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)), np.float64).reshape(
-                        len(rles), len(rles)
-                    ),
-                    "stab": cand["stability_score"].numpy() if rles else np.zeros(0, np.float32),
-                    "boxes": cand["boxes"].numpy().astype(np.float32) if rles else np.zeros((0, 4), np.float32),
-                }
-            )
+    images = _candidates(model, instances, n, probe, batch_size, progress)
     pred_all = np.concatenate([im["pred"] for im in images])
     real_all = np.concatenate(
         [im["ious"].max(1) if im["ious"].shape[1] else np.zeros(len(im["pred"])) for im in images]
     )
-    grid_iou = sorted(
-        {0.0, SAM_DEFAULTS.pred_iou_thresh, *(round(float(q), 4) for q in np.quantile(pred_all, IOU_QUANTILES))}
-        if pred_all.size
-        else {0.0}
-    )
-    best = None
-    for t in grid_iou:
-        for s in STABILITY_GRID:
-            tp, kept, objects = _evaluate(images, t, s, probe, match_iou)
-            f1, p, r = _f1(tp, kept, objects)
-            # ties go to the stricter thresholds (fewer masks for the same F1)
-            if best is None or f1 >= best[0]:
-                best = (f1, p, r, kept, t, s)
+    f1, p, r, kept, t, s = _best_thresholds(images, _threshold_grid(pred_all), probe, match_iou)
     tp, kept0, objects = _evaluate(
         images, SAM_DEFAULTS.pred_iou_thresh, SAM_DEFAULTS.stability_score_thresh, probe, match_iou
     )
     kx, ky = isotonic_knots(pred_all, real_all)
-    f1, p, r, kept, t, s = best
     return Calibration(
         pred_iou_thresh=float(t),
         stability_score_thresh=float(s),
@@ -309,6 +182,73 @@ def calibrate(
         sam_defaults_masks=round(kept0 / len(images), 3),
         data=getattr(instances, "name", ""),
     )
+
+
+def _candidates(model, instances, n: int, probe: AutoConfig, batch_size: int, progress: bool) -> list[dict]:
+    """Every candidate mask of the point grid (no filter) on the first ``n`` images, one dict per
+    image: its predicted IoU, stability, box and RLE, and its real IoU with each ground-truth object."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.metrics import encode_mask
+
+    images: list[dict] = []
+    for start in tqdm(range(0, n, batch_size), desc="calibrating automatic masks", disable=not progress):
+        idx = list(range(start, min(n, start + batch_size)))
+        arrays = [instances.load_image(i) for i in idx]
+        embeddings = encode_images(model, arrays, batch_size)
+        for i, emb, array in zip(idx, embeddings, arrays):
+            cand = propose_masks(model, emb, array.shape[:2], probe, region=content_region(array), keep_all=True)
+            gt = instances.decode_masks(i, instances.instance_annotations(i))
+            images.append(_image_candidates(cand, [encode_mask(m) for m in gt if m.any()]))
+    return images
+
+
+def _image_candidates(cand: dict, gt_rles: list) -> dict:
+    """One image's entry of :func:`_candidates`, from :func:`propose_masks`'s ``cand``."""
+    from pycocotools import mask as mask_utils
+
+    try:
+        rles, pred = cand["rles"], cand["iou_preds"].numpy()
+    except KeyError:
+        rles, pred = [], np.zeros(0, np.float32)
+    if rles and gt_rles:
+        ious = np.asarray(mask_utils.iou(rles, gt_rles, [0] * len(gt_rles)), dtype=np.float64)
+        ious = ious.reshape(len(rles), len(gt_rles))
+    else:
+        ious = np.zeros((len(rles), len(gt_rles)))
+    return {
+        "pred": pred.astype(np.float32),
+        "ious": ious,
+        "rles": rles,
+        "mask_ious": np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)), np.float64).reshape(len(rles), len(rles)),
+        "stab": cand["stability_score"].numpy() if rles else np.zeros(0, np.float32),
+        "boxes": cand["boxes"].numpy().astype(np.float32) if rles else np.zeros((0, 4), np.float32),
+    }
+
+
+def _threshold_grid(pred_all: np.ndarray) -> list[float]:
+    """The predicted-IoU thresholds tried: 0, SAM's 0.88 and the deciles of the candidates' predicted IoU."""
+    return sorted(
+        {0.0, SAM_DEFAULTS.pred_iou_thresh, *(round(float(q), 4) for q in np.quantile(pred_all, IOU_QUANTILES))}
+        if pred_all.size
+        else {0.0}
+    )
+
+
+def _best_thresholds(
+    images: list[dict], grid_iou: list[float], probe: AutoConfig, match_iou: float
+) -> tuple[float, float, float, int, float, float]:
+    """``(f1, precision, recall, masks kept, predicted-IoU threshold, stability threshold)`` of the
+    best pair of thresholds of ``grid_iou`` x :data:`STABILITY_GRID`."""
+    best = None
+    for t in grid_iou:
+        for s in STABILITY_GRID:
+            tp, kept, objects = _evaluate(images, t, s, probe, match_iou)
+            f1, p, r = _f1(tp, kept, objects)
+            # ties go to the stricter thresholds (fewer masks for the same F1)
+            if best is None or f1 >= best[0]:
+                best = (f1, p, r, kept, t, s)
+    return best
 
 
 def describe(cal: Calibration) -> str:

@@ -4,7 +4,7 @@
   ``auto_calibration_images`` validation images), so that ``samadapt segment --auto`` with the new
   adapter finds masks with no more input;
 - with a class head, its held-out accuracy against always answering the most frequent validation
-  category (:func:`~samadapt.segment.class_head.validate_class_head`), so that ``samadapt segment
+  category (:func:`~samadapt.segment.head_check.validate_class_head`), so that ``samadapt segment
   --classify`` can say when its labels are no better than that.
 
 Both are stored on the model (``auto_calibration``, the head's ``validation``), which the adapter file
@@ -41,8 +41,9 @@ def finish_adapter(
     Returns:
         ``{"auto_calibration": {...}}`` and / or ``{"class_head": {...}}``, for the run's metrics.
     """
+    from ..models.parts.class_head import class_head_of
     from .calibration import calibrate, describe
-    from .class_head import class_head_of, describe_validation, validate_class_head
+    from .head_check import describe_validation, validate_class_head
 
     out: dict[str, Any] = {}
     model.eval()

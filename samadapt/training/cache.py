@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..paths import samadapt_home
 
 if TYPE_CHECKING:
     from ..adapted import AdaptedSam
@@ -196,14 +197,23 @@ def fill_embedding_cache(
 
 
 def fill_run_caches(
-    accelerator, model: AdaptedSam, train_keyed, val_keyed, *, directory: Path, batch_size: int, progress: bool, say
+    accelerator,
+    model: AdaptedSam,
+    train_keyed,
+    val_keyed,
+    *,
+    directory: str | Path | None,
+    batch_size: int,
+    progress: bool,
+    say,
 ) -> tuple[EmbeddingCache, Callable[[int], torch.Tensor]]:
     """The embedding caches of a training run, filled: the training images' in bf16 (what the
     decoder trains on) and the validation images' in fp32, read by every validation, so that it
     scores exactly what the model predicts. ``train_keyed`` / ``val_keyed``: ``SamPromptDataset``
-    of each split with images. Returns the training cache and validation index -> embedding."""
+    of each split with images; ``directory``: the caches' folder (default ``SAMADAPT_HOME/cache``).
+    Returns the training cache and validation index -> embedding."""
     kw = dict(
-        directory=directory,
+        directory=Path(directory) if directory else samadapt_home() / "cache",
         model_type=model.model_type,
         base_id=model.base.base_id,
         image_size=model.transform.image_size,

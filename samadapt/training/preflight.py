@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..adapter_store import adapter_name
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from ..files import next_free_folder
-from ..hub import adapter_name
-from ..paths import samadapt_home
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -92,18 +91,9 @@ def build_datasets(cfg: TrainConfig):
 
     card = get_dataset_card(cfg.dataset)
     sources = {"train": cfg._sources(val=False), "val": cfg._sources(val=True)}
-    if cfg.dataset == "demo":
-        from ..data import make_demo_dataset
-
-        root = Path(cfg.data_root) if cfg.data_root else samadapt_home() / "data" / "demo-waste"
-        make_demo_dataset(
-            root,
-            domain="waste",
-            n_train=cfg.demo_train_images,
-            n_val=cfg.demo_val_images,
-            seed=0,
-            progress=cfg.progress,
-        )
+    if card.generate is not None:
+        root = card.root(cfg.data_root)
+        card.generate(root, n_train=cfg.demo_train_images, n_val=cfg.demo_val_images, progress=cfg.progress)
         sources = {"train": {"data_root": root}, "val": {"data_root": root}}
     train = card.open(cfg.train_split, options=cfg.dataset_options, **sources["train"])
     val = card.open(cfg.val_split, options=cfg.dataset_options, **sources["val"])

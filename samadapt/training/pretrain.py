@@ -88,33 +88,9 @@ def pretrain(
         for batch in loader:
             if step >= cfg.steps:
                 break
-            use_points = step % 2 == 1
-            emb = model.encode(batch["images"])
-            gt = torch.cat(batch["gt_masks"])
-            if gt.shape[0] == 0:
+            loss = _prompted_loss(model, batch, loss_fn, cfg, gen, use_points=step % 2 == 1)
+            if loss is None:  # no instance in the batch
                 continue
-            pts = [p[:, :1] for p in batch["points"]] if use_points else None
-            lbl = [lab[:, :1] for lab in batch["point_labels"]] if use_points else None
-            out = model.decode(emb, None if use_points else batch["boxes"], pts, lbl, multimask=use_points)
-            first = loss_fn(out.low_res_logits, out.iou_predictions, gt)
-            loss = first.loss
-            counts = out.image_index.bincount(minlength=emb.shape[0]).tolist()
-            clicks = torch.cat(pts) if use_points else torch.zeros(gt.shape[0], 0, 2)
-            click_labels = torch.cat(lbl) if use_points else torch.zeros(gt.shape[0], 0, dtype=torch.long)
-            prev = out.low_res_logits.gather(1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:]))
-            for _ in range(cfg.corrective_rounds):
-                c, lab = corrective_points(prev[:, 0].detach(), gt, gen)
-                clicks, click_labels = torch.cat([clicks, c], 1), torch.cat([click_labels, lab], 1)
-                out = model.decode(
-                    emb,
-                    None if use_points else batch["boxes"],
-                    list(clicks.split(counts)),
-                    list(click_labels.split(counts)),
-                    multimask=False,
-                    mask_inputs=list(prev.detach().split(counts)) if cfg.mask_prompt else None,
-                )
-                loss = loss + loss_fn(out.low_res_logits, out.iou_predictions, gt).loss
-                prev = out.low_res_logits
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -126,15 +102,16 @@ def pretrain(
             running.append(loss.item())
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {
-                    "step": step,
-                    "loss": float(np.mean(running)),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - t0,
-                }
-                cfg.history.append(row)
+                cfg.history.append(
+                    {
+                        "step": step,
+                        "loss": float(np.mean(running)),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
                 running = []
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
+                bar.set_postfix(loss=f"{cfg.history[-1]['loss']:.3f}")
             if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
                 log(f"time budget of {cfg.time_budget_s:.0f} s reached at step {step}; stopping")
                 cfg.steps = step
@@ -143,3 +120,38 @@ def pretrain(
     bar.close()
     model.eval()
     return cfg.history
+
+
+def _prompted_loss(
+    model: AdaptedSam, batch, loss_fn: SamLoss, cfg: PretrainConfig, gen: torch.Generator, *, use_points: bool
+) -> torch.Tensor | None:
+    """The loss of one batch: the first prediction (noisy boxes, or one positive click with the
+    multimask output) and ``cfg.corrective_rounds`` refinements, each with a click from the previous
+    prediction's error (and its logits as the mask prompt). None when the batch holds no instance."""
+    emb = model.encode(batch["images"])
+    gt = torch.cat(batch["gt_masks"])
+    if gt.shape[0] == 0:
+        return None
+    pts = [p[:, :1] for p in batch["points"]] if use_points else None
+    lbl = [lab[:, :1] for lab in batch["point_labels"]] if use_points else None
+    out = model.decode(emb, None if use_points else batch["boxes"], pts, lbl, multimask=use_points)
+    first = loss_fn(out.low_res_logits, out.iou_predictions, gt)
+    loss = first.loss
+    counts = out.image_index.bincount(minlength=emb.shape[0]).tolist()
+    clicks = torch.cat(pts) if use_points else torch.zeros(gt.shape[0], 0, 2)
+    click_labels = torch.cat(lbl) if use_points else torch.zeros(gt.shape[0], 0, dtype=torch.long)
+    prev = out.low_res_logits.gather(1, first.best_index[:, None, None, None].expand(-1, 1, *gt.shape[-2:]))
+    for _ in range(cfg.corrective_rounds):
+        c, lab = corrective_points(prev[:, 0].detach(), gt, gen)
+        clicks, click_labels = torch.cat([clicks, c], 1), torch.cat([click_labels, lab], 1)
+        out = model.decode(
+            emb,
+            None if use_points else batch["boxes"],
+            list(clicks.split(counts)),
+            list(click_labels.split(counts)),
+            multimask=False,
+            mask_inputs=list(prev.detach().split(counts)) if cfg.mask_prompt else None,
+        )
+        loss = loss + loss_fn(out.low_res_logits, out.iou_predictions, gt).loss
+        prev = out.low_res_logits
+    return loss

@@ -5,7 +5,7 @@
 - :mod:`.trashcan`: TrashCan 1.0's raw frames to its official COCO layout, with the official classes;
 - :mod:`.project`: any Supervise.ly project export with a user-given class mapping;
 - :mod:`.output`: writing an import atomically (COCO files, linked or copied images, manifest);
-- :mod:`.commands`: the ``samadapt data import-trashcan`` / ``import-supervisely`` options and runs.
+- the ``samadapt data import-trashcan`` / ``import-supervisely`` options and runs: :mod:`samadapt.cli.data`.
 """
 
 from .project import import_supervisely, read_mapping

@@ -26,6 +26,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ...errors import ConfigError, DataError
 from .output import CocoSplit, OutputFolder, check_image_mode, check_source_dir
@@ -133,15 +134,11 @@ def import_supervisely(
         DataError: not a project export. ConfigError: a class the mapping lacks (without
         ``skip_unmapped``; nothing written), bad options, or ``out`` holds another import.
     """
-    from tqdm.auto import tqdm
-
     check_image_mode(images)
     project = check_source_dir(Path(project), "Supervise.ly project", LAYOUT).resolve()
     classes = _meta_classes(project)
     table = read_mapping(mapping) if mapping is not None else {c: c for c in classes}
-    datasets = sorted(d.name for d in project.iterdir() if (d / "ann").is_dir())
-    if not datasets:
-        raise DataError(f"{str(project)!r} holds no dataset folder with an ann/ folder. Expected layout: {LAYOUT}")
+    datasets = _datasets(project)
     missing = Counter({c: 0 for c in classes if c not in table})
     if missing and not skip_unmapped:
         raise _unmapped_error(missing, mapping)
@@ -159,6 +156,31 @@ def import_supervisely(
 
     categories = list(dict.fromkeys(v for v in [table.get(c) for c in classes] + list(table.values()) if v))
     report = ImportReport()
+    splits = _convert(project, datasets, categories, _category_of(table, missing), report, progress)
+    if any(missing.values()) and not skip_unmapped:
+        raise _unmapped_error(+missing, mapping)  # classes used by objects but absent from meta.json
+    counts = _write_datasets(folder, project, datasets, splits, images)
+    folder.finish(
+        {
+            "counts": counts,
+            "report": report.to_dict(),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
+    return ProjectImport(folder.root, False, counts, report.to_dict())
+
+
+def _datasets(project: Path) -> list[str]:
+    """The project's dataset folders (those with an ``ann/`` folder), sorted."""
+    datasets = sorted(d.name for d in project.iterdir() if (d / "ann").is_dir())
+    if not datasets:
+        raise DataError(f"{str(project)!r} holds no dataset folder with an ann/ folder. Expected layout: {LAYOUT}")
+    return datasets
+
+
+def _category_of(table: dict[str, str | None], missing: Counter) -> Callable[[dict], tuple[str | None, str | None]]:
+    """An object's category by the mapping ``table``: ``(name, None)`` or ``(None, reason)``; classes
+    the mapping lacks are counted in ``missing``."""
 
     def category_of(obj: dict) -> tuple[str | None, str | None]:
         title = str(obj.get("classTitle"))
@@ -168,6 +190,20 @@ def import_supervisely(
         if table[title] is None:
             return None, f"class {title!r} mapped to null"
         return table[title], None
+
+    return category_of
+
+
+def _convert(
+    project: Path,
+    datasets: list[str],
+    categories: list[str],
+    category_of: Callable,
+    report: ImportReport,
+    progress: bool,
+) -> dict[str, CocoSplit]:
+    """Dataset -> its images' objects with their categories (image ids from 1 across datasets)."""
+    from tqdm.auto import tqdm
 
     splits = {d: CocoSplit(categories) for d in datasets}
     frames = [(d, p) for d in datasets for p in sorted((project / d / "ann").glob("*.json"))]
@@ -184,9 +220,14 @@ def import_supervisely(
             continue
         found = frame_instances(ann, f"{d}/{name}", {"": category_of}, {"": report})[""]
         splits[d].add(image_id, name, picture, int(ann["size"]["height"]), int(ann["size"]["width"]), found)
-    if any(missing.values()) and not skip_unmapped:
-        raise _unmapped_error(+missing, mapping)  # classes used by objects but absent from meta.json
+    return splits
 
+
+def _write_datasets(
+    folder: OutputFolder, project: Path, datasets: list[str], splits: dict[str, CocoSplit], images: str
+) -> dict:
+    """Write each dataset's folder (staged, then moved in place; the staged ones are removed on an
+    error); returns dataset -> counts."""
     folder.begin()
     staged: list[Path] = []
     counts = {}
@@ -200,11 +241,4 @@ def import_supervisely(
     except BaseException:
         folder.cleanup(staged)
         raise
-    folder.finish(
-        {
-            "counts": counts,
-            "report": report.to_dict(),
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        }
-    )
-    return ProjectImport(folder.root, False, counts, report.to_dict())
+    return counts

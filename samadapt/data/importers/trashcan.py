@@ -339,71 +339,135 @@ def import_trashcan(
         DataError: the source layout is wrong. ConfigError: bad options, or ``out`` holds another import
         (without ``overwrite``).
     """
-    from tqdm.auto import tqdm
-
     versions = list(dict.fromkeys(versions))
     chosen = None if frames is None else set(frames)
     bad = [v for v in versions if v not in VERSIONS]
     if bad or not versions:
         raise ConfigError(f"versions={versions!r}; choose from {list(VERSIONS)}")
     check_image_mode(images)
-    source = check_source_dir(Path(source), "TrashCan source", LAYOUT).resolve()
-    ann_dir = check_source_dir(source / "original_data" / "annotations", "TrashCan annotations folder", LAYOUT)
-    img_dir = check_source_dir(source / "original_data" / "images", "TrashCan images folder", LAYOUT)
-    lists = {v: _split_lists(source, v) for v in versions}
-    folder = OutputFolder(
-        out,
-        [f"{v}_version" for v in versions],
-        {
-            "format": "trashcan",
-            "source": str(source),
-            "versions": versions,
-            "images": images,
-            **({"frames": sorted(chosen)} if chosen is not None else {}),
-        },
-        overwrite=overwrite,
-    )
+    src = _check_source(Path(source), versions)
+    folder = _output_folder(out, src, versions, images, chosen, overwrite)
     previous = folder.existing()
     if previous is not None:
         return ImportResult(folder.root, True, previous.get("counts", {}), previous.get("reports", {}), previous)
 
-    annotated = {p.name[: -len(".json")]: p for p in ann_dir.glob("*.json")}
-    pictures = {p.name: p for p in img_dir.iterdir() if p.is_file()}
+    found = _find_frames(src, chosen)
+    split_of = {v: {name: s for s in SPLITS for name in src.lists[v][s]} for v in versions}
+    reports = _version_reports(src, found, versions, split_of, chosen)
+    splits = _convert(found, versions, split_of, reports, progress)
+    counts = _write_versions(folder, versions, splits, images)
+    all_reports = {"frames": found.report.to_dict(), **{v: r.to_dict() for v, r in reports.items()}}
+    folder.finish(
+        {
+            "counts": counts,
+            "reports": all_reports,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    )
+    return ImportResult(folder.root, False, counts, all_reports)
+
+
+@dataclass
+class _Source:
+    """A TrashCan source folder, checked: its annotation and image folders and, per version, its
+    official split lists (split -> frame names)."""
+
+    root: Path
+    annotations: Path
+    images: Path
+    lists: dict[str, dict[str, list[str]]]
+
+
+def _check_source(source: Path, versions: Sequence[str]) -> _Source:
+    root = check_source_dir(source, "TrashCan source", LAYOUT).resolve()
+    ann_dir = check_source_dir(root / "original_data" / "annotations", "TrashCan annotations folder", LAYOUT)
+    img_dir = check_source_dir(root / "original_data" / "images", "TrashCan images folder", LAYOUT)
+    return _Source(root, ann_dir, img_dir, {v: _split_lists(root, v) for v in versions})
+
+
+def _output_folder(
+    out: str | Path, src: _Source, versions: list[str], images: str, chosen: set[str] | None, overwrite: bool
+) -> OutputFolder:
+    """The output folder of an import with these settings (a re-run with the same ones is a no-op)."""
+    settings = {
+        "format": "trashcan",
+        "source": str(src.root),
+        "versions": versions,
+        "images": images,
+        **({"frames": sorted(chosen)} if chosen is not None else {}),
+    }
+    return OutputFolder(out, [f"{v}_version" for v in versions], settings, overwrite=overwrite)
+
+
+@dataclass
+class _Frames:
+    """The frames of the source: annotation files and images by frame name, the frames that have
+    both (``names``, sorted) and the report of those left out."""
+
+    annotated: dict[str, Path]
+    pictures: dict[str, Path]
+    names: list[str]
+    report: ImportReport
+
+
+def _find_frames(src: _Source, chosen: set[str] | None) -> _Frames:
+    annotated = {p.name[: -len(".json")]: p for p in src.annotations.glob("*.json")}
+    pictures = {p.name: p for p in src.images.iterdir() if p.is_file()}
     if chosen is not None:
         annotated, pictures = _only(chosen, annotated, pictures)
-    frames_report = ImportReport()
+    report = ImportReport()
     for name in sorted(set(pictures) - set(annotated)):
-        frames_report.skip_frame("image without annotation file", name)
-    frames = []
+        report.skip_frame("image without annotation file", name)
+    names = []
     for name in sorted(annotated):
         if name in pictures:
-            frames.append(name)
+            names.append(name)
         else:
-            frames_report.skip_frame("no image file", name)
-    image_ids = {name: k + 1 for k, name in enumerate(frames)}  # the same id in both versions
-    split_of = {v: {name: s for s in SPLITS for name in lists[v][s]} for v in versions}
+            report.skip_frame("no image file", name)
+    return _Frames(annotated, pictures, names, report)
+
+
+def _version_reports(
+    src: _Source, found: _Frames, versions: list[str], split_of: dict, chosen: set[str] | None
+) -> dict[str, ImportReport]:
+    """Per version, a report noting the frames of its lists missing from the source and leaving out
+    the frames in neither of its lists (the conversion adds the objects left out)."""
     reports = {v: ImportReport() for v in versions}
     for v in versions:
         for s in SPLITS:
-            absent = [n for n in lists[v][s] if n not in annotated]
+            absent = [n for n in src.lists[v][s] if n not in found.annotated]
             if absent and chosen is None:  # frames chosen: the others are absent on purpose
                 reports[v].note(f"{s} frames of the official list not in SOURCE", absent[0], len(absent))
-        for name in frames:
+        for name in found.names:
             if name not in split_of[v]:
                 reports[v].skip_frame(f"in neither {v}-version split list", name)
+    return reports
+
+
+def _convert(
+    found: _Frames, versions: list[str], split_of: dict, reports: dict[str, ImportReport], progress: bool
+) -> dict[str, dict[str, CocoSplit]]:
+    """Version -> split -> the frames' objects with their official classes."""
+    from tqdm.auto import tqdm
+
+    image_ids = {name: k + 1 for k, name in enumerate(found.names)}  # the same id in both versions
     mappings = {v: (lambda obj, v=v: trashcan_category(obj, v)) for v in versions}
     splits = {v: {s: CocoSplit(CATEGORIES[v]) for s in SPLITS} for v in versions}
-    for name in tqdm(frames, desc="TrashCan frames", unit="frame", disable=not progress):
-        ann = load_frame(annotated[name], pictures[name], name, frames_report)
+    for name in tqdm(found.names, desc="TrashCan frames", unit="frame", disable=not progress):
+        ann = load_frame(found.annotated[name], found.pictures[name], name, found.report)
         if ann is None:
             continue
         todo = [v for v in versions if name in split_of[v]]
-        found = frame_instances(ann, name, {v: mappings[v] for v in todo}, {v: reports[v] for v in todo})
+        instances = frame_instances(ann, name, {v: mappings[v] for v in todo}, {v: reports[v] for v in todo})
+        height, width = int(ann["size"]["height"]), int(ann["size"]["width"])
         for v in todo:
-            splits[v][split_of[v][name]].add(
-                image_ids[name], name, pictures[name], int(ann["size"]["height"]), int(ann["size"]["width"]), found[v]
-            )
+            splits[v][split_of[v][name]].add(image_ids[name], name, found.pictures[name], height, width, instances[v])
+    return splits
 
+
+def _write_versions(folder: OutputFolder, versions: list[str], splits: dict, images: str) -> dict:
+    """Write each version's folder (staged, then moved in place; the staged ones are removed on an
+    error); returns version -> split -> counts."""
     folder.begin()
     staged: list[Path] = []
     counts: dict = {}
@@ -423,12 +487,4 @@ def import_trashcan(
     except BaseException:
         folder.cleanup(staged)
         raise
-    all_reports = {"frames": frames_report.to_dict(), **{v: r.to_dict() for v, r in reports.items()}}
-    folder.finish(
-        {
-            "counts": counts,
-            "reports": all_reports,
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        }
-    )
-    return ImportResult(folder.root, False, counts, all_reports)
+    return counts

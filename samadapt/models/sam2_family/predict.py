@@ -2,7 +2,7 @@
 
 Prompts are in the pixels of each image: ``boxes`` (N, 4) XYXY, ``points`` (N, P, 2) XY with
 ``labels`` (N, P) (or (P, 2) with (P,) for one prompt), or both. Results equal
-``SAM2ImagePredictor(model).predict`` with the same prompts (tests/test_sam2_family.py): masks
+``SAM2ImagePredictor(model).predict`` with the same prompts (tests/models/test_sam2_family.py): masks
 (N, H, W) bool and scores (N,), or (N, 3, H, W) and (N, 3) with ``multimask``; with
 ``return_logits`` also the low-resolution logits (N, M, S/4, S/4), clamped to [-32, 32] as the
 predictor returns them (ready to be a ``mask_input`` of the next round).
