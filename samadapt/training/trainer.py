@@ -268,6 +268,7 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Any, AdaptedSam, Path]:
     run_dir = run_folder(cfg)
     cfg.check_files()
     check_output_dir(cfg)
+    set_seed(cfg.seed)  # before the strategy draws its initial weights (torch starts each process at random)
     sam = build_sam(cfg.model, cfg.checkpoint)  # a checkpoint of another model type fails here
     model = adapt(sam, cfg.strategy, **cfg.strategy_options)
     accelerator = _accelerator(cfg, model, run_dir)
@@ -276,7 +277,7 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Any, AdaptedSam, Path]:
     saved_config = run_dir / "config.yaml"
     if cfg.resume and latest_state(run_dir / STATE_DIR) is not None and saved_config.is_file():
         cfg.check_resumable(TrainConfig.from_yaml(saved_config), saved_config)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed)  # again: the data order and prompts draw from here, as they always have
     accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes it
     if accelerator.is_main_process:
         if cfg.overwrite and run_dir.exists():

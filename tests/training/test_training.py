@@ -696,3 +696,19 @@ def test_keep_epoch_chooses_the_best_or_the_last_epoch(
     assert read_adapter_metadata(result.run_dir / "best_adapter.safetensors")["info"]["epoch"] == kept
     with pytest.raises(ConfigError, match="keep_epoch"):
         tiny_config(demo_data_root, tmp_path, keep_epoch="first")
+
+
+@pytest.mark.parametrize("strategy", ["lora", "adapter"])
+def test_the_seed_fixes_the_initial_weights_of_a_strategy(tmp_path, demo_data_root, mini_checkpoint, strategy):
+    """``--seed`` alone decides a run: LoRA's and the Adapter's random initial weights are drawn after
+    the seed is set, so two runs with the same seed agree whatever torch's generator held before
+    (torch starts each process with a random seed)."""
+    adapters = []
+    for k, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # another process's start
+        cfg = tiny_config(
+            demo_data_root, tmp_path, mini_checkpoint, strategy=strategy, epochs=1, output_dir=str(tmp_path / f"r{k}")
+        )
+        adapters.append(load_file(str(train_here(cfg).adapter_path)))
+    first, second = adapters
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
