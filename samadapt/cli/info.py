@@ -158,9 +158,9 @@ def run_list(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- samadapt download-checkpoint
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.checkpoints import OFFICIAL_CHECKPOINTS
+    from ..models.checkpoints import downloadable_checkpoints
 
-    parser.add_argument("model_type", choices=sorted(c.model_type for c in OFFICIAL_CHECKPOINTS.values()))
+    parser.add_argument("model_type", choices=sorted(downloadable_checkpoints()))
     parser.add_argument("--url", help="download from this URL instead of the official one (a mirror)")
     parser.add_argument("--dir", help="target folder (default: $SAMADAPT_HOME/checkpoints)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -33,10 +33,11 @@ class OfficialCheckpoint:
     filename: str
     sha256: str
     size_bytes: int | None = None
+    base_url: str = OFFICIAL_BASE_URL  # Meta's download folder of the file's family
 
     @property
     def url(self) -> str:
-        return OFFICIAL_BASE_URL + self.filename
+        return self.base_url + self.filename
 
 
 OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
@@ -68,6 +69,19 @@ def official_checkpoint(model_type: str) -> OfficialCheckpoint | None:
         if c.model_type == model_type:
             return c
     return None
+
+
+def downloadable_checkpoints() -> dict[str, OfficialCheckpoint]:
+    """model type -> its official file, of both families: SAM 1's table above and the SAM 2.1 cards
+    (:mod:`samadapt.models.sam2_family.cards`), what ``samadapt download-checkpoint`` offers."""
+    from .sam2_family.cards import OFFICIAL_BASE_URL as SAM2_BASE_URL
+    from .sam2_family.cards import SAM2_MODEL_TYPES
+
+    out = {c.model_type: c for c in OFFICIAL_CHECKPOINTS.values()}
+    for card in SAM2_MODEL_TYPES.values():
+        if card.checkpoint and card.sha256:
+            out[card.name] = OfficialCheckpoint(card.name, card.checkpoint, card.sha256, card.size_bytes, SAM2_BASE_URL)
+    return out
 
 
 def file_sha256(path: str | os.PathLike, *, use_cache: bool = True) -> str:
@@ -177,16 +191,15 @@ def download_checkpoint(
     progress: bool = True,
     sha256: str | None = None,
 ) -> Path:
-    """Download the official checkpoint of ``model_type`` into ``SAMADAPT_HOME/checkpoints`` with a
-    progress bar, verify its sha256, and only then move it into place."""
+    """Download the official checkpoint of ``model_type`` (SAM 1 or SAM 2.1) into
+    ``SAMADAPT_HOME/checkpoints`` with a progress bar, verify its sha256, and only then move it into
+    place."""
     from tqdm.auto import tqdm
 
-    official = official_checkpoint(model_type)
+    offered = downloadable_checkpoints()
+    official = offered.get(model_type)
     if official is None:
-        raise UnknownNameError(
-            f"model type {model_type!r} has no official checkpoint; choose one of "
-            f"{sorted(c.model_type for c in OFFICIAL_CHECKPOINTS.values())}"
-        )
+        raise UnknownNameError(f"model type {model_type!r} has no official checkpoint; choose one of {sorted(offered)}")
     url = url or official.url
     want = sha256 or official.sha256
     dest = Path(directory or checkpoints_dir()) / official.filename

@@ -240,3 +240,24 @@ def test_model_option_lists_the_model_types(command, capsys):
     assert "argument --model: invalid choice: 'vit_x' (choose from 'mini', 'vit_b', 'vit_h', 'vit_l')" in (
         capsys.readouterr().err
     )
+
+
+def test_download_checkpoint_of_a_sam2_type_uses_its_card(served_checkpoint, tmp_path, capsys):
+    """SAM 2.1 types download like SAM 1's: Meta's SAM 2.1 folder, the card's file name and sha256."""
+    from samadapt.models.checkpoints import downloadable_checkpoints
+    from samadapt.models.sam2_family import SAM2_MODEL_TYPES
+
+    offered = downloadable_checkpoints()
+    tiny = SAM2_MODEL_TYPES["sam2.1_hiera_tiny"]
+    assert (
+        offered["sam2.1_hiera_tiny"].url
+        == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    )
+    assert offered["sam2.1_hiera_tiny"].sha256 == tiny.sha256 and "sam2.1_hiera_test" not in offered  # no file
+    url, data, digest, _ = served_checkpoint
+    dest_dir = tmp_path / "ckpts"
+    argv = ["download-checkpoint", "sam2.1_hiera_tiny", "--url", url, "--dir", str(dest_dir), "--no-progress"]
+    assert cli.main([*argv, "--sha256", digest]) == 0
+    assert (dest_dir / "sam2.1_hiera_tiny.pt").read_bytes() == data
+    assert cli.main(argv) == 2  # the card's digest: the served bytes are not Meta's file, nothing is kept
+    assert "sha256" in capsys.readouterr().err and [p.name for p in dest_dir.iterdir()] == ["sam2.1_hiera_tiny.pt"]

@@ -83,6 +83,8 @@ def commands(code: str) -> list[list[str]]:
             continue
         for part in line.split("&&"):
             argv = shlex.split(part.strip())
+            while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):  # VAR=value before the command
+                argv = argv[1:]
             if argv[:4] == ["python", "-m", "pip", "install"] or argv[:3] == ["python", "-m", "pytest"]:
                 continue
             text = " ".join(argv)
@@ -102,6 +104,7 @@ def test_command_parsing():
         ["accelerate", "launch", "recipes/finetune.py", "--strategy", "lora", "--lora-rank", "2", *TINY]
     ]
     assert commands("python -m pip install x && python -m pytest\n# only a comment") == []
+    assert commands("SAM2_BUILD_CUDA=0 python -m pip install --no-build-isolation x && python -m pytest") == []
 
 
 #: ``print(x)  # prints VALUE: what it means``: the block prints the line VALUE (checked when it runs)
