@@ -41,6 +41,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _physical_cores() -> int | None:
+    """Distinct (socket, core) pairs of /proc/cpuinfo; the logical count where it does not say."""
+    try:
+        cores, socket = set(), "0"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "physical id":
+                socket = value
+            elif key == "core id":
+                cores.add((socket, value))
+        return len(cores) or os.cpu_count()
+    except OSError:
+        return os.cpu_count()
+
+
 def machine_line(jobs: int = 1) -> str:
     """One line for a results page: CPU, cores, the runs at a time and their threads, GPU, torch."""
     import torch
@@ -55,7 +70,6 @@ def machine_line(jobs: int = 1) -> str:
 
 def machine_info(device: str) -> dict[str, Any]:
     """The machine in a benchmark's JSON: date, versions, CPU, cores, memory, load, and the GPU on CUDA."""
-    import psutil
     import segment_anything
     import torch
 
@@ -66,9 +80,9 @@ def machine_info(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
-        "cpu_count_logical": psutil.cpu_count(logical=True),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "memory_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_count_logical": os.cpu_count(),
+        "cpu_count_physical": _physical_cores(),
+        "memory_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "loadavg_at_start": list(os.getloadavg()),

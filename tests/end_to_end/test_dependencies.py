@@ -112,7 +112,7 @@ def undeclared(root: Path = REPO, *, folders=("samadapt", "recipes", "benchmarks
     """One line per import that no declaration covers: ``path:line: import X (distribution Y): why``."""
     base, extras = declared(root / "pyproject.toml")
     every_extra = set().union(*extras.values()) if extras else set()
-    local = {p.stem for folder in ("recipes", "benchmarks", "tests") for p in (root / folder).glob("*.py")}
+    local = {p.stem for folder in ("recipes", "benchmarks", "tests") for p in (root / folder).rglob("*.py")}
     problems = []
     for folder in folders:
         for path in sorted((root / folder).rglob("*.py")):
