@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError
+from ..models.family import family_of
 from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -34,3 +35,7 @@ class FullStrategy(Strategy):
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         self.unfreeze(sam)
+        unused = family_of(sam).parts(sam).unused  # SAM 2.1's video modules: never trainable
+        for name, p in sam.named_parameters():
+            if name in unused:
+                p.requires_grad_(False)
