@@ -2,6 +2,8 @@
 compared with, and how ``recipes/pretrain_mini.py`` trains the ``mini`` model from scratch).
 
 Its adapter file is the whole model, so prefer the other strategies for the official backbones.
+On SAM 2.1 "every parameter" is every parameter of the image path: the video modules (memory
+attention, memory encoder, object pointers, ...) stay frozen and are not saved.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ adapted model starts identical to SAM. The mask decoder trains too unless ``trai
 
 ``targets`` chooses the layers. A short name selects a layer of every image-encoder block, as the
 papers do: ``qkv`` (``image_encoder.blocks.N.attn.qkv``, the default), ``proj`` (``attn.proj``),
-``mlp`` (``mlp.lin1`` and ``mlp.lin2``). A target holding a ``.`` is a module-path pattern
+``mlp`` (``mlp.lin1`` and ``mlp.lin2``); on SAM 2.1 the same names select the layers of every Hiera
+block, ``image_encoder.trunk.blocks.N.attn.qkv`` / ``.attn.proj`` / ``.mlp.layers.{0,1}`` (the table is
+the model family's: ``samadapt.models.family``). A target holding a ``.`` is a module-path pattern
 (``fnmatch``: ``*`` matches any characters, dots included) over the full module names of the
 ``Sam``, and selects every ``nn.Linear`` whose path it matches, so LoRA on the mask decoder is an
 option, not another strategy: ``targets=("mask_decoder.transformer.*_proj",)`` puts it on every
