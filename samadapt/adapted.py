@@ -12,7 +12,8 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from .errors import ConfigError
-from .models.decoding import decode_masks, set_shared_image_decoding, shared_image_decoding_enabled
+from .models.decoding import set_shared_image_decoding, shared_image_decoding_enabled
+from .models.family import family_of
 from .models.fast import (
     activation_checkpointing_enabled,
     disable_activation_checkpointing,
@@ -21,7 +22,7 @@ from .models.fast import (
     enable_sdpa_attention,
     sdpa_attention_enabled,
 )
-from .models.registry import BaseInfo, base_info, get_model_card
+from .models.registry import BaseInfo, base_info
 from .strategies.base import StrategyConfig, get_strategy
 from .transforms import SamTransform, check_boxes, check_points
 
@@ -78,6 +79,7 @@ class AdaptedSam(nn.Module):
     def __init__(self, sam: Sam, *, strategy: str, config: StrategyConfig, base: BaseInfo) -> None:
         super().__init__()
         self.sam = sam
+        self.family = family_of(sam)  # SAM 1 or SAM 2.1: encode, decode, transform, parts
         self.strategy = strategy
         self.config = config
         self.base = base
@@ -92,15 +94,22 @@ class AdaptedSam(nn.Module):
 
     @property
     def card(self):
-        return get_model_card(self.base.model_type)
+        return self.family.card(self.base.model_type)
 
     @property
     def transform(self) -> SamTransform:
-        return SamTransform(self.sam.image_encoder.img_size)
+        """SAM 1's :class:`SamTransform`, or SAM 2.1's ``Sam2Transform`` (the same methods)."""
+        if self.family.name == "sam":  # samadapt.transforms sits beside samadapt.models, not below
+            return SamTransform(self.sam.image_encoder.img_size)
+        return self.family.transform(self.sam)
 
     @property
     def device(self) -> torch.device:
-        return self.sam.pixel_mean.device
+        return self.family.device(self.sam)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.family.dtype(self.sam)
 
     @property
     def encoder_is_frozen(self) -> bool:
@@ -153,7 +162,14 @@ class AdaptedSam(nn.Module):
                 it only matters when training ``lora`` or ``adapter``).
             shared_decoding: compute the decoder's first-block image projections once per image
                 instead of once per prompt (on by default).
+
+        The fast paths are SAM 1's: on SAM 2.1 switching one on raises :class:`ConfigError`.
         """
+        if not self.family.fast_paths and any((sdpa_attention, activation_checkpointing, shared_decoding)):
+            raise ConfigError(
+                "the fast paths (SDPA attention, activation checkpointing, shared decoding) are SAM 1's; "
+                f"this model is {self.family.label}"
+            )
         if sdpa_attention is not None:
             (enable_sdpa_attention if sdpa_attention else disable_sdpa_attention)(self.sam)
         if activation_checkpointing is not None:
@@ -167,23 +183,24 @@ class AdaptedSam(nn.Module):
     @property
     def sdpa_attention(self) -> bool:
         """True when the encoder attention runs on the SDPA path."""
-        return sdpa_attention_enabled(self.sam)
+        return self.family.fast_paths and sdpa_attention_enabled(self.sam)
 
     @property
     def activation_checkpointing(self) -> bool:
         """True when encoder blocks are checkpointed."""
-        return activation_checkpointing_enabled(self.sam)
+        return self.family.fast_paths and activation_checkpointing_enabled(self.sam)
 
     @property
     def shared_decoding(self) -> bool:
         """True when the decoder shares per-image work between the prompts of one image."""
-        return shared_image_decoding_enabled(self.sam.mask_decoder)
+        return self.family.fast_paths and shared_image_decoding_enabled(self.sam.mask_decoder)
 
     # ------------------------------------------------------------------ differentiable path
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images (B, 3, S, S) -> image embeddings (B, C, S/16, S/16)."""
+    def encode(self, images: torch.Tensor):
+        """Preprocessed images (B, 3, S, S) -> image embeddings (B, C, S/16, S/16) (SAM 1), or
+        ``Sam2Features`` (SAM 2.1: the embedding and two high-resolution maps)."""
         self.encoder_images_seen += images.shape[0]  # lets tests and logs prove the cache works
-        return self.sam.image_encoder(images)
+        return self.family.encode(self.sam, images)
 
     def decode(
         self,
@@ -206,7 +223,8 @@ class AdaptedSam(nn.Module):
             mask_inputs: per image (N_i, 1, S/4, S/4) mask prompts (SAM's interactive input: the
                 previous prediction's low-res logits), or None for none; all images or none.
         """
-        bsz = image_embeddings.shape[0]
+        embedding = self.family.embedding(image_embeddings)  # SAM 2.1's features: their image embedding
+        bsz = embedding.shape[0]
         boxes_l, points_l, labels_l = _as_list(boxes, bsz), _as_list(points, bsz), _as_list(point_labels, bsz)
         if not (len(boxes_l) == len(points_l) == len(labels_l) == bsz):
             raise ConfigError(f"got prompts for {len(boxes_l)}/{len(points_l)} images but {bsz} embeddings")
@@ -223,16 +241,16 @@ class AdaptedSam(nn.Module):
             if p is not None:
                 pt_parts.append(p)
                 lb_parts.append(lab)
-        device = image_embeddings.device
+        device = embedding.device
         # output_size: no device sync, and meta tensors (which hold no counts) work too
         image_index = torch.repeat_interleave(
             torch.arange(bsz, device=device), torch.tensor(counts, device=device), output_size=sum(counts)
         )
         n_total = int(image_index.numel())
-        card_low = 4 * image_embeddings.shape[-1]
+        card_low = 4 * embedding.shape[-1]
         m = 3 if multimask else 1
         if n_total == 0:
-            z = image_embeddings.new_zeros
+            z = embedding.new_zeros
             return SamOutput(z(0, m, card_low, card_low), z(0, m), image_index)
         all_boxes = torch.cat(box_parts).to(device) if box_parts else None
         all_points = torch.cat(pt_parts).to(device) if pt_parts else None
@@ -243,22 +261,18 @@ class AdaptedSam(nn.Module):
         ):
             raise ConfigError("every image must use the same prompt kinds (all boxes, all points, or both)")
 
-        image_pe = self.sam.prompt_encoder.get_dense_pe()
-        chunk = self.max_prompts_per_pass or n_total
-        logits, ious = [], []
-        for start in range(0, n_total, chunk):
-            sl = slice(start, start + chunk)
-            sparse, dense = self.sam.prompt_encoder(
-                points=(all_points[sl], all_labels[sl]) if all_points is not None else None,
-                boxes=all_boxes[sl] if all_boxes is not None else None,
-                masks=all_masks[sl] if all_masks is not None else None,
-            )
-            lo, iou = decode_masks(
-                self.sam.mask_decoder, image_embeddings, image_pe, sparse, dense, image_index[sl], multimask=multimask
-            )
-            logits.append(lo)
-            ious.append(iou)
-        return SamOutput(torch.cat(logits), torch.cat(ious), image_index)
+        logits, ious = self.family.decode(
+            self.sam,
+            image_embeddings,
+            image_index,
+            points=all_points,
+            labels=all_labels,
+            boxes=all_boxes,
+            mask_inputs=all_masks,
+            multimask=multimask,
+            chunk=self.max_prompts_per_pass or n_total,
+        )
+        return SamOutput(logits, ious, image_index)
 
     def forward(
         self,
@@ -314,9 +328,7 @@ class AdaptedSam(nn.Module):
             self._prompts_for(im.shape, b, p, lab, f"images[{i}]: " if n > 1 else "")
             for i, (im, b, p, lab) in enumerate(zip(images, boxes_l, points_l, labels_l))
         ]
-        x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(
-            self.device, self.sam.pixel_mean.dtype
-        )
+        x = torch.stack([self.transform.preprocess_image(im) for im in images]).to(self.device, self.dtype)
         dev = self.device
         move = lambda t: None if t is None else t.to(dev)  # noqa: E731
         return (x, [move(p[1]) for p in prompts], [move(p[2]) for p in prompts], [move(p[3]) for p in prompts])
@@ -349,7 +361,13 @@ class AdaptedSam(nn.Module):
             raise ConfigError("predict needs boxes or points")
         return original_size, b, p, lab
 
-    def _check_embeddings(self, embeddings: Sequence[torch.Tensor], n: int) -> None:
+    def _check_embeddings(self, embeddings, n: int) -> None:
+        if self.family.name == "sam2":  # SAM 2.1: one features object of the n images
+            if not hasattr(embeddings, "select") or len(embeddings) != n:
+                raise ConfigError(
+                    f"image_embeddings of a {self.family.label} model are one Sam2Features of the {n} images"
+                )
+            return
         want = (self.sam.prompt_encoder.embed_dim, *self.sam.prompt_encoder.image_embedding_size)
         if len(embeddings) != n:
             raise ConfigError(f"got {n} images but {len(embeddings)} image embeddings")
@@ -430,7 +448,7 @@ class AdaptedSam(nn.Module):
             raise ConfigError(f"got {n} images but prompts for {len(boxes)}")
         if image_embeddings is not None:
             self._check_embeddings(image_embeddings, n)
-        tf, dtype = self.transform, self.sam.pixel_mean.dtype
+        tf, dtype = self.transform, self.dtype
         results: list[tuple] = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
@@ -441,6 +459,8 @@ class AdaptedSam(nn.Module):
             ]
             if image_embeddings is None:
                 emb = self.encode(torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype))
+            elif self.family.name == "sam2":  # SAM 2.1's features of all n images
+                emb = image_embeddings.select(slice(idx[0], idx[-1] + 1)).to(self.device, dtype)
             else:
                 emb = torch.stack([image_embeddings[i] for i in idx]).to(self.device, dtype)
             out = self.decode(
@@ -449,7 +469,7 @@ class AdaptedSam(nn.Module):
             for j, (original_size, *_rest) in enumerate(prompts):
                 sel = out.image_index == j
                 low = out.low_res_logits[sel].float()
-                masks = tf.postprocess_masks(low, original_size, self.sam.mask_threshold)
+                masks = tf.postprocess_masks(low, original_size, self.family.mask_threshold(self.sam))
                 scores = out.iou_predictions[sel].float()
                 if not multimask:
                     masks, scores = masks[:, 0], scores[:, 0]
@@ -476,4 +496,6 @@ def adapt(sam: Sam, strategy: str, *, sdpa_attention: bool = True, **options) ->
     strat.apply(sam, config)
     sam.samadapt_strategy = strategy
     model = AdaptedSam(sam, strategy=strategy, config=config, base=base)
+    if not model.family.fast_paths:  # SAM 2.1: upstream's attention as it is
+        return model
     return model.set_fast_paths(sdpa_attention=sdpa_attention)

@@ -22,8 +22,9 @@ from ._version import __version__
 from .adapted import AdaptedSam, adapt
 from .errors import AdapterFileError, AdapterMismatchError, SamAdaptError
 from .files import atomic_write
+from .models.family import family_for_type, family_of
 from .models.parts import parts_metadata, parts_tensor_shapes, restore_parts, with_part
-from .models.registry import base_info, build_sam_architecture, get_model_card
+from .models.registry import base_info
 from .strategies.base import get_strategy, peft_strategy
 
 FORMAT = "samadapt-adapter"
@@ -113,10 +114,32 @@ def expected_tensors(model_type: str, strategy: str, config: dict[str, Any]) -> 
     """Names and shapes an adapter of this kind holds, from a meta-device model (no memory)."""
     strat = get_strategy(strategy)
     cfg = strat.make_config(**config)
-    with torch.device("meta"):
-        ghost = build_sam_architecture(get_model_card(model_type))
+    family = family_for_type(model_type)
+    with family.weightless():
+        ghost = family.architecture(model_type)
         strat.apply(ghost, cfg)
     return {n: tuple(p.shape) for n, p in ghost.named_parameters() if p.requires_grad}
+
+
+def _other_model_type(path: Path, made_for: str, sam, base_type: str) -> str:
+    """The error of an adapter made for another model type; it names both families when they
+    differ (a SAM 1 adapter on a SAM 2.1 base, or the other way round)."""
+    try:
+        family = family_for_type(made_for)
+    except SamAdaptError:
+        family = None
+    have = family_of(sam)
+    hint = family.build_hint(made_for) if family is not None else f"build_sam({made_for!r}, ...)"
+    if family is not None and family is not have:
+        return (
+            f"adapter {str(path)!r} was made for the {family.label} model type {made_for!r}, but the base is the "
+            f"{have.label} model type {base_type!r}: a {family.label} adapter cannot apply to a {have.label} "
+            f"model; build the base with {hint}"
+        )
+    return (
+        f"adapter {str(path)!r} was made for model type {made_for!r}, but the base is "
+        f"{base_type!r}: build the base with {hint}"
+    )
 
 
 def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) -> AdaptedSam:
@@ -130,10 +153,7 @@ def load_adapter(path: str | os.PathLike, sam: Sam, *, check_base: bool = True) 
     meta = read_adapter_metadata(path)
     base = base_info(sam)
     if meta["model_type"] != base.model_type:
-        raise AdapterMismatchError(
-            f"adapter {str(path)!r} was made for model type {meta['model_type']!r}, but the base is "
-            f"{base.model_type!r}: build the base with build_sam({meta['model_type']!r}, ...)"
-        )
+        raise AdapterMismatchError(_other_model_type(path, meta["model_type"], sam, base.model_type))
     if check_base and meta["base_id"] != base.base_id:
         raise AdapterMismatchError(
             f"adapter {str(path)!r} was trained on base weights {meta['base_id']!r}, but this base is "

@@ -5,6 +5,9 @@ Placements (REFERENCE section 3):
 - ``"attn"``: a bottleneck with a skip connection after each block's attention (Medical SAM Adapter);
 - ``"mlp"``: a bottleneck in parallel with each block's MLP, scaled by ``scale`` (AdaptFormer /
   Medical SAM Adapter).
+On SAM 2.1 the bottlenecks go into every Hiera block (``image_encoder.trunk.blocks.N``), each as wide
+as its block's output (``block.dim_out``: the width doubles per stage); the prompt generator needs a
+plain ViT's single width and is refused there.
 Each up-projection (and the prompt generator's shared MLP) starts at zero, so the adapted model
 starts identical to SAM. The adapters are attached with forward hooks on the upstream modules, so the
 upstream parameter names (and official checkpoints) are untouched; the new parameters are named
@@ -23,6 +26,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.family import family_of
 from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -174,6 +178,18 @@ def _prompt_add_hook(generator: HighFrequencyPromptGenerator, index: int):
     return hook
 
 
+def _add_prompt_generator(enc, dim: int, ratio: int, device) -> None:
+    """A :class:`HighFrequencyPromptGenerator` on a ViT image encoder ``enc`` (SAM 1's), hooked
+    into its patch embedding and before each block."""
+    gen = HighFrequencyPromptGenerator(
+        dim=dim, depth=len(enc.blocks), patch_size=enc.patch_embed.proj.kernel_size[0], ratio=ratio
+    ).to(device)
+    enc.prompt_generator = gen
+    enc.patch_embed.register_forward_hook(_prompt_prepare_hook(gen))
+    for i, block in enumerate(enc.blocks):
+        block.register_forward_pre_hook(_prompt_add_hook(gen, i))
+
+
 @register_strategy
 class AdapterStrategy(Strategy):
     name = "adapter"
@@ -187,12 +203,17 @@ class AdapterStrategy(Strategy):
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         assert isinstance(config, AdapterConfig)
+        parts = family_of(sam).parts(sam)
+        if config.prompt_generator and len(set(parts.block_dims)) != 1:
+            raise ConfigError(
+                f"the adapter's prompt_generator needs an encoder of one width (a plain ViT, as SAM 1's); "
+                f"this {family_of(sam).label} encoder's blocks have widths {sorted(set(parts.block_dims))}: "
+                "use the bottlenecks alone (prompt_generator=False)"
+            )
         self.freeze_all(sam)
-        enc = sam.image_encoder
-        dim = enc.patch_embed.proj.out_channels
-        hidden = max(1, round(dim * config.bottleneck_ratio))
-        device = enc.pos_embed.device if enc.pos_embed is not None else None
-        for block in enc.blocks:
+        device = next(parts.encoder_blocks.parameters()).device
+        for block, dim in zip(parts.encoder_blocks, parts.block_dims):
+            hidden = max(1, round(dim * config.bottleneck_ratio))
             if "attn" in config.placement:
                 block.adapter_attn = Bottleneck(dim, hidden).to(device)
                 block.attn.register_forward_hook(_sequential_hook(block.adapter_attn))
@@ -200,16 +221,7 @@ class AdapterStrategy(Strategy):
                 block.adapter_mlp = Bottleneck(dim, hidden).to(device)
                 block.mlp.register_forward_hook(_parallel_hook(block.adapter_mlp, config.scale))
         if config.prompt_generator:
-            gen = HighFrequencyPromptGenerator(
-                dim=dim,
-                depth=len(enc.blocks),
-                patch_size=enc.patch_embed.proj.kernel_size[0],
-                ratio=config.prompt_ratio,
-            ).to(device)
-            enc.prompt_generator = gen
-            enc.patch_embed.register_forward_hook(_prompt_prepare_hook(gen))
-            for i, block in enumerate(enc.blocks):
-                block.register_forward_pre_hook(_prompt_add_hook(gen, i))
+            _add_prompt_generator(parts.image_encoder, parts.block_dims[0], config.prompt_ratio, device)
         self.train_own(sam, train_decoder=config.train_decoder)
 
     @contextlib.contextmanager

@@ -31,6 +31,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from ..errors import AdapterFileError, ConfigError, ExportError, UnknownNameError
+from ..models.family import family_of
 from ..options import check_keys, option
 
 
@@ -91,7 +92,7 @@ class Strategy(ABC):
         for name, p in sam.named_parameters():
             p.requires_grad_(self.owns(name))
         if train_decoder:
-            self.unfreeze(sam.mask_decoder)
+            self.unfreeze_decoder(sam)
 
     def make_config(self, **options: Any) -> StrategyConfig:
         return self.config_class.from_dict(options)
@@ -108,6 +109,13 @@ class Strategy(ABC):
     @staticmethod
     def unfreeze(module) -> None:
         for p in module.parameters():
+            p.requires_grad_(True)
+
+    @staticmethod
+    def unfreeze_decoder(sam) -> None:
+        """Mark the mask decoder trainable: SAM 1's ``mask_decoder``; SAM 2.1's ``sam_mask_decoder``
+        except ``conv_s0`` / ``conv_s1``, which sit on the embedding cache's side (docs/sam2.md)."""
+        for p in family_of(sam).parts(sam).decoder_parameters():
             p.requires_grad_(True)
 
     def uses_image_encoder_gradients(self, config: StrategyConfig) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from segment_anything.modeling import Sam
 
+from ..models.family import family_of
 from .base import Strategy, StrategyConfig, register_strategy
 
 
@@ -27,8 +28,8 @@ class BitFitStrategy(Strategy):
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         self.freeze_all(sam)
-        for name, p in sam.image_encoder.named_parameters():
+        for name, p in family_of(sam).parts(sam).image_encoder.named_parameters():
             if name.rsplit(".", 1)[-1] == "bias":
                 p.requires_grad_(True)
         if config.train_decoder:
-            self.unfreeze(sam.mask_decoder)
+            self.unfreeze_decoder(sam)

@@ -1,7 +1,8 @@
 """Decoder-only fine-tuning (the protocol of "Don't waste SAM", MedSAM v0, lightning-sam).
 
 The mask decoder trains; the image encoder and prompt encoder stay frozen, so image embeddings can
-be computed once and reused every epoch (``samadapt.training.cache``).
+be computed once and reused every epoch (``samadapt.training.cache``). On SAM 2.1 the decoder's
+``conv_s0`` / ``conv_s1`` stay frozen too: they compute the high-resolution features the cache holds.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DecoderStrategy(Strategy):
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         self.freeze_all(sam)
-        self.unfreeze(sam.mask_decoder)
+        self.unfreeze_decoder(sam)
 
     def uses_image_encoder_gradients(self, config: StrategyConfig) -> bool:
         return False

@@ -2,6 +2,8 @@
 compared with, and how ``recipes/pretrain_mini.py`` trains the ``mini`` model from scratch).
 
 Its adapter file is the whole model, so prefer the other strategies for the official backbones.
+On SAM 2.1 "every parameter" is every parameter of the image path: the video modules (memory
+attention, memory encoder, object pointers, ...) stay frozen and are not saved.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from segment_anything.modeling import Sam
 
 from ..errors import ConfigError
+from ..models.family import family_of
 from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
@@ -34,3 +37,7 @@ class FullStrategy(Strategy):
 
     def apply(self, sam: Sam, config: StrategyConfig) -> None:
         self.unfreeze(sam)
+        unused = family_of(sam).parts(sam).unused  # SAM 2.1's video modules: never trainable
+        for name, p in sam.named_parameters():
+            if name in unused:
+                p.requires_grad_(False)

@@ -5,7 +5,9 @@ adapted model starts identical to SAM. The mask decoder trains too unless ``trai
 
 ``targets`` chooses the layers. A short name selects a layer of every image-encoder block, as the
 papers do: ``qkv`` (``image_encoder.blocks.N.attn.qkv``, the default), ``proj`` (``attn.proj``),
-``mlp`` (``mlp.lin1`` and ``mlp.lin2``). A target holding a ``.`` is a module-path pattern
+``mlp`` (``mlp.lin1`` and ``mlp.lin2``); on SAM 2.1 the same names select the layers of every Hiera
+block, ``image_encoder.trunk.blocks.N.attn.qkv`` / ``.attn.proj`` / ``.mlp.layers.{0,1}`` (the table is
+the model family's: ``samadapt.models.family``). A target holding a ``.`` is a module-path pattern
 (``fnmatch``: ``*`` matches any characters, dots included) over the full module names of the
 ``Sam``, and selects every ``nn.Linear`` whose path it matches, so LoRA on the mask decoder is an
 option, not another strategy: ``targets=("mask_decoder.transformer.*_proj",)`` puts it on every
@@ -33,22 +35,20 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..errors import AdapterMismatchError, ConfigError
+from ..models.family import Sam1Family, all_roots, decoder_roots, family_of
 from ..options import option
 from .base import Strategy, StrategyConfig, register_strategy
 
 if TYPE_CHECKING:  # peft imports transformers (seconds): only when a LoRA model is built
     from peft import LoraConfig as PeftLoraConfig
 
-# Which Linear layers of an upstream ViT block each short target name selects.
-TARGETS = {
-    "qkv": r"attn\.qkv",
-    "proj": r"attn\.proj",
-    "mlp": r"mlp\.lin[12]",
-}
+# Which Linear layers of an upstream ViT block each short target name selects (SAM 1's table; every
+# family has its own: ``samadapt.models.family``, SAM 2.1's ``mlp`` is ``mlp.layers.0`` / ``.1``).
+TARGETS = Sam1Family.lora_targets
 ADAPTER_NAME = "default"
 PREFIX = "lora_"
-#: the first component of every module path of an upstream ``Sam``
-SAM_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+#: the first component of every module path of the image path of a model of any family
+SAM_PARTS = all_roots()
 
 
 def is_pattern(target: str) -> bool:
@@ -56,10 +56,12 @@ def is_pattern(target: str) -> bool:
     return "." in target
 
 
-def _short_regex(targets) -> str:
-    """The peft ``target_modules`` regex of short target names (what every adapter before
-    module-path patterns was made with, so their peft exports stay the same)."""
-    return r"image_encoder\.blocks\.\d+\.(" + "|".join(TARGETS[t] for t in targets) + ")"
+def _short_regex(targets, sam=None) -> str:
+    """The peft ``target_modules`` regex of short target names in ``sam``'s family (SAM 1's when
+    ``sam`` is None: what every adapter before module-path patterns was made with, so their peft
+    exports stay the same)."""
+    family = Sam1Family() if sam is None else family_of(sam)
+    return family.short_target_regex(targets)
 
 
 def linear_paths(sam: Sam) -> list[str]:
@@ -129,7 +131,7 @@ class LoraConfig(StrategyConfig):
         """The module paths of the Linear layers of ``sam`` that the targets select, in module order.
         Raises :class:`ConfigError` when a pattern selects none (naming some it could match)."""
         paths = linear_paths(sam)
-        short = re.compile(_short_regex([t for t in self.targets if not is_pattern(t)]))
+        short = re.compile(_short_regex([t for t in self.targets if not is_pattern(t)], sam))
         has_short = any(not is_pattern(t) for t in self.targets)
         for pattern in self.patterns:
             if not any(fnmatch.fnmatchcase(p, pattern) for p in paths):
@@ -151,7 +153,7 @@ class LoraConfig(StrategyConfig):
         from peft import LoraConfig as PeftLoraConfig
 
         if not self.patterns:
-            target_modules = _short_regex(self.targets)
+            target_modules = _short_regex(self.targets, sam)
         elif sam is None:
             raise ConfigError(
                 f"LoRA targets {list(self.patterns)} are module-path patterns: to_peft needs the Sam "
@@ -190,7 +192,8 @@ class LoraStrategy(Strategy):
         """False when every target lies outside the image encoder (LoRA on the decoder only): the
         encoder then stays frozen and its embeddings may be cached, as for ``decoder``."""
         assert isinstance(config, LoraConfig)
-        return any(not is_pattern(t) or not t.startswith(("mask_decoder.", "prompt_encoder.")) for t in config.targets)
+        outside = tuple(f"{root}." for root in decoder_roots())
+        return any(not is_pattern(t) or not t.startswith(outside) for t in config.targets)
 
     # ------------------------------------------------------------------ leaving samadapt
     def merged_state_dict(self, sam: Sam, config: StrategyConfig) -> dict[str, torch.Tensor]:
