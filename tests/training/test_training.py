@@ -523,7 +523,7 @@ def test_loader_epoch_survives_a_fresh_loader(reset_accelerate):
     from accelerate import Accelerator
     from torch.utils.data import DataLoader, Dataset
 
-    from samadapt.training.trainer import EpochShuffled
+    from samadapt.training.state import EpochShuffled
 
     class Items(Dataset):
         epoch = 0
