@@ -37,7 +37,7 @@ from .adapter_io import load_adapter, read_adapter_metadata, save_adapter
 from .errors import CheckpointError, ConfigError, UnknownNameError
 from .files import atomic_write
 from .models.checkpoints import find_base_checkpoint
-from .models.registry import MODEL_TYPES, build_sam, get_model_card, model_type_for_tag
+from .models.family import build_model, get_card, model_type_for_tag, model_types
 from .paths import adapters_dir
 from .strategies.base import STRATEGIES
 
@@ -53,7 +53,7 @@ class AdapterName:
     strategy: str
 
     def __str__(self) -> str:
-        tag = get_model_card(self.model_type).tag
+        tag = get_card(self.model_type).tag
         suffix = "" if self.strategy == DEFAULT_STRATEGY else f"-{self.strategy}"
         return f"{self.dataset}-{tag}{suffix}"
 
@@ -64,12 +64,12 @@ def adapter_name(dataset: str, model_type: str, strategy: str) -> str:
         raise ConfigError(f"dataset name {dataset!r} must be lower-case letters, digits and '_' (no '-')")
     if strategy not in STRATEGIES:
         raise UnknownNameError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    return str(AdapterName(dataset, get_model_card(model_type).name, strategy))
+    return str(AdapterName(dataset, get_card(model_type).name, strategy))
 
 
 def parse_adapter_name(name: str) -> AdapterName:
     parts = name.split("-")
-    tags = sorted(c.tag for c in MODEL_TYPES.values())
+    tags = sorted(c.tag for c in model_types().values())
     if len(parts) not in (2, 3) or not re.fullmatch(r"[a-z0-9][a-z0-9_]*", parts[0]):
         raise ConfigError(
             f"adapter name {name!r} is not of the form <dataset>-<tag>[-<strategy>] with tag in {tags} "
@@ -198,13 +198,13 @@ def load(
     meta = read_adapter_metadata(path)
     model_type, base_id = meta["model_type"], meta["base_id"]
     if base_id.startswith("builtin:") and checkpoint is None:
-        sam = build_sam(model_type)
+        sam = build_model(model_type)
     elif base_id.startswith("random:") and checkpoint is None:
         raise CheckpointError(
             f"adapter {str(path)!r} was trained on randomly initialised {model_type} weights, which "
             "cannot be rebuilt; pass the checkpoint it was trained from"
         )
     else:
-        sam = build_sam(model_type, find_base_checkpoint(model_type, base_id, checkpoint))
+        sam = build_model(model_type, find_base_checkpoint(model_type, base_id, checkpoint))
     model = load_adapter(path, sam)
     return model.to(device).eval()

@@ -285,10 +285,10 @@ class TrainConfig:
     }
 
     def __post_init__(self) -> None:
-        from .models.registry import get_model_card
+        from .models.family import get_card
         from .strategies.base import get_strategy
 
-        get_model_card(self.model)
+        get_card(self.model)
         get_strategy(self.strategy).make_config(**self.strategy_options)  # validates the options
         if isinstance(self.log_with, str) and self.log_with.lower() in ("none", ""):
             self.log_with = None  # so `--log-with none` turns logging off from the command line
@@ -386,10 +386,10 @@ class TrainConfig:
 
     def _check_name(self) -> None:
         from .adapter_store import parse_adapter_name
-        from .models.registry import get_model_card
+        from .models.family import get_card
 
         parsed = parse_adapter_name(self.name)
-        want = get_model_card(self.model)
+        want = get_card(self.model)
         if parsed.model_type != want.name or parsed.strategy != self.strategy:
             suffix = "" if self.strategy == "decoder" else f"-{self.strategy}"
             raise ConfigError(

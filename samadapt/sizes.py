@@ -21,7 +21,8 @@ from torch import nn
 from .adapted import AdaptedSam, adapt
 from .adapter_io import adapter_metadata, save_adapter
 from .models.checkpoints import official_checkpoint
-from .models.registry import BaseInfo, build_sam, get_model_card
+from .models.family import family_for_type, get_card
+from .models.registry import BaseInfo
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,24 @@ class StrategySize:
         return 100.0 * self.trainable / self.total
 
 
+def _weightless_base(model_type: str) -> nn.Module:
+    """The base model of ``model_type`` (either family) without weights, as an untrained base."""
+    family = family_for_type(model_type)
+    model = family.architecture(model_type)
+    model.samadapt_base = BaseInfo(model_type, f"random:{model_type}", None)
+    return model.eval()
+
+
 def meta_adapted(model_type: str, strategy: str, **options: Any) -> AdaptedSam:
-    """An :class:`AdaptedSam` on the meta device: every shape and name, no weights."""
-    with torch.device("meta"):
-        return adapt(build_sam(model_type, pretrained=False), strategy, **options)
+    """An :class:`AdaptedSam` without weights (the meta device): every shape and name."""
+    with family_for_type(model_type).weightless():  # the strategy's own modules weightless too
+        return adapt(_weightless_base(model_type), strategy, **options)
 
 
 @functools.lru_cache(maxsize=None)
 def base_parameter_count(model_type: str) -> int:
-    """Parameters of the unadapted SAM of ``model_type``."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_sam(model_type, pretrained=False).parameters())
+    """Parameters of the unadapted base of ``model_type``."""
+    return sum(p.numel() for p in _weightless_base(model_type).parameters())
 
 
 def strategy_size(
@@ -79,7 +87,7 @@ def _typical_base(model_type: str) -> BaseInfo:
     official = official_checkpoint(model_type)
     if official is not None:
         return BaseInfo(model_type, f"sha256:{official.sha256}", None)
-    card = get_model_card(model_type)
+    card = get_card(model_type)
     if card.builtin_weights is not None:
         return BaseInfo(model_type, f"builtin:{card.name}@{'0' * 64}", None)
     return BaseInfo(model_type, f"sha256:{'0' * 64}", None)

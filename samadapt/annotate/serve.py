@@ -130,14 +130,14 @@ def _check_model_options(
 ) -> None:
     """The model options, checked in a moment (no weights read): before any file is written."""
     from ..adapter_store import resolve_adapter
-    from ..models.registry import get_model_card
+    from ..models.family import get_card
 
     if adapter and model_type:
         raise ConfigError("--model chooses the base model without --adapter; an adapter names its own model type")
     if adapter:
         resolve_adapter(adapter)
     else:
-        get_model_card(model_type or "mini")
+        get_card(model_type or "mini")
     if adapt_epochs is not None and adapt_epochs < 1:
         raise ConfigError(f"--adapt-epochs must be at least 1, got {adapt_epochs}")
     if checkpoint is not None and not Path(checkpoint).is_file():

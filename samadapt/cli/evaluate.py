@@ -71,7 +71,7 @@ def _add_data_options(parser: argparse.ArgumentParser):
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from ..models import MODEL_TYPES
+    from ..models.family import model_types
 
     models = parser.add_argument_group("models")
     models.add_argument(
@@ -84,7 +84,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     models.add_argument(
         "--model",
         default=None,
-        choices=sorted(MODEL_TYPES),
+        choices=sorted(model_types()),
         help="model type of the zero-shot baseline (default: the first adapter's, else mini)",
     )
     models.add_argument(

@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from ..errors import ConfigError
+
 __all__ = [
     "add_download_arguments",
     "add_info_arguments",
@@ -35,26 +37,33 @@ def add_info_arguments(parser: argparse.ArgumentParser) -> None:
 
 def info() -> dict[str, Any]:
     """What ``samadapt info --json`` prints: model types, strategies, trainable parameter counts."""
-    from ..models import MODEL_TYPES
+    from ..models.family import family_for_type, model_types
+    from ..models.sam2_family import require_sam2
     from ..sizes import strategy_size
     from ..strategies import STRATEGIES
 
-    model_types = [
+    cards = model_types()
+    rows = [
         {
             "name": c.name,
             "tag": c.tag,
+            "family": family_for_type(c.name).label,
             "image_size": c.image_size,
-            "encoder_embed_dim": c.encoder_embed_dim,
-            "encoder_depth": c.encoder_depth,
-            "encoder_num_heads": c.encoder_num_heads,
+            "encoder": _encoder_shape(c),
             "checkpoint": c.checkpoint or (f"built-in {c.builtin_weights}" if c.builtin_weights else None),
             "description": c.description,
         }
-        for c in MODEL_TYPES.values()
+        for c in cards.values()
     ]
     strategies = [{"name": s.name, "description": s.description} for s in STRATEGIES.values()]
-    parameters = {}
-    for mt in MODEL_TYPES:
+    parameters, unavailable = {}, {}
+    for mt in cards:
+        if family_for_type(mt).name == "sam2":
+            try:
+                require_sam2()  # SAM 2.1's architectures come from Meta's package
+            except ConfigError as e:
+                unavailable[mt] = str(e).splitlines()[0]
+                continue
         sizes = {s: strategy_size(mt, s) for s in STRATEGIES}
         parameters[mt] = {
             "base": next(iter(sizes.values())).base,
@@ -69,9 +78,10 @@ def info() -> dict[str, Any]:
             },
         }
     return {
-        "model_types": model_types,
+        "model_types": rows,
         "strategies": strategies,
         "parameters": parameters,
+        "unavailable": unavailable,
         "note": "default options of each strategy; counted on the meta device (no weights)",
     }
 
@@ -87,14 +97,14 @@ def run_info(args: argparse.Namespace) -> int:
             [
                 m["name"],
                 m["tag"],
+                m["family"],
                 str(m["image_size"]),
-                f"{m['encoder_embed_dim']}x{m['encoder_depth']}",
-                str(m["encoder_num_heads"]),
+                m["encoder"],
                 m["checkpoint"] or "-",
             ]
             for m in data["model_types"]
         ],
-        ["name", "tag", "image", "encoder dim x depth", "heads", "weights"],
+        ["name", "tag", "family", "image", "encoder", "weights"],
     )
     print("\nStrategies")
     _print_table([[s["name"], s["description"]] for s in data["strategies"]], ["name", "description"])
@@ -108,7 +118,16 @@ def run_info(args: argparse.Namespace) -> int:
         ]
         rows.append([mt, _millions(p["base"]), *cells])
     _print_table(rows, ["model", "total", *names])
+    for mt, why in data["unavailable"].items():
+        print(f"{mt}: not counted ({why})")
     return 0
+
+
+def _encoder_shape(card) -> str:
+    """The image encoder in a few words: ViT width x depth, heads (SAM 1); Hiera and its config (SAM 2.1)."""
+    if hasattr(card, "encoder_embed_dim"):
+        return f"ViT {card.encoder_embed_dim}x{card.encoder_depth}, {card.encoder_num_heads} heads"
+    return f"Hiera ({card.config.rsplit('/', 1)[-1]}{', overrides' if card.overrides else ''})"
 
 
 # ---------------------------------------------------------------------------- samadapt list

@@ -33,11 +33,11 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(m) -> None:
-    from ..models import MODEL_TYPES
+    from ..models.family import model_types
 
     m.add_argument("--adapter", metavar="NAME_OR_PATH", help="adapter name or file (default: the base model zero-shot)")
     m.add_argument(
-        "--model", default=None, choices=sorted(MODEL_TYPES), help="base model type without --adapter (default: mini)"
+        "--model", default=None, choices=sorted(model_types()), help="base model type without --adapter (default: mini)"
     )
     m.add_argument("--checkpoint", default=None, help="base SAM checkpoint (official vit_* need one)")
     m.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

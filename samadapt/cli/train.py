@@ -28,7 +28,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     :class:`~samadapt.config.TrainConfig` and of each strategy's config."""
     from ..config import RENAMED_KEYS, TrainConfig
     from ..data.presets import DATASET_CARDS
-    from ..models import MODEL_TYPES
+    from ..models.family import model_types
     from ..strategies import STRATEGIES
 
     parser.add_argument(
@@ -42,7 +42,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         TrainConfig,
         skip=("strategy_options",),
         groups={field: sections[name] for name, fields in TrainConfig.GROUPS.items() for field in fields},
-        choices={"strategy": sorted(STRATEGIES), "model": sorted(MODEL_TYPES), "dataset": sorted(DATASET_CARDS)},
+        choices={"strategy": sorted(STRATEGIES), "model": sorted(model_types()), "dataset": sorted(DATASET_CARDS)},
         aliases={new: ("--" + old.replace("_", "-"),) for old, new in RENAMED_KEYS.items()},
     )
     for name, strat in sorted(STRATEGIES.items()):

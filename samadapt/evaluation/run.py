@@ -98,21 +98,21 @@ def zero_shot_model(
     ``SAMADAPT_HOME/checkpoints``. Never random weights.
     """
     from ..models.checkpoints import find_base_checkpoint, official_checkpoint
-    from ..models.registry import build_sam, get_model_card
+    from ..models.family import build_model, get_card
     from ..paths import checkpoints_dir
 
-    card = get_model_card(model_type)
+    card = get_card(model_type)
     if checkpoint is not None:
-        sam = build_sam(model_type, checkpoint)
+        sam = build_model(model_type, checkpoint)
     elif base_id is not None and base_id.startswith("random:"):
         raise CheckpointError(
             f"the adapters were trained on randomly initialised {model_type} weights, which cannot "
             "be rebuilt; pass --checkpoint with the file they were trained from"
         )
     elif base_id is not None and not base_id.startswith("builtin:"):
-        sam = build_sam(model_type, find_base_checkpoint(model_type, base_id))
+        sam = build_model(model_type, find_base_checkpoint(model_type, base_id))
     elif card.builtin_weights is not None:
-        sam = build_sam(model_type)  # raises when the built-in weights are not installed
+        sam = build_model(model_type)  # raises when the built-in weights are not installed
     else:
         official = official_checkpoint(model_type)
         path = checkpoints_dir() / official.filename if official is not None else None
@@ -122,7 +122,7 @@ def zero_shot_model(
                 f"zero-shot {model_type} needs its weights: pass --checkpoint, or run `samadapt download-checkpoint "
                 f"{model_type}` (expected at {where})"
             )
-        sam = build_sam(model_type, path)
+        sam = build_model(model_type, path)
     return adapt(sam, "decoder").to(device).eval()
 
 

@@ -65,10 +65,8 @@ OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
 
 
 def official_checkpoint(model_type: str) -> OfficialCheckpoint | None:
-    for c in OFFICIAL_CHECKPOINTS.values():
-        if c.model_type == model_type:
-            return c
-    return None
+    """The official file of ``model_type`` (SAM 1 or SAM 2.1), or None."""
+    return downloadable_checkpoints().get(model_type)
 
 
 def downloadable_checkpoints() -> dict[str, OfficialCheckpoint]:
@@ -174,7 +172,7 @@ def find_base_checkpoint(model_type: str, base_id: str, checkpoint: str | os.Pat
             )
     # a fine-tuned base: look for a file with that hash among the local checkpoints
     if checkpoints_dir().is_dir():
-        for f in sorted(checkpoints_dir().glob("*.pth")):
+        for f in sorted([*checkpoints_dir().glob("*.pth"), *checkpoints_dir().glob("*.pt")]):
             if file_sha256(f) == want:
                 return f
     raise CheckpointNotFoundError(

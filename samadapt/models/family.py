@@ -22,7 +22,7 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 from .decoding import decode_masks
 from .registry import MODEL_TYPES, build_sam, build_sam_architecture, get_model_card
 from .sam2_family import SAM2_MODEL_TYPES, build_sam2_model, decode_prompts, encode_images, get_sam2_card
@@ -312,6 +312,42 @@ def family_for_type(model_type: str) -> ModelFamily:
             return family
     known = sorted(t for f in FAMILIES for t in f.types())
     raise UnknownNameError(f"unknown model type {model_type!r}; choose one of {known}")
+
+
+def model_types() -> dict[str, Any]:
+    """Every registered model type of every family, name -> card (names and tags are unique
+    across families: :func:`check_unique_names`)."""
+    return {name: card for family in FAMILIES for name, card in family.types().items()}
+
+
+def get_card(model_type: str):
+    """The card of ``model_type``, a SAM 1 ``ModelCard`` or a SAM 2.1 ``Sam2Card``."""
+    return family_for_type(model_type).card(model_type)
+
+
+def build_model(model_type: str, checkpoint=None) -> nn.Module:
+    """A base model of ``model_type`` (either family) in eval mode: SAM 1's ``build_sam`` or SAM
+    2.1's ``build_sam2_model``, each loading ``checkpoint`` by docs/checkpoints.md's rules."""
+    return family_for_type(model_type).build(model_type, checkpoint)
+
+
+def model_type_for_tag(tag: str) -> str:
+    """The model type whose short tag (adapter names: ``vith``, ``s21t``) is ``tag``."""
+    for name, card in model_types().items():
+        if card.tag == tag:
+            return name
+    tags = sorted(c.tag for c in model_types().values())
+    raise UnknownNameError(f"unknown model tag {tag!r}; choose one of {tags}")
+
+
+def check_unique_names() -> None:
+    """Raise when two families register the same model-type name or tag (one namespace)."""
+    names = [n for f in FAMILIES for n in f.types()]
+    tags = [c.tag for f in FAMILIES for c in f.types().values()]
+    for what, values in (("model type", names), ("tag", tags)):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            raise ConfigError(f"{what} {dup} registered by more than one model family")
 
 
 def all_roots() -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from ..adapted import AdaptedSam, adapt
 from ..config import TrainConfig
 from ..errors import TrainingError
 from ..files import atomic_write
-from ..models.registry import build_sam
+from ..models.family import build_model
 from .cache import EmbeddingCache, cached_embedding, fill_run_caches
 from .interactive import training_loss
 from .losses import LossOutput, SamLoss
@@ -219,7 +219,7 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Any, AdaptedSam, Path]:
     cfg.check_files()
     check_output_dir(cfg)
     set_seed(cfg.seed)  # before the strategy draws its initial weights (torch starts each process at random)
-    sam = build_sam(cfg.model, cfg.checkpoint)  # a checkpoint of another model type fails here
+    sam = build_model(cfg.model, cfg.checkpoint)  # a checkpoint of another model type fails here
     model = adapt(sam, cfg.strategy, **cfg.strategy_options)
     accelerator = _accelerator(cfg, model, run_dir)
     if cfg.mixed_precision is None:  # the launcher's choice; recorded in config.yaml as resolved
@@ -255,7 +255,9 @@ def _accelerator(cfg: TrainConfig, model: AdaptedSam, run_dir: Path):
         # embeddings, when it is trained) need DDP's search; it warns on every run otherwise
         kwargs_handlers=[
             DistributedDataParallelKwargs(
-                find_unused_parameters=any(p.requires_grad for p in model.sam.prompt_encoder.parameters())
+                find_unused_parameters=any(
+                    p.requires_grad for p in model.family.parts(model.sam).prompt_encoder.parameters()
+                )
             )
         ],
     )

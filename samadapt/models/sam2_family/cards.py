@@ -52,6 +52,11 @@ class Sam2Card:
             raise ConfigError(f"image_size {self.image_size} of {self.name!r} is not a multiple of 16")
 
     @property
+    def builtin_weights(self) -> None:
+        """SAM 2.1 types have no weights inside samadapt (as ``ModelCard.builtin_weights``)."""
+        return None
+
+    @property
     def family(self) -> str:
         return "sam2"
 
