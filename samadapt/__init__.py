@@ -2,7 +2,7 @@
 
 Public API::
 
-    sam = samadapt.build_sam("vit_h", "sam_vit_h_4b8939.pth")
+    sam = samadapt.build_sam("vit_h", "sam_vit_h_4b8939.pth")  # SAM 2.1: samadapt.build_model("sam2.1_hiera_tiny", ...)
     model = samadapt.adapt(sam, "lora", rank=4)
     samadapt.save_adapter(model, "taco-lora.safetensors", dataset="taco")
     model = samadapt.load("taco-vith")
@@ -29,6 +29,7 @@ from .exporters import export
 from .exporters.peft import export_peft
 from .models import MODEL_TYPES, ModelCard, build_sam, get_model_card, register_model_type
 from .models.checkpoints import download_checkpoint
+from .models.family import build_model, model_types
 from .paths import samadapt_home
 from .strategies import STRATEGIES, Strategy, StrategyConfig, get_strategy, register_strategy
 from .transforms import SamTransform
@@ -54,6 +55,7 @@ __all__ = [
     "UnknownNameError",
     "adapt",
     "adapter_name",
+    "build_model",
     "build_sam",
     "download_checkpoint",
     "export",
@@ -64,6 +66,7 @@ __all__ = [
     "list_adapters",
     "load",
     "load_adapter",
+    "model_types",
     "publish_adapter",
     "read_adapter_metadata",
     "register_model_type",

@@ -112,6 +112,11 @@ class AdaptedSam(nn.Module):
         return self.family.dtype(self.sam)
 
     @property
+    def mask_threshold(self) -> float:
+        """A mask is its logits above this (0.0 for every official model)."""
+        return self.family.mask_threshold(self.sam)
+
+    @property
     def encoder_is_frozen(self) -> bool:
         """True when no gradient flows into the image encoder, so its output may be cached."""
         return not get_strategy(self.strategy).uses_image_encoder_gradients(self.config)
@@ -362,13 +367,7 @@ class AdaptedSam(nn.Module):
         return original_size, b, p, lab
 
     def _check_embeddings(self, embeddings, n: int) -> None:
-        if self.family.name == "sam2":  # SAM 2.1: one features object of the n images
-            if not hasattr(embeddings, "select") or len(embeddings) != n:
-                raise ConfigError(
-                    f"image_embeddings of a {self.family.label} model are one Sam2Features of the {n} images"
-                )
-            return
-        want = (self.sam.prompt_encoder.embed_dim, *self.sam.prompt_encoder.image_embedding_size)
+        want = self.family.embedding_shape(self.sam)
         if len(embeddings) != n:
             raise ConfigError(f"got {n} images but {len(embeddings)} image embeddings")
         for i, e in enumerate(embeddings):
@@ -439,7 +438,8 @@ class AdaptedSam(nn.Module):
         per batch over all their prompts. Returns one ``predict`` result per image.
 
         ``image_embeddings``: one (C, S/16, S/16) embedding per image that this model's encoder, as it
-        is now, computed earlier (e.g. an embedding cache of a frozen encoder); the encoder is then
+        is now, computed earlier (e.g. an embedding cache of a frozen encoder; on SAM 2.1 each
+        image's ``Sam2Features``, or the features of all images in one); the encoder is then
         skipped, and ``images`` only give each image's size."""
         n = len(images)
         points = points if points is not None else [None] * n
@@ -459,17 +459,15 @@ class AdaptedSam(nn.Module):
             ]
             if image_embeddings is None:
                 emb = self.encode(torch.stack([tf.preprocess_image(im) for im in imgs]).to(self.device, dtype))
-            elif self.family.name == "sam2":  # SAM 2.1's features of all n images
-                emb = image_embeddings.select(slice(idx[0], idx[-1] + 1)).to(self.device, dtype)
             else:
-                emb = torch.stack([image_embeddings[i] for i in idx]).to(self.device, dtype)
+                emb = self.family.stack([image_embeddings[i] for i in idx]).to(self.device, dtype)
             out = self.decode(
                 emb, [p[1] for p in prompts], [p[2] for p in prompts], [p[3] for p in prompts], multimask=multimask
             )
             for j, (original_size, *_rest) in enumerate(prompts):
                 sel = out.image_index == j
                 low = out.low_res_logits[sel].float()
-                masks = tf.postprocess_masks(low, original_size, self.family.mask_threshold(self.sam))
+                masks = tf.postprocess_masks(low, original_size, self.mask_threshold)
                 scores = out.iou_predictions[sel].float()
                 if not multimask:
                     masks, scores = masks[:, 0], scores[:, 0]

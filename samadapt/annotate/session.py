@@ -142,7 +142,7 @@ def refine(
     logits, scores = out.low_res_logits.float(), out.iou_predictions.float()
     k = int(scores[0].argmax()) if multimask else 0  # a lone click: the most confident of the three
     logits = logits[:, k : k + 1]
-    mask = tf.postprocess_masks(logits, size, model.sam.mask_threshold)[0, 0].cpu().numpy()
+    mask = tf.postprocess_masks(logits, size, model.mask_threshold)[0, 0].cpu().numpy()
     return Decoded(logits, mask, float(scores[0, k]), time.perf_counter() - start)
 
 
@@ -164,7 +164,7 @@ class EmbeddingCache:
         image = self.folder.read(name)
         start = time.perf_counter()
         with torch.no_grad():
-            x = model.transform.preprocess_image(image)[None].to(model.device, model.sam.pixel_mean.dtype)
+            x = model.transform.preprocess_image(image)[None].to(model.device, model.dtype)
             embedding = model.encode(x)[0]
         return Embedded(embedding, image.shape[:2], time.perf_counter() - start)
 

@@ -265,7 +265,7 @@ def _predict_rounds(model, emb: torch.Tensor, gt: np.ndarray, max_clicks: int, m
         logits, scores = out.low_res_logits.float(), out.iou_predictions.float()
         if multimask:  # the most confident of the three
             logits = logits[torch.arange(n, device=device), scores.argmax(dim=1)][:, None]
-        masks = tf.postprocess_masks(logits, (h, w), model.sam.mask_threshold)[:, 0].cpu().numpy()
+        masks = tf.postprocess_masks(logits, (h, w), model.mask_threshold)[:, 0].cpu().numpy()
         if k > 0:  # a finished instance keeps its prediction
             keep = torch.from_numpy(done).to(device)
             logits = torch.where(keep[:, None, None, None], prev, logits)
@@ -315,7 +315,7 @@ def evaluate_clicks(
     ious, image_ids, category_ids, images = [], [], [], []
     was_training = model.training
     model.eval()
-    dtype = model.sam.pixel_mean.dtype
+    dtype = model.dtype
     try:
         with torch.no_grad():
             for index in tqdm(indices, desc=desc, disable=not progress, unit="img"):

@@ -118,7 +118,7 @@ def image_embeddings(model, dataset, batch_size: int = 8) -> list:
 
     was_training = model.training
     model.eval()
-    dtype = model.sam.pixel_mean.dtype
+    dtype = model.dtype
     out: list = []
     try:
         with torch.no_grad():

@@ -25,7 +25,14 @@ from torch import nn
 from ..errors import ConfigError, UnknownNameError
 from .decoding import decode_masks
 from .registry import MODEL_TYPES, build_sam, build_sam_architecture, get_model_card
-from .sam2_family import SAM2_MODEL_TYPES, build_sam2_model, decode_prompts, encode_images, get_sam2_card
+from .sam2_family import (
+    SAM2_MODEL_TYPES,
+    Sam2Features,
+    build_sam2_model,
+    decode_prompts,
+    encode_images,
+    get_sam2_card,
+)
 from .sam2_family.build import build_sam2_architecture
 from .sam2_family.predict import MASK_THRESHOLD, transform_for
 
@@ -115,6 +122,15 @@ class ModelFamily:
         """The (B, C, S/16, S/16) image embedding of ``features`` (its size, device and dtype)."""
         raise NotImplementedError
 
+    def stack(self, items: list):
+        """Per-image features (no batch dimension) -> the batch's, as ``torch.stack`` stacks tensors."""
+        raise NotImplementedError
+
+    def embedding_shape(self, model: nn.Module) -> tuple[int, int, int]:
+        """(C, h, w) of one image's embedding (SAM 2.1: of its ``image_embed``)."""
+        pe = self.parts(model).prompt_encoder
+        return (int(pe.embed_dim), *(int(s) for s in pe.image_embedding_size))
+
     def dtype(self, model: nn.Module) -> torch.dtype:
         raise NotImplementedError
 
@@ -188,6 +204,9 @@ class Sam1Family(ModelFamily):
 
     def embedding(self, features) -> torch.Tensor:
         return features
+
+    def stack(self, items: list):
+        return torch.stack(list(items))
 
     def dtype(self, model: nn.Module) -> torch.dtype:
         return model.pixel_mean.dtype
@@ -280,6 +299,9 @@ class Sam2Family(ModelFamily):
 
     def embedding(self, features) -> torch.Tensor:
         return features.image_embed
+
+    def stack(self, items: list):
+        return Sam2Features.stack(list(items))
 
     def dtype(self, model: nn.Module) -> torch.dtype:
         return model.sam_prompt_encoder.no_mask_embed.weight.dtype

@@ -174,7 +174,7 @@ def _from_prompts(
     rows = torch.arange(out.iou_predictions.shape[0], device=out.iou_predictions.device)
     best = out.iou_predictions.argmax(1)
     low, iou = out.low_res_logits[rows, best].float(), out.iou_predictions[rows, best].float()
-    masks = tf.postprocess_masks(low, image_size, model.sam.mask_threshold)
+    masks = tf.postprocess_masks(low, image_size, model.mask_threshold)
     return masks, iou.cpu().numpy(), (cap.features(require_class_head(model)) if want_tokens else None)
 
 

@@ -204,7 +204,7 @@ def _encode_rles(masks: torch.Tensor) -> list[dict]:
 @torch.no_grad()
 def encode_images(model, images: Sequence[np.ndarray], batch_size: int = 4) -> list[torch.Tensor]:
     """Image embeddings, (C, h, w) each, for RGB uint8 (H, W, 3) images, ``batch_size`` per encoder pass."""
-    tf, dtype, out = model.transform, model.sam.pixel_mean.dtype, []
+    tf, dtype, out = model.transform, model.dtype, []
     for start in range(0, len(images), batch_size):
         chunk = [model._check_image(im) for im in images[start : start + batch_size]]
         x = torch.stack([tf.preprocess_image(im) for im in chunk]).to(model.device, dtype)
@@ -242,13 +242,13 @@ def _candidates(
         logits = tf.postprocess_logits(low, (h, w))
         if outside is not None:  # the bars are no part of any mask
             logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
-        stability = calculate_stability_score(logits, model.sam.mask_threshold, config.stability_score_offset)
+        stability = calculate_stability_score(logits, model.mask_threshold, config.stability_score_offset)
         keep = (
             stability >= config.stability_score_thresh
             if config.stability_score_thresh > 0.0
             else torch.ones_like(stability, dtype=torch.bool)
         )
-        masks = logits[keep] > model.sam.mask_threshold
+        masks = logits[keep] > model.mask_threshold
         del logits
         nonempty = masks.flatten(1).any(1)
         masks = masks[nonempty]

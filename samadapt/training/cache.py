@@ -5,7 +5,9 @@ its embedding is reused every epoch (MedSAM v0 did this; by FLOPs decoder-only t
 embeddings needs ~70x fewer operations than re-running ViT-H each step).
 
 Embeddings are stored in bf16 (or fp16) as one ``.npy`` file each (bf16 as its raw 16 bits), read
-back memory-mapped; the trainer keeps validation images in fp32, so that validation scores exactly
+back memory-mapped; a SAM 2.1 model's features (the image embedding and two high-resolution maps,
+``Sam2Features``: 16 MiB per 1024 px image in fp32, 8 MiB in bf16) as one ``.safetensors`` file
+each, by their names. The trainer keeps validation images in fp32, so that validation scores exactly
 what the model predicts from the image. The cache is a folder per *namespace*: a hash of the model
 type, the base weights id (checkpoint sha256), the input size, the preprocessing version and the
 dtype, so changing any of them reads from a different folder (the old entries are never confused
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from ..adapted import AdaptedSam
 
 PREPROCESSING_VERSION = "resize-longest-side+normalize+pad-br/v1"
+#: SAM 2.1's (``Sam2Transform``): a square resize that does not keep the aspect ratio
+SAM2_PREPROCESSING_VERSION = "resize-square-antialias+normalize/v1"
 _DTYPES = {
     torch.bfloat16: ("bf16", np.uint16),
     torch.float16: ("fp16", np.float16),
@@ -61,6 +65,7 @@ class EmbeddingCache:
     image_size: int
     dtype: torch.dtype = torch.bfloat16
     stats: CacheStats = field(default_factory=CacheStats)
+    family: str = "sam"  # "sam2": entries are Sam2Features, one safetensors file each
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -75,13 +80,20 @@ class EmbeddingCache:
 
     @property
     def namespace_fields(self) -> dict[str, str]:
-        return {
+        fields = {
             "model_type": self.model_type,
             "base_id": self.base_id,
             "image_size": str(self.image_size),
             "preprocessing": PREPROCESSING_VERSION,
             "dtype": _DTYPES[self.dtype][0],
         }
+        if self.family == "sam2":  # SAM 1's fields stay as they were: its caches keep their folders
+            fields.update(preprocessing=SAM2_PREPROCESSING_VERSION, family="sam2")
+        return fields
+
+    @property
+    def suffix(self) -> str:
+        return ".safetensors" if self.family == "sam2" else ".npy"
 
     @property
     def namespace(self) -> str:
@@ -93,31 +105,51 @@ class EmbeddingCache:
         return self.directory / self.namespace
 
     def _file(self, image_key: str) -> Path:
-        return self.path / f"{image_key}.npy"
+        return self.path / f"{image_key}{self.suffix}"
 
     def __contains__(self, image_key: str) -> bool:
         return self._file(image_key).is_file()
 
-    def get(self, image_key: str) -> torch.Tensor | None:
-        """The cached embedding (C, h, w) in the cache dtype, or None (counted as a miss)."""
-        f = self._file(image_key)
+    def get(self, image_key: str):
+        """The cached embedding (C, h, w) in the cache dtype (SAM 2.1: the image's ``Sam2Features``),
+        or None (counted as a miss)."""
         try:
-            arr = np.load(f, mmap_mode="r")
+            features = self._read(self._file(image_key))
         except (FileNotFoundError, ValueError, OSError):
             self.stats.misses += 1
             return None
         self.stats.hits += 1
+        return features
+
+    def _read(self, f: Path):
+        if self.family == "sam2":
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            from ..models.sam2_family import Sam2Features
+
+            try:
+                return Sam2Features.from_named(load_file(str(f)))
+            except (SafetensorError, KeyError) as e:
+                raise ValueError(f"{f}: {e}") from e
+        arr = np.load(f, mmap_mode="r")
         t = torch.from_numpy(np.array(arr))  # copy out of the memory map: the tensor outlives it
         return t.view(torch.bfloat16) if self.dtype is torch.bfloat16 else t
 
-    def put(self, image_key: str, embedding: torch.Tensor) -> None:
-        """Store one embedding (C, h, w); written to a temp file then renamed (safe for several processes)."""
-        t = embedding.detach().to("cpu", self.dtype).contiguous()
-        arr = t.view(torch.uint16).numpy() if self.dtype is torch.bfloat16 else t.numpy()
+    def put(self, image_key: str, embedding) -> None:
+        """Store one embedding (C, h, w) (SAM 2.1: one image's ``Sam2Features``); written to a temp
+        file then renamed (safe for several processes)."""
         f = self._file(image_key)
-        tmp = f.with_name(f"{f.stem}.tmp{os.getpid()}.npy")
+        tmp = f.with_name(f"{f.stem}.tmp{os.getpid()}{self.suffix}")
         try:
-            np.save(tmp, arr)
+            if self.family == "sam2":
+                from safetensors.torch import save_file
+
+                named = {n: t.detach().to("cpu", self.dtype).contiguous() for n, t in embedding.named_tensors().items()}
+                save_file(named, str(tmp))
+            else:
+                t = embedding.detach().to("cpu", self.dtype).contiguous()
+                np.save(tmp, t.view(torch.uint16).numpy() if self.dtype is torch.bfloat16 else t.numpy())
             os.replace(tmp, f)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -126,7 +158,7 @@ class EmbeddingCache:
 
     def _entries(self) -> list[Path]:
         # another process' temp files (``<key>.tmp<pid>.npy``) are not entries
-        return [f for f in self.path.glob("*.npy") if ".tmp" not in f.name]
+        return [f for f in self.path.glob(f"*{self.suffix}") if ".tmp" not in f.name]
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self._entries())
@@ -141,7 +173,7 @@ class EmbeddingCache:
         return text
 
 
-def cached_embedding(cache: EmbeddingCache, key: str, what: str) -> torch.Tensor:
+def cached_embedding(cache: EmbeddingCache, key: str, what: str):
     """The cached embedding of an image the run encoded into ``cache`` at its start."""
     emb = cache.get(key)
     if emb is None:
@@ -217,6 +249,7 @@ def fill_run_caches(
         model_type=model.model_type,
         base_id=model.base.base_id,
         image_size=model.transform.image_size,
+        family=model.family.name,
     )
     cache = EmbeddingCache(**kw)
     encoded = fill_embedding_cache(accelerator, model, train_keyed, cache, batch_size=batch_size, progress=progress)

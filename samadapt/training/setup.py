@@ -116,8 +116,8 @@ class StepLoss:
 
         emb = None
         if self.cache is not None:
-            emb = torch.stack([cached_embedding(self.cache, k, f"training image {k}") for k in batch["image_key"]])
-            emb = emb.to(self.device, torch.float32)
+            cached = [cached_embedding(self.cache, k, f"training image {k}") for k in batch["image_key"]]
+            emb = self.unwrapped.family.stack(cached).to(self.device, torch.float32)  # SAM 2.1: Sam2Features
         gt = torch.cat([g.to(self.device) for g in batch["gt_masks"]])
         # box prompts; or boxes / clicks per instance and corrective click rounds (interactive.py)
         step = functools.partial(

@@ -133,11 +133,11 @@ class ClickFollower(nn.Module):
     paints the 4x4 input pixels around it as object, each negative one as background, so the
     prediction is known. Records the prompts of every ``decode`` call."""
 
+    mask_threshold = 0.0
+    dtype = torch.float32
+
     def __init__(self):
         super().__init__()
-        self.sam = nn.Module()
-        self.sam.register_buffer("pixel_mean", torch.zeros(3, 1, 1))
-        self.sam.mask_threshold = 0.0
         self.calls: list[dict] = []
 
     @property

@@ -142,6 +142,49 @@ def test_cache_damaged_entry_is_a_miss(tmp_path):
     assert cache.get("img") is None and cache.stats.misses == 1
 
 
+def _features(seed: int = 0):
+    from samadapt.models.sam2_family import Sam2Features
+
+    g = torch.Generator().manual_seed(seed)
+    return Sam2Features(
+        torch.randn(256, 4, 4, generator=g), (torch.randn(32, 16, 16, generator=g), torch.randn(64, 8, 8, generator=g))
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cache_holds_sam2_features_by_name(tmp_path, dtype):
+    cache = _cache(tmp_path, model_type="sam2.1_hiera_test", family="sam2", dtype=dtype)
+    features = _features()
+    cache.put("img", features)
+    got = _cache(tmp_path, model_type="sam2.1_hiera_test", family="sam2", dtype=dtype).get("img")
+    for name, tensor in features.named_tensors().items():
+        assert torch.equal(got.named_tensors()[name], tensor.to(dtype)), name
+    values = sum(t.numel() for t in features.tensors)
+    width = torch.finfo(dtype).bits // 8
+    assert values * width <= cache.size_bytes() < values * width + 512 and len(cache) == 1
+    (cache.path / "img.safetensors").write_bytes(b"not a safetensors file")
+    assert cache.get("img") is None and cache.stats.misses == 1  # damaged: a miss, encoded again
+
+
+def test_sam2_features_index_and_stack_like_an_embedding_tensor():
+    from samadapt.models.sam2_family import Sam2Features
+
+    batch = Sam2Features.stack([_features(0), _features(1)])
+    assert len(batch) == 2 and batch.shape == (2, 256, 4, 4) and batch[None].shape == (1, 2, 256, 4, 4)
+    for i, one in enumerate(batch):
+        assert all(torch.equal(a, b) for a, b in zip(one.tensors, _features(i).tensors))
+
+
+def test_sam2_cache_has_its_own_namespace_and_sam1s_is_unchanged(tmp_path):
+    sam1 = _cache(tmp_path)
+    assert set(sam1.namespace_fields) == {"model_type", "base_id", "image_size", "preprocessing", "dtype"}
+    sam2 = _cache(tmp_path, family="sam2")
+    assert (
+        sam2.namespace != sam1.namespace
+        and sam2.namespace_fields["preprocessing"] != sam1.namespace_fields["preprocessing"]
+    )
+
+
 def test_cache_stats(tmp_path):
     cache = _cache(tmp_path)
     assert cache.stats.hit_rate == 0.0

@@ -139,6 +139,11 @@ def attach_class_head(model, categories: Mapping[int, str], **kwargs: Any) -> Cl
     Attach it after :func:`samadapt.adapt` (the strategy freezes what it does not train) and before
     the optimizer is built. Returns the head."""
     sam = model.sam
+    if model.family.name != "sam":
+        raise ConfigError(
+            f"the class head (--classify) reads SAM 1's mask decoder; this model is {model.family.label}: "
+            "train without --classify"
+        )
     if class_head_of(model) is not None:
         raise ConfigError("this model has a class head already")
     kwargs.setdefault("pool_dim", pooled_dim(sam))

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
 
+#: the names of :class:`Sam2Features`' tensors (the embedding cache stores them under these)
+FEATURE_NAMES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
+
+
 @dataclass
 class Sam2Features:
     """What the SAM 2.1 decoder reads for B images.
@@ -37,6 +41,11 @@ class Sam2Features:
     image_embed: (B, C, S/16, S/16), the lowest FPN level plus ``no_mem_embed`` (C = 256).
     high_res: ((B, C/8, S/4, S/4), (B, C/4, S/8, S/8)), the FPN's two finest levels after the
     decoder's ``conv_s0`` / ``conv_s1``.
+
+    It indexes like SAM 1's embedding tensor (B, C, h, w), so code written for that works on it:
+    ``features[i]`` is image i's features without the batch dimension, ``features[None]`` adds
+    one, iterating gives each image's, ``len`` / ``shape`` / ``dtype`` / ``device`` are the image
+    embedding's, and :meth:`stack` stacks per-image features as ``torch.stack`` does tensors.
     """
 
     image_embed: torch.Tensor
@@ -48,6 +57,43 @@ class Sam2Features:
     @property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return (self.image_embed, *self.high_res)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.image_embed.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_embed.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    def __getitem__(self, index) -> Sam2Features:
+        """Index every tensor along the batch dimension (``None`` adds one, as for a tensor)."""
+        return Sam2Features(self.image_embed[index], (self.high_res[0][index], self.high_res[1][index]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(zip(FEATURE_NAMES, self.tensors))
+
+    @classmethod
+    def from_named(cls, tensors: dict[str, torch.Tensor]) -> Sam2Features:
+        embed, hr0, hr1 = (tensors[n] for n in FEATURE_NAMES)
+        return cls(embed, (hr0, hr1))
+
+    @classmethod
+    def stack(cls, items: list[Sam2Features]) -> Sam2Features:
+        """Per-image features (no batch dimension) -> the features of the batch."""
+        embed, hr0, hr1 = (torch.stack([it.tensors[k] for it in items]) for k in range(3))
+        return cls(embed, (hr0, hr1))
 
     def per_prompt(self, image_index: torch.Tensor) -> Sam2Features:
         """Each prompt's image features (N first): a broadcast view for one image, else gathered."""

@@ -52,6 +52,10 @@ class Sam2Transform:
     def low_res_size(self) -> int:
         return self.image_size // 4
 
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) the image fills in the input frame: all of it (no padding; SAM 1's pads)."""
+        return (self.image_size, self.image_size)
+
     def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 (H, W, 3) -> float32 (3, S, S), what ``SAM2ImagePredictor.set_image`` feeds
         ``forward_image``."""
@@ -106,3 +110,14 @@ class Sam2Transform:
         s = self.image_size
         m = F.interpolate(m[:, None], size=(s, s), mode="bilinear", align_corners=False)
         return (F.avg_pool2d(m, kernel_size=4)[:, 0] > 0.5).float()
+
+    def sampled_to_low_res(self, sample, box: tuple[int, int, int, int] | None, original_size: tuple[int, int]):
+        """One mask given by ``sample(rows, cols)`` (the interface of SAM 1's
+        ``SamTransform.sampled_to_low_res``, which the dataset calls) -> (1, S/4, S/4), equal to
+        :meth:`masks_to_low_res` of the full mask. Builds the full mask (bool, H x W) from the pixels
+        of its tight ``box`` (x1, y1, x2, y2 inclusive; None for an empty mask)."""
+        full = np.zeros(tuple(int(s) for s in original_size), dtype=bool)
+        if box is not None:
+            x1, y1, x2, y2 = (int(v) for v in box)
+            full[y1 : y2 + 1, x1 : x2 + 1] = sample(np.arange(y1, y2 + 1), np.arange(x1, x2 + 1))
+        return self.masks_to_low_res(full[None])
