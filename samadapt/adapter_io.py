@@ -216,7 +216,9 @@ def import_peft(directory: str | os.PathLike, sam: Sam) -> AdaptedSam:
     if decoder_file.is_file():
         dec = load_file(str(decoder_file))
         params = dict(model.sam.named_parameters())
-        want = {n for n in params if n.startswith("mask_decoder.") and not strategy.owns(n)}
+        # the trained mask decoder: every trainable parameter not the strategy's own (SAM 1's
+        # mask_decoder.*, SAM 2.1's sam_mask_decoder.* but conv_s0 / conv_s1)
+        want = {n for n, p in params.items() if p.requires_grad and not strategy.owns(n)}
         if set(dec) != want:
             raise AdapterMismatchError(f"{decoder_file} does not hold exactly the mask decoder's parameters")
         with torch.no_grad():

@@ -9,6 +9,13 @@ Formats (one module each; the runtime that reads each one checks it in ``tests/e
 - ``hf``   (:mod:`.hf`): a folder ``transformers.SamModel`` / ``SamProcessor.from_pretrained`` read.
 - ``peft`` (:mod:`.peft`): peft's own LoRA folder.
 
+SAM 2.1 models (``model.family.name == "sam2"``) go through the same four formats, each writer
+dispatching on the family: ``sam`` writes ``{"model": state_dict}`` (:mod:`.sam2_checkpoint`, what
+``sam2.build_sam.build_sam2`` loads), ``hf`` a ``Sam2Model`` / ``Sam2Processor`` folder
+(:mod:`.sam2_hf`), ``onnx`` the SAM 2.1 encoder / decoder pair (:mod:`.sam2_onnx`; its options
+``quantize`` and ``rgb_encoder`` are SAM 1's only and refused), ``peft`` the same folder layout on
+Hiera's layers. Checked by ``tests/exporters/test_sam2_adapted_export.py``.
+
 Every export refuses to overwrite without ``force``, is written atomically (a failed export leaves
 nothing, or the previous output, at ``out``), records the adapter's metadata (``samadapt.json`` beside
 the weights, and inside the files where the format has room), and is refused before anything is
@@ -38,8 +45,9 @@ class ExportFormat:
     name: the ``to=`` value; description: one line for ``--help``; folder: writes a folder (else
     one file, with its metadata in ``<out>.json``); carries_added_modules: can hold modules that do
     not fold into SAM's weights; writer: ``"module:function"`` called as ``writer(model, tmp_out,
-    metadata, **options)``; options: the keyword options it takes; requires: the optional packages
-    (``pip install "samadapt[export]"``) it needs.
+    metadata, **options)``; options: the keyword options it takes; sam2_options: those of them it
+    takes for a SAM 2.1 model (the others are refused before anything is written); requires: the
+    optional packages (``pip install "samadapt[export]"``) it needs.
     """
 
     name: str
@@ -48,6 +56,7 @@ class ExportFormat:
     carries_added_modules: bool
     writer: str
     options: tuple[str, ...] = ()
+    sam2_options: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()  # modules of the optional extra "export" that the writer imports
 
     def write(self, model: AdaptedSam, out: Path, metadata: dict[str, Any], **options: Any) -> None:
@@ -60,14 +69,16 @@ FORMATS: dict[str, ExportFormat] = {
     for f in (
         ExportFormat(
             "sam",
-            "plain SAM checkpoint (.pth state dict) for segment_anything, CVAT's SAM function",
+            "plain SAM checkpoint (.pth state dict) for segment_anything, CVAT's SAM function "
+            "(SAM 2.1: {'model': state dict} for sam2's build_sam2)",
             folder=False,
             carries_added_modules=False,
             writer=".sam:write_sam",
         ),
         ExportFormat(
             "onnx",
-            "encoder.onnx + decoder.onnx (SamOnnxModel interface) for onnxruntime and labelling tools",
+            "encoder.onnx + decoder.onnx (SamOnnxModel interface; SAM 2.1: samexporter's SAM 2 "
+            "interface) for onnxruntime and labelling tools",
             folder=True,
             carries_added_modules=True,
             writer=".onnx:write_onnx",
@@ -76,7 +87,7 @@ FORMATS: dict[str, ExportFormat] = {
         ),
         ExportFormat(
             "hf",
-            "transformers SamModel + SamProcessor folder",
+            "transformers SamModel + SamProcessor folder (SAM 2.1: Sam2Model + Sam2Processor)",
             folder=True,
             carries_added_modules=False,
             writer=".hf:write_hf",
@@ -133,6 +144,34 @@ def _check_installed(fmt: ExportFormat) -> None:
         )
 
 
+def _family_of(model: AdaptedSam | Path):
+    """The model family of an adapted model, or of the adapter file ``model`` (from its metadata,
+    without loading it)."""
+    if isinstance(model, AdaptedSam):
+        return model.family
+    from ..adapter_io import read_adapter_metadata
+    from ..models.family import family_for_type
+
+    return family_for_type(read_adapter_metadata(model)["model_type"])
+
+
+def _check_family_options(fmt: ExportFormat, model: AdaptedSam | Path, options: dict[str, Any]) -> None:
+    """Refuse the options of ``fmt`` its writer does not take for the model's family (SAM 2.1's ONNX
+    pair has no int8 or RGB-input graphs)."""
+    family = _family_of(model)
+    if family.name != "sam2":
+        return
+    refused = sorted(set(options) - set(fmt.sam2_options))
+    if refused:
+        from .onnx import SAM2_NO_OPTIONS
+
+        why = f": {SAM2_NO_OPTIONS}" if fmt.name == "onnx" else ""
+        raise ConfigError(
+            f"the {fmt.name!r} export of a {family.label} model takes no option {refused}; its options for "
+            f"{family.label}: {list(fmt.sam2_options) or 'none'}{why}"
+        )
+
+
 def _check_can_carry(model: AdaptedSam, fmt: ExportFormat) -> None:
     if fmt.carries_added_modules:
         return
@@ -170,10 +209,12 @@ def export(
         options: format options: ``onnx`` takes ``quantize`` (also write int8 graphs,
             ``encoder_int8.onnx`` / ``decoder_int8.onnx``, with onnxruntime's dynamic quantisation)
             and ``rgb_encoder`` (also write ``encoder_rgb.onnx``, which takes the resized RGB image
-            and normalises and pads it itself); see :mod:`samadapt.exporters.onnx`.
+            and normalises and pads it itself); see :mod:`samadapt.exporters.onnx`. Neither is
+            taken for a SAM 2.1 model (``ConfigError``, before anything is loaded or written).
 
     Raises:
-        UnknownNameError: ``to`` is not a format. ConfigError: an option the format does not take.
+        UnknownNameError: ``to`` is not a format. ConfigError: an option the format does not take
+            (for the model's family).
         ExportError: ``out`` exists (without ``force``), the format cannot carry the model, or its
             optional packages are not installed (``pip install "samadapt[export]"``).
         CheckpointNotFoundError: the base checkpoint of a named adapter is missing.
@@ -186,6 +227,12 @@ def export(
     if unknown:
         raise ConfigError(f"the {to!r} export takes no option {unknown}; its options: {list(fmt.options) or 'none'}")
     _check_installed(fmt)
+    source = None
+    if not isinstance(model, AdaptedSam):
+        from ..adapter_store import resolve_adapter
+
+        source = resolve_adapter(model)
+    _check_family_options(fmt, model if source is None else source, options)
     out = Path(out)
     side = out.with_name(out.name + ".json")  # the metadata of a one-file format
     taken = [p for p in ((out,) if fmt.folder else (out, side)) if p.exists() or p.is_symlink()]
@@ -195,11 +242,9 @@ def export(
         raise ExportError(
             f"{str(out)!r} is a folder; the {to!r} format writes one file: give a file name (e.g. model.pth)"
         )
-    source = None
-    if not isinstance(model, AdaptedSam):
-        from ..adapter_store import load, resolve_adapter
+    if source is not None:
+        from ..adapter_store import load
 
-        source = resolve_adapter(model)
         model = load(source, checkpoint=checkpoint)
     _check_can_carry(model, fmt)
     metadata = export_metadata(model, to, source)

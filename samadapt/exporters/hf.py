@@ -130,11 +130,20 @@ def transformers_processor(card: ModelCard):
 def write_hf(model: AdaptedSam, folder: Path, metadata: dict[str, Any]) -> None:
     """Save the folded model with ``SamModel.save_pretrained`` (after a strict load of the remapped
     weights) and the processor with ``SamProcessor.save_pretrained``; the metadata goes into the
-    safetensors header (``"samadapt"``) and ``config.json`` (``"samadapt"``)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    safetensors header (``"samadapt"``) and ``config.json`` (``"samadapt"``).
+
+    SAM 2.1: the folded ``SAM2Base`` (:func:`samadapt.exporters.sam.plain_model`) through
+    :func:`samadapt.exporters.sam2_hf.write_sam2_hf` (``Sam2Model`` + ``Sam2Processor``), the
+    metadata in the same two places."""
     from transformers import SamModel
 
+    if model.family.name == "sam2":
+        from .sam import plain_model
+        from .sam2_hf import write_sam2_hf
+
+        write_sam2_hf(plain_model(model), folder, metadata)
+        stamp_safetensors(folder, metadata)
+        return
     config = transformers_config(model.card)
     state = to_transformers_keys(plain_state_dict(model))
     with torch.device("meta"):  # the weights come from the state dict: skip the random initialisation
@@ -151,7 +160,16 @@ def write_hf(model: AdaptedSam, folder: Path, metadata: dict[str, Any]) -> None:
     hf_model.config.samadapt = metadata
     hf_model.save_pretrained(str(folder), safe_serialization=True)
     transformers_processor(model.card).save_pretrained(str(folder))
-    for weights in sorted(folder.glob("model*.safetensors")):  # one file, or the shards of a big model
+    stamp_safetensors(folder, metadata)
+
+
+def stamp_safetensors(folder: Path, metadata: dict[str, Any]) -> None:
+    """Put ``metadata`` (JSON) under ``"samadapt"`` in the header of every ``model*.safetensors``
+    that ``save_pretrained`` wrote into ``folder``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for weights in sorted(Path(folder).glob("model*.safetensors")):  # one file, or the shards of a big model
         with safe_open(str(weights), framework="pt") as f:
             header = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}

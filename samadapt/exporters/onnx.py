@@ -46,6 +46,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from ..adapted import AdaptedSam
+from ..errors import ExportError
 from ..models.fast import disable_activation_checkpointing, disable_sdpa_attention
 from ..strategies.base import Strategy, get_strategy
 from .sam import added_parameters, plain_sam
@@ -202,7 +203,13 @@ def write_onnx(
     rgb_encoder: bool = False,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> None:
-    """Write the pair (and the optional graphs) into ``folder``; see the module docstring."""
+    """Write the pair (and the optional graphs) into ``folder``; see the module docstring. A SAM 2.1
+    model goes to :func:`write_sam2_onnx_adapted` (its own pair; no optional graphs)."""
+    if model.family.name == "sam2":
+        if quantize or rgb_encoder:  # export() refuses these first; a direct call is refused here too
+            raise ExportError(f"the SAM 2.1 ONNX pair has no optional graphs: {SAM2_NO_OPTIONS}")
+        write_sam2_onnx_adapted(model, folder, metadata)
+        return
     # a model whose adaptation folds into SAM's weights is exported as a plain upstream Sam (the
     # merged LoRA costs nothing at run time); adapter blocks are traced where they are, in place
     source = model.sam if added_parameters(model) else plain_sam(model)
@@ -256,3 +263,27 @@ def write_onnx(
                 folder / name.replace(".onnx", "_int8.onnx"),
                 {**meta, "quantized": "int8 dynamic (uint8 weights)"},
             )
+
+
+#: why ``quantize`` / ``rgb_encoder`` are refused for SAM 2.1 (the dispatcher's message too)
+SAM2_NO_OPTIONS = (
+    "quantize (int8 graphs) and rgb_encoder (encoder_rgb.onnx) are written for SAM 1 only; a SAM 2.1 "
+    "model exports encoder.onnx + decoder.onnx (samadapt.exporters.sam2_onnx), quantise them with "
+    "onnxruntime.quantization.quantize_dynamic yourself if needed"
+)
+
+
+def write_sam2_onnx_adapted(model: AdaptedSam, folder: Path, metadata: dict[str, Any]) -> None:
+    """The SAM 2.1 pair of :mod:`samadapt.exporters.sam2_onnx` for an adapted model: a model whose
+    adaptation folds (decoder, lora / DoRA, bitfit, full) is exported as the plain folded ``SAM2Base``
+    (:func:`samadapt.exporters.sam.plain_model`); one with modules that do not fold (``adapter``
+    bottlenecks) is traced as it is, its modules in their traceable form
+    (:meth:`samadapt.strategies.Strategy.tracing`), so they run inside ``encoder.onnx``."""
+    from .sam import plain_model
+    from .sam2_onnx import write_sam2_onnx
+
+    if not added_parameters(model):
+        write_sam2_onnx(plain_model(model), folder, metadata)
+        return
+    with get_strategy(model.strategy).tracing(model.sam) as source:
+        write_sam2_onnx(source, folder, metadata)  # puts the model in eval mode and restores it

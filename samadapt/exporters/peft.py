@@ -1,5 +1,7 @@
 """The ``peft`` format: a ``lora`` adapter (DoRA included) in peft's own folder layout (read back by
-:func:`samadapt.import_peft`, and by ``peft.PeftModel.from_pretrained`` on an upstream ``Sam``)."""
+:func:`samadapt.import_peft`, and by ``peft.PeftModel.from_pretrained`` on an upstream ``Sam``, or
+on an upstream ``SAM2Base`` for a SAM 2.1 adapter: the same layout, with target modules and tensor
+names under ``image_encoder.trunk.blocks.N`` and the trained decoder under ``sam_mask_decoder.``)."""
 
 from __future__ import annotations
 
@@ -32,11 +34,9 @@ def export_peft(model: AdaptedSam, directory: str | os.PathLike, *, metadata: di
         header["samadapt"] = json.dumps(metadata, sort_keys=True, default=str)
     atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=header))
     atomic_write(directory / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2, default=str)))
-    decoder = {
-        n: t.cpu().contiguous()
-        for n, t in model.trainable_state_dict().items()
-        if n.startswith("mask_decoder.") and not strategy.owns(n)
-    }  # the strategy's own are in PEFT_WEIGHTS
+    # the trained mask decoder: every trainable tensor that is not the strategy's own (those are in
+    # PEFT_WEIGHTS); SAM 1's mask_decoder.*, SAM 2.1's sam_mask_decoder.* (conv_s0 / conv_s1 never train)
+    decoder = {n: t.cpu().contiguous() for n, t in model.trainable_state_dict().items() if not strategy.owns(n)}
     if decoder:
         atomic_write(directory / DECODER_WEIGHTS, lambda tmp: save_file(decoder, tmp, metadata=header))
     return directory

@@ -200,7 +200,11 @@ def sam2_hf_model(model: torch.nn.Module) -> Any:
 
 
 def write_sam2_hf(model: torch.nn.Module, folder: Path, metadata: dict | None = None) -> None:
-    """``save_pretrained`` of :func:`sam2_hf_model` and :func:`sam2_hf_processor` into ``folder``."""
+    """``save_pretrained`` of :func:`sam2_hf_model` and :func:`sam2_hf_processor` into ``folder``;
+    ``metadata``, where given, goes into ``config.json`` under ``"samadapt"``."""
     folder = Path(folder)
-    sam2_hf_model(model).save_pretrained(folder)
+    hf = sam2_hf_model(model)
+    if metadata is not None:
+        hf.config.samadapt = metadata
+    hf.save_pretrained(folder)
     sam2_hf_processor(int(model.image_size)).save_pretrained(folder)

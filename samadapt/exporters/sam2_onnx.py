@@ -140,9 +140,10 @@ def write_sam2_onnx(model: nn.Module, folder: Path, metadata: dict | None = None
     training = model.training
     model.eval()
     size = int(model.image_size)
+    device = model.sam_prompt_encoder.no_mask_embed.weight.device  # the dummy inputs go where the model is
     try:
         with torch.no_grad():
-            image = torch.randn(1, 3, size, size)
+            image = torch.randn(1, 3, size, size, device=device)
             _export(Sam2OnnxEncoder(model), {"image": image}, ENCODER_OUTPUTS, {}, folder / ENCODER, metadata)
             high0, high1, embed = Sam2OnnxEncoder(model)(image)
             low = model.sam_prompt_encoder.mask_input_size
@@ -150,10 +151,10 @@ def write_sam2_onnx(model: nn.Module, folder: Path, metadata: dict | None = None
                 "image_embed": embed,
                 "high_res_feats_0": high0,
                 "high_res_feats_1": high1,
-                "point_coords": torch.rand(2, 3, 2) * size,
-                "point_labels": torch.tensor([[2.0, 3.0, 1.0], [1.0, 0.0, 1.0]]),
-                "mask_input": torch.randn(2, 1, *low),
-                "has_mask_input": torch.tensor([1.0, 0.0]),
+                "point_coords": torch.rand(2, 3, 2, device=device) * size,
+                "point_labels": torch.tensor([[2.0, 3.0, 1.0], [1.0, 0.0, 1.0]], device=device),
+                "mask_input": torch.randn(2, 1, *low, device=device),
+                "has_mask_input": torch.tensor([1.0, 0.0], device=device),
             }
             dynamic = {
                 "point_coords": {0: "num_prompts", 1: "num_points"},
