@@ -34,9 +34,10 @@ ratios; random weights, so times and sizes only, nothing about accuracy):
     masks at image size).
 
 Inputs: random preprocessed images and boxes (``_common.random_training_batch``); the predict image
-is uniform noise (as in ``sam2_family.py``). SAM 1 runs with samadapt's default fast path (SDPA
-attention in the image encoder); SAM 2.1 has no fast paths in samadapt, and upstream's Hiera and
-two-way transformer already call ``scaled_dot_product_attention``.
+is uniform noise (as in ``sam2_family.py``). SAM 1 runs with samadapt's default fast paths (SDPA
+attention in the image encoder, shared first-block decoding; no activation checkpointing); SAM 2.1
+has no fast paths in samadapt, and upstream's Hiera and two-way transformer already call
+``scaled_dot_product_attention``.
 
     python benchmarks/families.py                   # vit_b, sam2.1_hiera_tiny at 1024 px, 3 reps
     python benchmarks/families.py --models vit_b,sam2.1_hiera_tiny,sam2.1_hiera_small --reps 3
@@ -253,6 +254,7 @@ def run(args) -> C.Bench:
     bench = C.Bench("families", args, "smoke" if args.smoke else "full")
     import sam2
 
+    subjects = [Subject(m) for m in models]
     bench.data["setup"] = {
         "models": models,
         "ratio_reference": reference,
@@ -265,7 +267,16 @@ def run(args) -> C.Bench:
         "optimizer": {"name": "AdamW", **ADAMW},
         "loss": "SamLoss (focal 20 + dice 1 + IoU MSE 1)",
         "predict": {"image": [480, 640], "boxes": len(PREDICT_BOXES)},
-        "sam1_fast_paths": "SDPA attention in the image encoder (samadapt's default); no activation checkpointing",
+        "sam1_fast_paths": "samadapt's defaults: SDPA attention in the image encoder and shared first-block "
+        "decoding; no activation checkpointing",
+        "fast_paths": {
+            s.model_type: {
+                "sdpa_attention": s.decoder.sdpa_attention,
+                "shared_decoding": s.decoder.shared_decoding,
+                "activation_checkpointing": s.decoder.activation_checkpointing,
+            }
+            for s in subjects
+        },
         "sam2_attention": "upstream's own (Hiera and the two-way transformer call scaled_dot_product_attention)",
         "order": "each repetition times every model once, in --models order, after the warm-up calls",
     }
@@ -292,7 +303,6 @@ def run(args) -> C.Bench:
         strategies,
     )
 
-    subjects = [Subject(m) for m in models]
     bench.table(
         "embedding cache per image (as encoded in this run)",
         ["model_type", "image_size", "shapes", "dtype", "values", "bytes", "mib", "mib_bf16"],
@@ -403,13 +413,22 @@ def render(data: dict[str, Any]) -> str:
     out.append("\n| measurement | " + " | ".join(cols) + " | GPU |")
     out.append("|---|" + "---:|" * len(cols) + "---|")
     for name in MEASUREMENTS:
-        cells = [f"{tb[name, m]['wall_s_min']:.3g} s ({tb[name, m]['cpu_s_min']:.3g} s)" for m in models]
+        cells = [f"{tb[name, m]['wall_s_min']:#.3g} s ({tb[name, m]['cpu_s_min']:#.3g} s)" for m in models]
         cells += [f"{tb[name, m][f'ratio_to_{ref}']:.2f} ({tb[name, m][f'cpu_ratio_to_{ref}']:.2f})" for m in others]
         out.append(f"| {name} | " + " | ".join(cells) + " | not measured |")
+    spread = max(max(r["wall_s_all"]) / min(r["wall_s_all"]) for r in times)
+    medians = "; ".join(
+        f"{name}: " + ", ".join(f"{tb[name, m]['wall_s_median'] / tb[name, ref]['wall_s_median']:.2f}" for m in others)
+        for name in MEASUREMENTS
+    )
+    out.append(
+        f"\nrepetitions: the slowest of a call's repetitions took up to {spread:.2f} x its fastest; "
+        f"wall-time ratios of the medians ({', '.join(others)} / {ref}): {medians}"
+    )
     mach = data["machine"]
     out.append(
         f"\nmachine: {mach['cpu']}, {mach['cpu_count_logical']} logical cores, {mach['memory_total_gib']} GiB, "
-        f"torch {mach['torch']} ({mach['torch_threads']} threads), {mach['date']}; load average (1, 5, 15 min) "
+        f"torch {mach['torch']}, {mach['torch_threads']} torch thread(s), {mach['date']}; load average (1, 5, 15 min) "
         f"{[round(x, 2) for x in mach['loadavg_at_start']]} at the start, "
         f"{[round(x, 2) for x in mach['loadavg_at_end']]} at the end; {data['setup']['reps']} repetitions; "
         f"{data['elapsed_s']} s in all"
