@@ -89,3 +89,58 @@ def test_cache_fill_benchmark_smoke_run(tmp_path):
     assert {r["variant"] for r in data["rows"]} == {"encoder alone", "fill before", "fill after"}
     assert len(data["checks"]) == 2 and all(c["passed"] for c in data["checks"])
     assert "loadavg_at_end" in data["machine"]
+
+
+def test_families_benchmark_smoke_run(tmp_path):
+    """benchmarks/families.py --smoke: mini and sam2.1_hiera_test side by side; every table of the
+    JSON is there, the parameter groups add up, and every measured time is positive."""
+    from sam2_helpers import require_sam2_or_skip
+
+    require_sam2_or_skip()
+    run_script("benchmarks/families.py", "--smoke", "--out", str(tmp_path), timeout=600)
+    data = json.loads((tmp_path / "families-cpu.json").read_text())
+    models = ["mini", "sam2.1_hiera_test"]
+    assert data["benchmark"] == "families" and data["mode"] == "smoke" and data["device"] == "cpu"
+    assert data["setup"]["models"] == models and data["setup"]["ratio_reference"] == "mini"
+    for key in ("date", "torch", "cpu", "torch_threads", "loadavg_at_start", "loadavg_at_end"):
+        assert key in data["machine"], key
+    assert data["checks"] and all(c["passed"] for c in data["checks"]), data["checks"]
+    tables = {t["title"].split(" (")[0]: t["rows"] for t in data["tables"]}
+
+    params = {r["model_type"]: r for r in tables["parameters"]}
+    assert set(params) == set(models)
+    for r in params.values():
+        parts = ("image_encoder", "prompt_encoder", "mask_decoder", "video_only", "other_image_path")
+        assert r["total"] == sum(r[k] for k in parts) and all(r[k] > 0 for k in parts[:3])
+    assert params["mini"]["video_only"] == 0 and params["sam2.1_hiera_test"]["video_only"] > 0
+    assert params["sam2.1_hiera_test"]["total"] == 7_661_378
+
+    sizes = tables["trainable parameters and adapter file bytes per strategy"]
+    assert {(r["model_type"], r["strategy"]) for r in sizes} == {
+        (m, s) for m in models for s in ("adapter", "bitfit", "decoder", "full", "lora")
+    }
+    for r in sizes:  # float32 tensors plus a header
+        assert 0 < 4 * r["trainable_parameters"] < r["adapter_bytes"] < 4 * r["trainable_parameters"] + 100_000
+
+    cache = {r["model_type"]: r for r in tables["embedding cache per image"]}
+    assert cache["mini"]["values"] == 128 * 16 * 16 and len(cache["mini"]["shapes"]) == 1
+    assert cache["sam2.1_hiera_test"]["bytes"] == 2**20 and len(cache["sam2.1_hiera_test"]["shapes"]) == 3
+
+    times = tables["CPU wall time"]
+    measured = {"encoder forward", "decoder step (cached features)", "lora step (through the encoder)", "predict"}
+    assert {(r["measurement"], r["model_type"]) for r in times} == {(t, m) for t in measured for m in models}
+    for r in times:
+        assert r["wall_s_min"] > 0 and r["cpu_s_min"] > 0 and r["ratio_to_mini"] > 0 and r["n"] == 1
+
+    rendered = run_script("benchmarks/families.py", "--render", str(tmp_path / "families-cpu.json")).stdout
+    assert "| predict |" in rendered and "not measured" in rendered
+
+
+def test_families_docs_tables_are_the_committed_json():
+    """docs/sam2.md's side-by-side tables are ``families.py --render`` of the committed result,
+    line for line: no number in them is typed by hand."""
+    path = ROOT / "benchmarks" / "results" / "families-cpu-full.json"
+    rendered = run_script("benchmarks/families.py", "--render", str(path)).stdout
+    page = (ROOT / "docs" / "sam2.md").read_text().splitlines()
+    missing = [line for line in rendered.splitlines() if line.startswith("|") and line not in page]
+    assert not missing, missing
