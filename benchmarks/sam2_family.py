@@ -2,9 +2,10 @@
 cache's bytes per image, and ``predict`` at full size beside upstream ``SAM2ImagePredictor``.
 
 Parameters are counted on weightless builds (accelerate's ``init_empty_weights``) of upstream's
-configs. The strategies are not integrated with SAM 2.1 yet (issue 20, phase 2): their trainable
-parts are counted from their definitions on SAM 1 applied to SAM 2.1's modules, with samadapt's
-default options:
+configs. Written in phase 1, before the strategies applied to SAM 2.1: its trainable parts are
+counted from the strategies' definitions on SAM 1 applied to SAM 2.1's modules, with samadapt's
+default options (what the strategies now train on SAM 2.1, counted from the adapted models:
+``benchmarks/families.py``, docs/sam2.md "SAM 1 and SAM 2.1 side by side"):
 
 - ``decoder``: ``sam_mask_decoder`` (its ``conv_s0`` / ``conv_s1`` included; ``decoder_cacheable``
   leaves those two 1x1 convolutions frozen, so that the cache can hold their outputs);
