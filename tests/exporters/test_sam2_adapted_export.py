@@ -49,15 +49,6 @@ FOLDING = {  # strategies whose adaptation folds into SAM 2.1's own weights
 }
 
 
-def _perturb(model, scale: float = 0.05, seed: int = 0):
-    """Move every trainable tensor as training would (LoRA B, DoRA magnitudes, biases, decoder)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.trainable_named_parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
-    return model
-
-
 def _upstream_names(model) -> set[str]:
     """The upstream tensors the trained ones fold into: LoRA's A / B and DoRA's magnitude into their
     layer's ``weight``, every other trainable tensor under its own name."""
@@ -104,7 +95,7 @@ def base_masks(base, image):
 
 
 @pytest.fixture(scope="module")
-def adapted(base_file):
+def adapted(base_file, perturb):
     """``adapted(name)``: the perturbed model of ``FOLDING[name]`` or ``"adapter"`` (built once each)."""
     from samadapt.models.sam2_family import build_sam2_model
 
@@ -114,7 +105,7 @@ def adapted(base_file):
         if name not in made:
             strategy, options = FOLDING.get(name, (name, {}))
             model = samadapt.adapt(build_sam2_model(TEST, base_file), strategy, **options)
-            made[name] = _perturb(model).eval()
+            made[name] = perturb(model).eval()  # conftest: moved as training would
         return made[name]
 
     return make
