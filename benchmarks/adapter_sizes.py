@@ -1,4 +1,5 @@
-"""Trainable parameters and adapter file sizes for every model type x strategy (default options).
+"""Trainable parameters and adapter file sizes for every model type x strategy (default options):
+SAM 1's types and SAM 2.1's (``samadapt.model_types()``; SAM 2.1's need Meta's ``sam2`` package).
 
 Models are built on the meta device (no weights). The file size is the exact size of what
 ``samadapt.save_adapter`` writes with no ``info`` (the dataset, metrics and training config a real
@@ -29,7 +30,7 @@ RESULTS = HERE / "results" / "adapter_sizes.json"
 
 def measure(verify_below_mb: float) -> list[dict]:
     rows = []
-    for model_type in samadapt.MODEL_TYPES:
+    for model_type in samadapt.model_types():
         for strategy in samadapt.STRATEGIES:
             size = strategy_size(model_type, strategy)
             verified = size.adapter_bytes < verify_below_mb * 1e6
