@@ -337,8 +337,10 @@ def family_for_type(model_type: str) -> ModelFamily:
 
 
 def model_types() -> dict[str, Any]:
-    """Every registered model type of every family, name -> card (names and tags are unique
-    across families: :func:`check_unique_names`)."""
+    """Every registered model type of every family, name -> card. Raises :class:`ConfigError`
+    when two families register one name or tag (SAM 1's ``register_model_type`` checks only its
+    own registry)."""
+    check_unique_names()
     return {name: card for family in FAMILIES for name, card in family.types().items()}
 
 

@@ -178,3 +178,20 @@ def test_file_sha256_cache_follows_the_file(tmp_path, samadapt_home_dir):
     assert file_sha256(path) == first
     path.write_bytes(b"bb")
     assert file_sha256(path) != first
+
+
+def test_model_types_are_one_namespace_across_families():
+    from samadapt.models.family import get_card, model_types
+    from samadapt.models.registry import MODEL_TYPES
+
+    names = model_types()
+    assert {"vit_h", "mini", "sam2.1_hiera_tiny", "sam2.1_hiera_test"} <= set(names)
+    assert get_card("sam2.1_hiera_tiny").tag == "s21t" and get_card("vit_h").tag == "vith"
+    clash = dataclasses.replace(samadapt.get_model_card("mini"), name="mini_clash", tag="s21t")
+    samadapt.register_model_type(clash)  # SAM 1's registry alone does not see SAM 2.1's tags
+    try:
+        with pytest.raises(ConfigError, match=r"tag \['s21t'\] registered by more than one model family"):
+            model_types()
+    finally:
+        del MODEL_TYPES["mini_clash"]
+    assert set(model_types()) == set(names)
