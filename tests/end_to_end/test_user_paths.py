@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from samadapt.models.family import model_types
+
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "recipes" / "finetune.py"
 TINY = [
@@ -303,9 +305,11 @@ def test_bad_name_is_refused_before_any_data_is_read(tmp_path):
         tmp_path / "home",
     )
     assert proc.returncode == 2
+    tags = sorted(card.tag for card in model_types().values())  # both families: vith, ..., s21t, ...
+    assert {"vith", "s21t"} <= set(tags)
     assert proc.stderr.strip() == (
         "finetune: error: adapter name 'labelme-lora': 'lora' is not a model tag; names are "
-        "<dataset>-<tag>[-<strategy>] with tag in ['mini', 'vitb', 'vith', 'vitl'] (for example 'labelme-mini-lora')"
+        f"<dataset>-<tag>[-<strategy>] with tag in {tags} (for example 'labelme-mini-lora')"
     )
     assert time.monotonic() - t0 < 60 and not (tmp_path / "outputs").exists()
     wrong_model = _run([sys.executable, str(FINETUNE), "--name", "labelme-vith", *TINY], tmp_path, tmp_path / "home")
