@@ -67,6 +67,17 @@ def _predictor(model):
     return predictor
 
 
+def _assert_predicts_as_ours(predictor, image, ours_result):
+    """Meta's predictor on ``image`` with ``BOXES`` gives ``ours_result``'s masks (IoU >= 0.99) and
+    scores (to 1e-4). Returns our masks."""
+    predictor.set_image(image)
+    up_masks, up_scores, _ = predictor.predict(box=BOXES, multimask_output=False)
+    masks, scores, _ = ours_result
+    assert_masks_equal(up_masks[:, 0], masks, 0.99)
+    np.testing.assert_allclose(up_scores[:, 0], scores, atol=1e-4)
+    return masks
+
+
 @pytest.fixture(scope="module")
 def base_file(tmp_path_factory):
     """An official-format file of random weights under a non-official name (its sha256 is the base id)."""
@@ -141,11 +152,7 @@ def test_sam_export_loads_strictly_in_upstream_build_sam2(name, adapted, ours, b
     assert json.loads(out.with_name(out.name + ".json").read_text())["strategy"] == model.strategy
 
     predictor = upstream_predictor(TEST, out)  # build_sam2(cfg, ckpt_path=out, overrides): strict
-    predictor.set_image(image)
-    up_masks, up_scores, _ = predictor.predict(box=BOXES, multimask_output=False)
-    masks, scores, _ = ours(name)
-    assert_masks_equal(up_masks[:, 0], masks, 0.99)
-    np.testing.assert_allclose(up_scores[:, 0], scores, atol=1e-4)
+    masks = _assert_predicts_as_ours(predictor, image, ours(name))
     assert min(iou(m, b) for m, b in zip(masks, base_masks)) < 0.9  # not the base's masks
 
 
@@ -252,12 +259,7 @@ def test_peft_export_reads_back_in_peft_and_samadapt(adapted, ours, base_file, i
     upstream = build_sam2(card.config, str(base_file), device="cpu", hydra_overrides_extra=list(card.overrides))
     assert upstream.load_state_dict(decoder, strict=False).unexpected_keys == []
     upstream = peft.PeftModel.from_pretrained(upstream, str(folder)).base_model.model.eval()
-    predictor = _predictor(upstream)
-    predictor.set_image(image)
-    up_masks, up_scores, _ = predictor.predict(box=BOXES, multimask_output=False)
-    masks, scores, _ = ours("lora")
-    assert_masks_equal(up_masks[:, 0], masks, 0.99)
-    np.testing.assert_allclose(up_scores[:, 0], scores, atol=1e-4)
+    _assert_predicts_as_ours(_predictor(upstream), image, ours("lora"))
     # and samadapt reads the folder back to the same trained tensors
     back = samadapt.import_peft(folder, build_sam2_model(TEST, base_file))
     ours, theirs = model.trainable_state_dict(), back.trainable_state_dict()
@@ -297,12 +299,7 @@ def test_cli_export_of_a_sam2_adapter_file(adapted, ours, base_file, image, tmp_
     assert said.startswith("load it with sam2.build_sam.build_sam2('configs/sam2.1/sam2.1_hiera_t.yaml'")
     call = said.removeprefix("load it with ").split("; ")[0]
     loaded = eval(call, {"sam2": sam2})  # the printed line, as a user runs it
-    predictor = _predictor(loaded)
-    predictor.set_image(image)
-    up_masks, up_scores, _ = predictor.predict(box=BOXES, multimask_output=False)
-    masks, scores, _ = ours("lora")
-    assert_masks_equal(up_masks[:, 0], masks, 0.99)
-    np.testing.assert_allclose(up_scores[:, 0], scores, atol=1e-4)
+    _assert_predicts_as_ours(_predictor(loaded), image, ours("lora"))
     meta = json.loads(Path(f"{out}.json").read_text())
     assert (meta["model_type"], meta["strategy"], meta["adapter_file"]) == (TEST, "lora", "lora.safetensors")
 
