@@ -182,6 +182,31 @@ def perturb() -> Callable:
     return move
 
 
+@pytest.fixture(scope="session")
+def assert_adapter_blocks_refused() -> Callable:
+    """``check(adapter_model, decoder_model, block, out)``: the formats that cannot carry added
+    modules (sam, hf, peft) refuse the ``adapter`` strategy's blocks (``block``: the regex of the
+    first block's module path), peft refuses a non-LoRA model, and nothing is written under ``out``."""
+    from samadapt.errors import ExportError
+    from samadapt.exporters import FORMATS, export
+
+    def check(adapter_model, decoder_model, block: str, out: Path) -> None:
+        carriers = [f.name for f in FORMATS.values() if f.carries_added_modules]
+        assert carriers == ["onnx"]
+        for fmt in ("sam", "hf", "peft"):
+            with pytest.raises(
+                ExportError,
+                match=rf"this 'adapter' model has modules .*{block}\.adapter_attn.* "
+                rf"the '{fmt}' format cannot carry it; export it with to='onnx'",
+            ):
+                export(adapter_model, to=fmt, out=out / fmt)
+        with pytest.raises(ExportError, match="only 'lora' adapters have a peft format; this one is 'decoder'"):
+            export(decoder_model, to="peft", out=out / "peft")
+        assert not out.exists() or list(out.iterdir()) == []  # nothing written, no temporary left behind
+
+    return check
+
+
 # ============================================================================================
 # Prompt-free segmentation fixtures (test_segment_*)
 # ============================================================================================
